@@ -1,0 +1,32 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DEMO   ?= demo_out
+NP     ?= 2
+
+.PHONY: demo test bench clean
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.test-installed: requirements-test.txt $(VENV)/.installed
+	$(PY) -m pip install -q -r requirements-test.txt
+	touch $@
+
+# Train a small CNN on scikit-learn's bundled digits, then draw its loss landscape.
+demo: $(VENV)/.installed
+	$(PY) demo.py --out $(DEMO)
+
+test: $(VENV)/.test-installed
+	$(PY) -m pytest -q tests
+
+# Speed: ratios measured side by side in one run (never part of `make test`).
+bench: $(VENV)/.test-installed
+	$(PY) benchmarks/bench_surface.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

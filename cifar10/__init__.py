@@ -1,0 +1,1 @@
+"""CIFAR-10 models and helpers of the loss-landscape suite."""

@@ -1,0 +1,197 @@
+"""Datasets, read and preprocessed once into tensors that stay on the evaluation device.
+
+Built in: ``cifar10`` (the standard cifar-10-batches-py folder, read offline; downloaded only with
+--download) and ``digits`` (scikit-learn's bundled 8x8 digits: real data, no download). Custom:
+``--dataset package.module:factory`` where ``factory(root=DATAPATH, train=BOOL)`` returns a torch
+Dataset of (input tensor, integer label) pairs.
+
+Images are kept in their stored form (uint8 for the built-in sets: the 50,000 CIFAR-10 training
+images take 150 MB) and normalised one batch at a time on the device, so a grid point costs one
+forward pass and a cheap affine map -- never a decode or a DataLoader.
+"""
+import dataclasses
+import hashlib
+import importlib
+import os
+import pickle
+import warnings
+
+import numpy as np
+import torch
+
+from cli import UsageError
+
+BUILTIN_DATASETS = ('cifar10', 'digits')
+CIFAR10_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
+CIFAR10_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
+CIFAR10_FOLDER = 'cifar-10-batches-py'
+# MD5 sums of the official CIFAR-10 python batches: a mismatch is reported, not fatal, so small
+# test folders and repacked copies still load.
+CIFAR10_BATCHES = {
+    'train': [('data_batch_1', 'c99cafc152244af753f735de768cd75f'),
+              ('data_batch_2', 'd4bba439e000b95fd0a9bffe97cbabec'),
+              ('data_batch_3', '54ebc095f3ab1f0389bbae665268c751'),
+              ('data_batch_4', '634d18415352ddfa80567beed471001a'),
+              ('data_batch_5', '482c414d41f54cd18b22e5b47cb7c3cb')],
+    'test': [('test_batch', '40351d587109b95175f43aff81a1287e')],
+}
+DIGITS_TEST_FRACTION = 0.2
+SPLIT_SEED = 0   # fixes the --data_split subsets and the digits train/test split for good
+
+
+@dataclasses.dataclass
+class CachedDataset:
+    """Inputs and integer targets resident on one device.
+
+    Batches are ``inputs.float() * scale + shift`` (per channel) when ``scale`` is set, else the
+    stored inputs as they are."""
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    num_classes: int
+    scale: torch.Tensor = None
+    shift: torch.Tensor = None
+
+    def __len__(self):
+        return self.targets.shape[0]
+
+    @property
+    def device(self):
+        return self.targets.device
+
+    def to(self, device):
+        move = lambda t: None if t is None else t.to(device)
+        return CachedDataset(move(self.inputs), move(self.targets), self.num_classes,
+                             move(self.scale), move(self.shift))
+
+    def normalize(self, raw):
+        x = raw.float()
+        return x if self.scale is None else torch.addcmul(self.shift, x, self.scale)
+
+    def batches(self, batch_size):
+        for start in range(0, len(self), batch_size):
+            stop = start + batch_size
+            yield self.normalize(self.inputs[start:stop]), self.targets[start:stop]
+
+    def subset(self, indices):
+        idx = torch.as_tensor(indices, dtype=torch.long, device=self.inputs.device)
+        return CachedDataset(self.inputs[idx], self.targets[idx], self.num_classes, self.scale, self.shift)
+
+
+def _affine(mean, std, raw_max, raw_data):
+    """Per-channel (scale, shift) mapping stored values in [0, raw_max] to the network's input:
+    (x / raw_max - mean) / std, or x / raw_max with ``raw_data``."""
+    mean, std = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+    if raw_data:
+        mean, std = torch.zeros_like(mean), torch.ones_like(std)
+    scale = 1.0 / (raw_max * std)
+    shift = -mean / std
+    return scale.view(1, -1, 1, 1), shift.view(1, -1, 1, 1)
+
+
+def cifar10_folder(datapath):
+    """The folder holding the batches: DATAPATH/cifar-10-batches-py, or DATAPATH itself."""
+    nested = os.path.join(datapath, CIFAR10_FOLDER)
+    return nested if os.path.isdir(nested) else datapath
+
+
+def load_cifar10(datapath, train=True, raw_data=False, download=False):
+    if download:
+        import torchvision  # only needed to fetch the official archive
+        torchvision.datasets.CIFAR10(root=datapath, train=train, download=True)
+    folder = cifar10_folder(datapath)
+    images, labels = [], []
+    for name, md5 in CIFAR10_BATCHES['train' if train else 'test']:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise UsageError(f'CIFAR-10 batch {path!r} not found: point --datapath at the folder holding '
+                             f'{CIFAR10_FOLDER}/ (or add --download to fetch it)')
+        with open(path, 'rb') as fh:
+            blob = fh.read()
+        if hashlib.md5(blob).hexdigest() != md5:
+            warnings.warn(f'{path}: checksum differs from the official CIFAR-10 batch; using it anyway')
+        try:
+            batch = pickle.loads(blob, encoding='bytes')
+            data, batch_labels = batch[b'data'], batch[b'labels']
+        except (pickle.UnpicklingError, KeyError, EOFError, TypeError) as err:
+            raise UsageError(f'{path!r} is not a CIFAR-10 python batch ({err})') from None
+        images.append(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch_labels, dtype=np.int64))
+    inputs = torch.from_numpy(np.concatenate(images))
+    scale, shift = _affine(CIFAR10_MEAN, CIFAR10_STD, 255.0, raw_data)
+    return CachedDataset(inputs, torch.from_numpy(np.concatenate(labels)), 10, scale, shift)
+
+
+def load_digits(train=True, raw_data=False):
+    """scikit-learn's 1,797 8x8 digit images (values 0..16), split 80/20 with a fixed seed."""
+    from sklearn.datasets import load_digits as sklearn_digits
+    bunch = sklearn_digits()
+    images = bunch.images.astype(np.uint8)[:, None]       # (N, 1, 8, 8)
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(images))
+    n_test = int(round(len(images) * DIGITS_TEST_FRACTION))
+    chosen = order[n_test:] if train else order[:n_test]
+    # Mean/std of the whole set on the [0, 1] scale, fixed so every split normalises alike.
+    scale, shift = _affine((0.3053,), (0.3760,), 16.0, raw_data)
+    return CachedDataset(torch.from_numpy(images[chosen]), torch.from_numpy(bunch.target[chosen].astype(np.int64)),
+                         10, scale, shift)
+
+
+def import_factory(spec, what):
+    """Resolve 'package.module:callable' or raise UsageError saying what is wrong."""
+    module_name, _, attr = spec.partition(':')
+    if not module_name or not attr:
+        raise UsageError(f'{what} {spec!r}: expected package.module:factory')
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise UsageError(f'{what} {spec!r}: cannot import {module_name!r} ({err})') from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise UsageError(f'{what} {spec!r}: {module_name!r} has no callable {attr!r}')
+    return factory
+
+
+def load_custom(spec, datapath, train=True):
+    dataset = import_factory(spec, '--dataset')(root=datapath, train=train)
+    try:
+        n = len(dataset)
+    except TypeError:
+        raise UsageError(f'--dataset {spec!r}: the factory must return a sized torch Dataset') from None
+    if n == 0:
+        raise UsageError(f'--dataset {spec!r} returned an empty dataset')
+    inputs, targets = zip(*(dataset[i] for i in range(n)))
+    inputs = torch.stack([torch.as_tensor(np.asarray(x)) for x in inputs]).float()
+    targets = torch.as_tensor([int(t) for t in targets], dtype=torch.long)
+    return CachedDataset(inputs, targets, int(targets.max()) + 1)
+
+
+def is_custom(dataset):
+    return ':' in dataset
+
+
+def load_dataset(dataset, datapath, train=True, raw_data=False, data_split=1, split_idx=0,
+                 download=False, device='cpu'):
+    """Read ``dataset`` once, keep the --data_split/--split_idx part, move it to ``device``."""
+    if dataset == 'cifar10':
+        data = load_cifar10(datapath, train, raw_data, download)
+    elif dataset == 'digits':
+        data = load_digits(train, raw_data)
+    elif is_custom(dataset):
+        data = load_custom(dataset, datapath, train)
+    else:
+        raise UsageError(f'unknown --dataset {dataset!r}: use one of {", ".join(BUILTIN_DATASETS)} '
+                         'or package.module:factory')
+    if len(data) == 0:
+        raise UsageError(f'--dataset {dataset!r} has no {"training" if train else "test"} samples')
+    if data_split > 1:
+        data = data.subset(split_indices(len(data), data_split, split_idx))
+    return data.to(device)
+
+
+def split_indices(n, data_split, split_idx):
+    """The sorted indices of part ``split_idx`` of ``data_split`` fixed, seeded, near-equal parts."""
+    if data_split > n:
+        raise UsageError(f'--data_split={data_split} is larger than the {n} samples in the data')
+    if not 0 <= split_idx < data_split:
+        raise UsageError(f'--split_idx={split_idx} must be in [0, {data_split})')
+    order = np.random.default_rng(SPLIT_SEED).permutation(n)
+    return np.sort(np.array_split(order, data_split)[split_idx])

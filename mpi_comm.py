@@ -1,0 +1,118 @@
+"""All rank logic: who is root, who speaks, which GPU a rank takes, and how results reach rank 0.
+
+Serial runs use ``SerialComm`` with the same interface, so callers never test for MPI themselves.
+There is no collective per grid point: workers send each result to rank 0 as a small point-to-point
+message, and rank 0 -- the only writer of the surface file -- collects them between its own points.
+"""
+import sys
+import traceback
+
+from cli import UsageError
+
+RESULT_TAG = 11
+
+
+class SerialComm:
+    """The one-process stand-in for MPI."""
+    rank, size, local_rank = 0, 1, 0
+
+    @property
+    def is_root(self):
+        return self.rank == 0
+
+    def bcast(self, obj):
+        return obj
+
+    def barrier(self):
+        pass
+
+    def send_result(self, k, values):
+        raise RuntimeError('a serial run has no rank 0 to send to')
+
+    def poll_results(self):
+        return []
+
+    def recv_result(self):
+        raise RuntimeError('a serial run receives no results')
+
+    def abort(self, code):
+        sys.exit(code)
+
+    def root_only(self, fn):
+        """Run ``fn`` on rank 0 and return its result on every rank (see MPIComm.root_only)."""
+        return fn()
+
+
+class MPIComm(SerialComm):
+    """COMM_WORLD through mpi4py."""
+
+    def __init__(self, mpi):
+        self.MPI, self.comm = mpi, mpi.COMM_WORLD
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        # Rank within the node: spreads GPUs evenly on multi-node jobs.
+        self.local_rank = self.comm.Split_type(mpi.COMM_TYPE_SHARED).Get_rank()
+
+    def bcast(self, obj):
+        return self.comm.bcast(obj, root=0)
+
+    def barrier(self):
+        self.comm.Barrier()
+
+    def send_result(self, k, values):
+        self.comm.send((int(k), values), dest=0, tag=RESULT_TAG)
+
+    def poll_results(self):
+        """Every result that has already arrived at rank 0, without waiting."""
+        got = []
+        while self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=RESULT_TAG):
+            got.append(self.comm.recv(source=self.MPI.ANY_SOURCE, tag=RESULT_TAG))
+        return got
+
+    def recv_result(self):
+        return self.comm.recv(source=self.MPI.ANY_SOURCE, tag=RESULT_TAG)
+
+    def abort(self, code):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.comm.Abort(code)
+
+    def root_only(self, fn):
+        """Run ``fn`` on rank 0 only and broadcast its result. If it fails, every rank fails the
+        same way (a UsageError stays a UsageError), so no rank waits forever for a dead root."""
+        outcome = None
+        if self.is_root:
+            try:
+                outcome = ('ok', fn())
+            except UsageError as err:
+                outcome = ('usage', str(err))
+            except BaseException as err:  # re-raised below on rank 0 with its traceback
+                self.bcast(('crash', f'rank 0 failed: {type(err).__name__}: {err}'))
+                raise
+        status, payload = self.bcast(outcome)
+        if status == 'ok':
+            return payload
+        if status == 'usage':
+            raise UsageError(payload)
+        raise SystemExit(1)
+
+
+def get_comm(use_mpi):
+    """SerialComm, or MPIComm when ``use_mpi`` (UsageError if mpi4py or its MPI is missing)."""
+    if not use_mpi:
+        return SerialComm()
+    try:
+        from mpi4py import MPI
+    except ImportError as err:
+        raise UsageError(f'--mpi needs mpi4py and an MPI library ({err}); '
+                         'run `pip install -r requirements.txt`, then launch with mpiexec -n N') from None
+    return MPIComm(MPI)
+
+
+def fail_all_ranks(comm, err):
+    """A crash inside the per-point loop: report it from this rank and stop every rank. Results
+    already written stay in the surface file; rerunning the same command resumes."""
+    prefix = f'[rank {comm.rank}] ' if comm.size > 1 else ''
+    sys.stderr.write(prefix + ''.join(traceback.format_exception(err)))
+    if comm.size > 1:
+        comm.abort(1)
+    raise err

@@ -1,0 +1,258 @@
+"""Directions in weight space: making them, normalising them, naming their files, moving a model.
+
+A direction is a list of tensors, one per entry of the model's base:
+  'weights' -- net.parameters() in order; BatchNorm running statistics stay as trained.
+  'states'  -- state_dict() in order, buffers included; the whole state moves. Integer buffers
+               (num_batches_tracked) have a zero direction: a step counter has no direction.
+
+Normalisation (Li et al. 2018, section 4), for every tensor with dim > 1, with d the direction
+and w the weights, and "filter" meaning a slice along dim 0 (a conv output channel, or the
+incoming weights of one neuron of a linear layer):
+  filter  : d_i <- d_i * ||w_i|| / ||d_i||     (the paper's filter normalization)
+  layer   : d   <- d   * ||w||   / ||d||
+  weight  : d   <- d * w                       (elementwise)
+  dfilter : d_i <- d_i / ||d_i||
+  dlayer  : d   <- d   / ||d||
+Tensors with dim <= 1 (biases, BatchNorm parameters and statistics): with ignore='biasbn' their
+direction is zero; otherwise it equals the weights themselves (so a step scales them).
+"""
+import os
+from os.path import commonprefix
+
+import torch
+
+from cli import UsageError
+import hdf5_layout
+
+DIR_TYPES = ('weights', 'states')
+NORMS = ('filter', 'layer', 'weight', 'dfilter', 'dlayer')
+IGNORES = ('biasbn',)
+NORM_EPS = 1e-10
+BASE_SEED = 0   # direction seed = BASE_SEED + --idx, so --idx gives independent directions
+
+
+# ----------------------------------------------------------------------------- base points
+
+def get_weights(net):
+    """Copies of the parameters, in net.parameters() order."""
+    return [p.detach().clone() for p in net.parameters()]
+
+
+def get_states(net):
+    """Copies of every state_dict() entry, in order (buffers included)."""
+    return [t.detach().clone() for t in net.state_dict().values()]
+
+
+def get_base(net, dir_type):
+    return get_weights(net) if dir_type == 'weights' else get_states(net)
+
+
+# ----------------------------------------------------------------------------- directions
+
+def random_direction(base, generator):
+    """Gaussian tensors shaped like ``base`` (float32, drawn on the CPU so every device and
+    every run with the same seed gets the same direction)."""
+    return [torch.randn(tuple(w.shape), generator=generator, dtype=torch.float32) for w in base]
+
+
+def normalize_direction(d, w, norm):
+    """Normalise one direction tensor ``d`` (dim > 1) against weights ``w`` in place."""
+    if norm == 'filter':
+        d_flat, w_flat = d.view(d.shape[0], -1), w.reshape(w.shape[0], -1).to(d.dtype)
+        d_flat.mul_((w_flat.norm(dim=1) / (d_flat.norm(dim=1) + NORM_EPS)).unsqueeze(1))
+    elif norm == 'layer':
+        d.mul_(w.to(d.dtype).norm() / (d.norm() + NORM_EPS))
+    elif norm == 'weight':
+        d.mul_(w.to(d.dtype))
+    elif norm == 'dfilter':
+        d_flat = d.view(d.shape[0], -1)
+        d_flat.div_(d_flat.norm(dim=1, keepdim=True) + NORM_EPS)
+    elif norm == 'dlayer':
+        d.div_(d.norm() + NORM_EPS)
+    elif norm is not None:
+        raise ValueError(f'unknown norm {norm!r}; expected one of {NORMS}')
+
+
+def normalize_directions(direction, base, norm=None, ignore=None):
+    """Apply ``norm`` to every dim > 1 tensor and the biasbn rule to the rest (in place)."""
+    for d, w in zip(direction, base):
+        if not w.is_floating_point():
+            d.zero_()                      # integer buffers never move
+        elif d.dim() <= 1:
+            if ignore == 'biasbn':
+                d.zero_()
+            else:
+                d.copy_(w)
+        else:
+            normalize_direction(d, w, norm)
+    return direction
+
+
+def make_random_direction(base, generator, norm=None, ignore=None):
+    d = random_direction(base, generator)
+    return normalize_directions(d, [w.cpu() for w in base], norm, ignore)
+
+
+def target_direction(base, other_base):
+    """other - base: the straight line from one model to another (x = 0 and x = 1)."""
+    return [(o.cpu().double() - b.cpu().double()).float() for b, o in zip(base, other_base)]
+
+
+def check_direction_fits(direction, base, dir_file, axis):
+    """Raise UsageError when a stored direction does not fit the model's tensors."""
+    if len(direction) != len(base):
+        raise UsageError(f'direction file {dir_file!r} does not fit the model: its {axis} direction has '
+                         f'{len(direction)} tensors, the model has {len(base)} '
+                         '(a direction file for another model, or another --dir_type?)')
+    for i, (d, w) in enumerate(zip(direction, base)):
+        if tuple(d.shape) != tuple(w.shape):
+            raise UsageError(f'direction file {dir_file!r} does not fit the model: {axis} tensor {i} has '
+                             f'shape {tuple(d.shape)}, the model needs {tuple(w.shape)}')
+
+
+# ----------------------------------------------------------------------------- moving the model
+
+@torch.no_grad()
+def set_weights(net, weights, xdirection, ydirection=None, x=0.0, y=0.0):
+    """Parameters <- weights + x * xdirection (+ y * ydirection)."""
+    for p, w, dx, dy in zip(net.parameters(), weights, xdirection, ydirection or [None] * len(weights)):
+        p.copy_(w)
+        p.add_(dx, alpha=x)
+        if dy is not None:
+            p.add_(dy, alpha=y)
+
+
+@torch.no_grad()
+def set_states(net, states, xdirection, ydirection=None, x=0.0, y=0.0):
+    """Every floating state_dict entry <- states + x * xdirection (+ y * ydirection)."""
+    for t, s, dx, dy in zip(net.state_dict().values(), states, xdirection,
+                            ydirection or [None] * len(states)):
+        t.copy_(s)
+        if t.is_floating_point():
+            t.add_(dx, alpha=x)
+            if dy is not None:
+                t.add_(dy, alpha=y)
+
+
+def move(net, dir_type, base, xdirection, ydirection=None, x=0.0, y=0.0):
+    (set_weights if dir_type == 'weights' else set_states)(net, base, xdirection, ydirection, x, y)
+
+
+# ----------------------------------------------------------------------------- file names
+
+def _pair_name(file1, file2):
+    """How the original names a direction between two checkpoints."""
+    folder1, folder2 = os.path.dirname(file1), os.path.dirname(file2)
+    if folder1 == folder2:
+        return file1 + '_' + os.path.basename(file2)
+    prefix = os.path.dirname(commonprefix([file1, file2]) + 'x')  # the shared folder
+    sub2 = os.path.dirname(file2[len(prefix) + 1:]) if prefix else folder2
+    return folder1 + '_' + os.path.basename(file1) + '_' + sub2 + '_' + os.path.basename(file2)
+
+
+def name_direction_file(args):
+    """Default direction file name, the original's scheme: model_file (or the pair of models),
+    dir_type, then the x and y normalisation options, then idx."""
+    if args.dir_file:
+        return args.dir_file
+    name = _pair_name(args.model_file, args.model_file2) if args.model_file2 else args.model_file
+    name += '_' + args.dir_type
+    if args.xignore:
+        name += '_xignore=' + args.xignore
+    if args.xnorm:
+        name += '_xnorm=' + args.xnorm
+    if args.y:
+        if args.model_file3:
+            if os.path.dirname(args.model_file) == os.path.dirname(args.model_file3):
+                name += args.model_file3
+            else:
+                name += os.path.dirname(args.model_file3) + '_' + os.path.basename(args.model_file3)
+        else:
+            if args.yignore:
+                name += '_yignore=' + args.yignore
+            if args.ynorm:
+                name += '_ynorm=' + args.ynorm
+            if args.same_dir:
+                name += '_same_dir'
+    if args.idx > 0:
+        name += '_idx=' + str(args.idx)
+    return name + '.h5'
+
+
+def name_surface_file(args, dir_file, grid):
+    """Default surface file name: dir_file + _[xmin,xmax,nx]x[ymin,ymax,ny] + data options."""
+    if args.surf_file:
+        return args.surf_file
+    name = dir_file + grid.label()
+    if args.raw_data:
+        name += '_rawdata'
+    if args.data_split > 1:
+        name += f'_datasplit={args.data_split}_splitidx={args.split_idx}'
+    return name + '.h5'
+
+
+# ----------------------------------------------------------------------------- direction files
+
+def build_directions(args, net, base, load_model):
+    """The (x, y) directions the arguments ask for. ``load_model(path, flag)`` loads another
+    checkpoint into a fresh copy of the model (for --model_file2/3)."""
+    generator = torch.Generator().manual_seed(BASE_SEED + args.idx)
+    if args.model_file2:
+        xdirection = target_direction(base, get_base(load_model(args.model_file2, '--model_file2'), args.dir_type))
+    else:
+        xdirection = make_random_direction(base, generator, args.xnorm, args.xignore)
+    ydirection = None
+    if args.y:
+        if args.model_file3:
+            ydirection = target_direction(base, get_base(load_model(args.model_file3, '--model_file3'), args.dir_type))
+        elif args.same_dir:
+            ydirection = [d.clone() for d in xdirection]
+        else:
+            ydirection = make_random_direction(base, generator, args.ynorm, args.yignore)
+    return xdirection, ydirection
+
+
+def direction_attrs(args):
+    keys = ('model', 'model_file', 'model_file2', 'model_file3', 'dir_type', 'xnorm', 'ynorm',
+            'xignore', 'yignore', 'same_dir', 'idx')
+    attrs = {k: getattr(args, k) for k in keys}
+    attrs['seed'] = BASE_SEED + args.idx
+    return attrs
+
+
+def setup_direction_file(args, dir_file, net, base, load_model):
+    """Make sure ``dir_file`` holds the directions the run needs; create it if absent.
+
+    An existing file is reused as it is (its tensors are checked against the model when loaded).
+    A file made for 1D that now needs a y direction gets one, provided its x direction is the one
+    these options produce (so the 1D surfaces that point at it stay valid)."""
+    need_y = bool(args.y)
+    if os.path.exists(dir_file):
+        xdirection, ydirection, _ = hdf5_layout.read_direction_file(dir_file)
+        if ydirection is not None or not need_y:
+            return
+        if args.dir_file:
+            raise UsageError(f'--dir_file {dir_file!r} has no y direction, which a 2D grid (--y) needs')
+        new_x, new_y = build_directions(args, net, base, load_model)
+        if not all(torch.equal(torch.as_tensor(a), b) for a, b in zip(xdirection, new_x)):
+            raise UsageError(f'direction file {dir_file!r} has no y direction and its x direction is not '
+                             'the one these options make; remove it or pass --dir_file')
+        hdf5_layout.write_direction_file(dir_file, new_x, new_y, attrs=direction_attrs(args))
+        return
+    if args.dir_file:
+        raise UsageError(f'--dir_file {dir_file!r} does not exist')
+    xdirection, ydirection = build_directions(args, net, base, load_model)
+    hdf5_layout.write_direction_file(dir_file, xdirection, ydirection, attrs=direction_attrs(args))
+
+
+def load_directions(dir_file, base, need_y, device):
+    """Read, check and place on ``device`` the directions of ``dir_file``."""
+    xdirection, ydirection, _ = hdf5_layout.read_direction_file(dir_file)
+    check_direction_fits(xdirection, base, dir_file, 'x')
+    as_tensors = lambda d: [torch.as_tensor(a, dtype=torch.float32).to(device) for a in d]
+    if not need_y:
+        return as_tensors(xdirection), None
+    if ydirection is None:
+        raise UsageError(f'direction file {dir_file!r} has no y direction, which a 2D grid (--y) needs')
+    check_direction_fits(ydirection, base, dir_file, 'y')
+    return as_tensors(xdirection), as_tensors(ydirection)

@@ -1,0 +1,195 @@
+"""Loss and accuracy on a 1D or 2D grid around a trained model, stored in an HDF5 surface file.
+
+Along filter-normalized random directions (Li et al., NeurIPS 2018), or between two or three
+trained models. Serial, or in parallel under MPI:
+
+    python plot_surface.py --dataset digits --model cnn_bn --model_file demo_out/model.t7 \\
+        --x=-1:1:21 --y=-1:1:21 --xnorm filter --xignore biasbn --ynorm filter --yignore biasbn --plot
+    mpiexec -n 4 python plot_surface.py --mpi --cuda ...     (one GPU per rank, spread per node)
+
+Rerunning the same command resumes: only missing points are computed. The file layout is
+documented in hdf5_layout.py.
+"""
+import os
+import sys
+
+import dataloader
+import evaluation
+import hdf5_layout
+import model_loader
+import net_plotter
+from cli import ArgumentParser, UsageError, check_file_exists, run_main
+from grid import parse_axis
+from mpi_comm import get_comm
+from surface_engine import prepare_run, run_grid
+
+
+def get_args_parser(add_help=True):
+    parser = ArgumentParser('plot_surface.py', add_help=add_help, description=__doc__.split('\n\n')[0])
+
+    grid = parser.add_argument_group('grid')
+    grid.add_argument('--x', default='-1:1:51', help='x range and resolution MIN:MAX:NUM, e.g. --x=-1:1:51 '
+                      '(write --x=-1:1:51 with "=" when MIN is negative)')
+    grid.add_argument('--y', default=None, help='y range MIN:MAX:NUM for a 2D surface; omit for 1D')
+
+    model = parser.add_argument_group('model')
+    model.add_argument('--dataset', default='cifar10', help='cifar10, digits (bundled with scikit-learn, '
+                       'no download), or package.module:factory with factory(root=..., train=...) -> Dataset')
+    model.add_argument('--model', default='resnet56', help='a model of the dataset\'s zoo (e.g. resnet56, '
+                       'vgg9; digits: mlp, cnn, cnn_bn) or package.module:factory returning an nn.Module')
+    model.add_argument('--model_file', default='', help='checkpoint of the trained model (the surface centre, '
+                       'x=0, y=0): a dict with "state_dict" or a bare state_dict')
+    model.add_argument('--model_file2', default='', help='second checkpoint: x direction = model2 - model1, '
+                       'a linear interpolation with the two minimizers at x=0 and x=1')
+    model.add_argument('--model_file3', default='', help='third checkpoint: y direction = model3 - model1')
+    model.add_argument('--loss_name', default='crossentropy', choices=evaluation.LOSS_NAMES,
+                       help='crossentropy, or mse between softmax outputs and one-hot targets')
+
+    directions = parser.add_argument_group('directions')
+    directions.add_argument('--dir_file', default='', help='reuse this direction file instead of making one')
+    directions.add_argument('--dir_type', default='weights', choices=net_plotter.DIR_TYPES,
+                            help='weights: move the parameters (BN statistics stay as trained); '
+                            'states: move the whole state_dict, BN running statistics included')
+    for axis in 'xy':
+        directions.add_argument(f'--{axis}norm', default=None, choices=net_plotter.NORMS,
+                                help=f'normalization of the {axis} direction: filter (the paper\'s), layer, '
+                                'weight, dfilter, dlayer; default none')
+        directions.add_argument(f'--{axis}ignore', default=None, choices=net_plotter.IGNORES,
+                                help=f'biasbn: zero {axis} direction for biases and BN parameters (dim <= 1)')
+    directions.add_argument('--same_dir', action='store_true', help='use the x direction as y direction too')
+    directions.add_argument('--idx', default=0, type=int, help='index of the random directions: each '
+                            'index draws different ones (seed = index) and gets its own file name')
+
+    data = parser.add_argument_group('data')
+    data.add_argument('--datapath', default='cifar10/data', help='folder of the data set '
+                      '(for cifar10: the folder holding cifar-10-batches-py/)')
+    data.add_argument('--download', action='store_true', help='download CIFAR-10 into --datapath if missing')
+    data.add_argument('--raw_data', action='store_true', help='no mean/std normalization of the inputs')
+    data.add_argument('--data_split', default=1, type=int, help='evaluate on a fixed, seeded 1/K part of the data')
+    data.add_argument('--split_idx', default=0, type=int, help='which part (0..K-1) with --data_split K')
+    data.add_argument('--batch_size', default=128, type=int, help='evaluation batch size')
+    data.add_argument('--eval_test', action='store_true', help='also store test_loss and test_acc at every point')
+
+    output = parser.add_argument_group('output')
+    output.add_argument('--surf_file', default='', help='surface file (default: derived from the direction '
+                        'file name and the grid, as the original code)')
+
+    compute = parser.add_argument_group('compute')
+    compute.add_argument('--mpi', action='store_true', help='run under mpiexec: ranks share the points, rank 0 writes')
+    compute.add_argument('--cuda', action='store_true', help='evaluate on GPU (rank i takes GPU local_rank % count)')
+    compute.add_argument('--ngpu', default=1, type=int, help='GPUs per rank (DataParallel when > 1)')
+    compute.add_argument('--threads', default=None, type=int, help='CPU threads per rank (torch.set_num_threads)')
+
+    plot = parser.add_argument_group('plot')
+    plot.add_argument('--plot', action='store_true', help='draw the surface when done (PNG and PDF beside it)')
+    plot.add_argument('--proj_file', default='', help='trajectory projection file to draw on the 2D contour')
+    plot.add_argument('--vmin', default=0.1, type=float, help='lowest contour level')
+    plot.add_argument('--vmax', default=10, type=float, help='highest contour level')
+    plot.add_argument('--vlevel', default=0.5, type=float, help='spacing of contour levels')
+    plot.add_argument('--loss_max', default=5, type=float, help='upper limit of the loss axis (1D)')
+    plot.add_argument('--log', action='store_true', help='logarithmic loss axis (1D)')
+    plot.add_argument('--show', action='store_true', help='open the figures in a window')
+    return parser
+
+
+def validate_args(parser, args):
+    """Reject every bad argument before any expensive work (data, models, directions)."""
+    parse_axis(args.x, '--x')
+    if args.y:
+        parse_axis(args.y, '--y')
+    if args.same_dir and not args.y:
+        parser.error('--same_dir needs --y (a 2D grid)')
+    if args.model_file3 and not args.y:
+        parser.error('--model_file3 sets the y direction, so it needs --y')
+    if args.same_dir and args.model_file3:
+        parser.error('--same_dir and --model_file3 both set the y direction; give one')
+    for flag in ('batch_size', 'data_split', 'ngpu'):
+        if getattr(args, flag) < 1:
+            parser.error(f'--{flag} must be at least 1')
+    if args.threads is not None and args.threads < 1:
+        parser.error('--threads must be at least 1')
+    if args.idx < 0:
+        parser.error('--idx must be 0 or more')
+    if not 0 <= args.split_idx < args.data_split:
+        parser.error(f'--split_idx must be in [0, {args.data_split}) for --data_split {args.data_split}')
+    if args.dataset not in dataloader.BUILTIN_DATASETS and not dataloader.is_custom(args.dataset):
+        raise UsageError(f'unknown --dataset {args.dataset!r}: use one of '
+                         f'{", ".join(dataloader.BUILTIN_DATASETS)} or package.module:factory')
+    model_loader.check_model_name(args.dataset, args.model)
+    if not args.model_file:
+        parser.error('--model_file is required: the checkpoint at the centre of the surface')
+    for flag in ('model_file', 'model_file2', 'model_file3', 'dir_file', 'proj_file'):
+        if getattr(args, flag):
+            check_file_exists(getattr(args, flag), f'--{flag}')
+    if args.proj_file:
+        hdf5_layout.read_projection_file(args.proj_file)
+    if args.dataset == 'cifar10' and not args.download:
+        folder = dataloader.cifar10_folder(args.datapath)
+        if not os.path.isdir(folder):
+            raise UsageError(f'--datapath {args.datapath!r} does not exist (add --download to fetch CIFAR-10)')
+    if args.surf_file and os.path.exists(args.surf_file):
+        hdf5_layout.read_surface(args.surf_file)  # a damaged or foreign file is refused, untouched
+
+
+def surface_names(args):
+    names = [hdf5_layout.TRAIN_LOSS, hdf5_layout.TRAIN_ACC]
+    if args.eval_test:
+        names += [hdf5_layout.TEST_LOSS, hdf5_layout.TEST_ACC]
+    return names
+
+
+def make_point_evaluator(run):
+    """evaluate_point(k): move the model to grid point k, return its losses and accuracies."""
+    args = run.args
+
+    def evaluate_point(k):
+        run.move_to(k)
+        values = {}
+        for prefix, data in (('train', run.train_data), ('test', run.test_data)):
+            if data is not None:
+                loss, acc = evaluation.evaluate(run.net, data, args.loss_name, args.batch_size)
+                values[f'{prefix}_loss'], values[f'{prefix}_acc'] = loss, acc
+        return values
+    return evaluate_point
+
+
+def plot_results(args, run):
+    """Draw what plot_1D / plot_2D draw for this surface (rank 0 only)."""
+    if not run.grid.is_2d:
+        import plot_1D
+        return plot_1D.plot_1d_loss_err(run.surf_file, xmin=run.grid.x.min, xmax=run.grid.x.max,
+                                        loss_max=args.loss_max, log=args.log, show=args.show)
+    import plot_2D
+    paths = plot_2D.plot_2d_contour(run.surf_file, surf_name=hdf5_layout.TRAIN_LOSS, vmin=args.vmin,
+                                    vmax=args.vmax, vlevel=args.vlevel, show=args.show)
+    if args.proj_file:
+        paths += plot_2D.plot_contour_trajectory(run.surf_file, run.dir_file, args.proj_file,
+                                                 surf_name=hdf5_layout.TRAIN_LOSS, vmin=args.vmin,
+                                                 vmax=args.vmax, vlevel=args.vlevel, show=args.show)
+    return paths
+
+
+def report(summary, run):
+    diverged = ', '.join(f'{n}: {c}' for n, c in summary['diverged'].items())
+    state = 'complete' if summary['complete'] else 'incomplete'
+    print(f'{run.surf_file}: {summary["computed"]} points computed in {summary["seconds"]:.1f} s, '
+          f'surface {state}' + (f'; diverged (inf/NaN) points: {diverged}' if diverged else ''), flush=True)
+
+
+def main(argv=None):
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    validate_args(parser, args)
+    comm = get_comm(args.mpi)
+    run = prepare_run(args, comm, surface_names(args))
+    summary = run_grid(comm, run.grid, run.open_writer, make_point_evaluator(run), desc='loss surface')
+    if comm.is_root:
+        report(summary, run)
+        if args.plot:
+            for path in plot_results(args, run):
+                print('wrote', path)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(run_main(main))

@@ -1,0 +1,173 @@
+"""The grid loop shared by plot_surface.py and plot_hessian_eigen.py: resume, MPI, incremental writes.
+
+Rank 0 opens the surface file (validating it, or creating it), finds the points still missing and
+broadcasts them -- the only collective of a run. Each rank evaluates its share (scheduler.py); other
+ranks send each result to rank 0 as soon as it exists, and rank 0 records it and rewrites the file
+atomically, so a killed run loses only the points in flight and rerunning the same command
+computes exactly the missing ones.
+"""
+import os
+import platform
+import sys
+import time
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import dataloader
+import hdf5_layout
+import model_loader
+import net_plotter
+from cli import UsageError
+from grid import Grid, parse_axis
+from mpi_comm import fail_all_ranks
+from scheduler import assign_points
+
+
+def run_grid(comm, grid, open_writer, evaluate_point, desc='grid points'):
+    """Evaluate ``evaluate_point(k) -> {name: float}`` at every missing point of ``grid``.
+
+    ``open_writer()`` (called on rank 0 only) returns a hdf5_layout.SurfaceWriter. Returns a
+    summary dict on rank 0 (None elsewhere)."""
+    writer = None
+
+    def open_and_list():
+        nonlocal writer
+        writer = open_writer()
+        return writer.pending().tolist()
+
+    pending = comm.root_only(open_and_list)
+    mine = assign_points(pending, comm.rank, comm.size)
+    started = time.perf_counter()
+    try:
+        if comm.is_root:
+            _root_loop(comm, grid, writer, evaluate_point, pending, mine, desc)
+        else:
+            for k in mine:
+                comm.send_result(k, evaluate_point(int(k)))
+    except Exception as err:
+        fail_all_ranks(comm, err)
+    finally:
+        if writer is not None:
+            writer.close()
+    if not comm.is_root:
+        return None
+    return summarize(writer, len(pending), time.perf_counter() - started)
+
+
+def _root_loop(comm, grid, writer, evaluate_point, pending, mine, desc):
+    done_before = grid.num_points - len(pending)
+    with tqdm(total=grid.num_points, initial=done_before, desc=desc, unit='pt', dynamic_ncols=True,
+              disable=False, mininterval=0.5) as bar:
+        def record(results):
+            for k, values in results:
+                writer.record(k, values)
+            writer.flush()
+            bar.update(len(results))
+
+        remote_expected, received = len(pending) - len(mine), 0
+        for k in mine:
+            values = evaluate_point(int(k))
+            arrived = comm.poll_results()
+            received += len(arrived)
+            record([(k, values)] + arrived)
+        while received < remote_expected:
+            arrived = [comm.recv_result()] + comm.poll_results()
+            received += len(arrived)
+            record(arrived)
+
+
+def summarize(writer, computed, seconds):
+    """What the run did: points computed now, and how many stored values diverged (inf/NaN)."""
+    diverged = {}
+    for name, values in writer.values.items():
+        bad = int(np.count_nonzero(writer.done[name] & ~np.isfinite(values)))
+        if bad:
+            diverged[name] = bad
+    return {'computed': computed, 'seconds': seconds, 'diverged': diverged,
+            'complete': len(writer.pending()) == 0}
+
+
+# ----------------------------------------------------------------------------- run setup
+
+class Run:
+    """Everything a grid evaluation needs, built once per rank by ``prepare_run``."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+    def move_to(self, k):
+        """Put the model at grid point ``k``; return its (x, y) coordinates."""
+        x, y = self.grid.point(k)
+        net_plotter.move(self.net, self.args.dir_type, self.base, self.xdirection, self.ydirection,
+                         x, 0.0 if y is None else y)
+        return x, y
+
+
+def select_device(args, comm):
+    """'cpu', or the GPU of this rank: node-local rank modulo the node's GPU count."""
+    if not args.cuda:
+        return torch.device('cpu')
+    if not torch.cuda.is_available():
+        raise UsageError('--cuda was given but PyTorch sees no CUDA GPU on this machine')
+    return torch.device('cuda', comm.local_rank % torch.cuda.device_count())
+
+
+def run_identity(args):
+    """The identity fields of a run (hdf5_layout.IDENTITY_FIELDS), paths made absolute."""
+    identity = {}
+    for key in hdf5_layout.IDENTITY_FIELDS:
+        if hasattr(args, key):
+            value = getattr(args, key)
+            if key.startswith('model_file') and value:
+                value = os.path.realpath(value)
+            identity[key] = value
+    return identity
+
+
+def library_versions(comm):
+    versions = {'python': platform.python_version(), 'torch': torch.__version__, 'numpy': np.__version__,
+                'h5py': h5py.__version__, 'mpi_ranks': comm.size}
+    mpi = sys.modules.get('mpi4py')
+    if mpi is not None:
+        versions['mpi4py'] = mpi.__version__
+    return versions
+
+
+def prepare_run(args, comm, value_names):
+    """Build model, data and directions on this rank (rank 0 creates the direction file), and a
+    factory for the surface file writer. All arguments were validated before this is called."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = select_device(args, comm)
+    grid = Grid(parse_axis(args.x, '--x'), parse_axis(args.y, '--y') if args.y else None)
+
+    def load_model(path, flag='--model_file'):
+        return model_loader.load(args.dataset, args.model, path, flag)
+
+    net = load_model(args.model_file)
+    base_cpu = net_plotter.get_base(net, args.dir_type)
+    dir_file = net_plotter.name_direction_file(args)
+    comm.root_only(lambda: net_plotter.setup_direction_file(args, dir_file, net, base_cpu, load_model))
+    surf_file = net_plotter.name_surface_file(args, dir_file, grid)
+
+    net.to(device)
+    if args.cuda and args.ngpu > 1:
+        net = torch.nn.DataParallel(net, device_ids=list(range(min(args.ngpu, torch.cuda.device_count()))))
+    base = [t.to(device) for t in base_cpu]
+    xdirection, ydirection = net_plotter.load_directions(dir_file, base_cpu, grid.is_2d, device)
+
+    load = lambda train: dataloader.load_dataset(args.dataset, args.datapath, train, args.raw_data,
+                                                 args.data_split, args.split_idx, args.download, device)
+    train_data = load(True)
+    test_data = load(False) if getattr(args, 'eval_test', False) else None
+
+    def open_writer():
+        attrs = {hdf5_layout.ARGS_ATTR: vars(args), hdf5_layout.VERSIONS_ATTR: library_versions(comm)}
+        return hdf5_layout.SurfaceWriter(surf_file, grid, dir_file, value_names, run_identity(args), attrs)
+
+    return Run(args=args, comm=comm, device=device, grid=grid, net=net, base=base, dir_file=dir_file,
+               surf_file=surf_file, xdirection=xdirection, ydirection=ydirection,
+               train_data=train_data, test_data=test_data, open_writer=open_writer)

@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny trained digits models saved as checkpoints, and ways to run the scripts."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import dataloader  # noqa: E402
+from digits.models import MODELS  # noqa: E402
+
+torch.set_num_threads(1)   # deterministic, and fair to the other test process on a 2-core box
+
+
+def train_briefly(name, seed, steps=40, batch_size=64, lr=0.1):
+    """A digits model after a few SGD steps: trained enough that BN statistics and weights are
+    not at their initial values, in well under a second."""
+    torch.manual_seed(seed)
+    net = MODELS[name]()
+    data = dataloader.load_digits(train=True)
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+    gen = torch.Generator().manual_seed(seed)
+    net.train()
+    for _ in range(steps):
+        idx = torch.randint(len(data), (batch_size,), generator=gen)
+        x, y = data.normalize(data.inputs[idx]), data.targets[idx]
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+@pytest.fixture(scope='session')
+def checkpoints(tmp_path_factory):
+    """{'cnn_bn': path, 'cnn_bn_b': path (another seed), 'mlp': path} in the original's format."""
+    folder = tmp_path_factory.mktemp('checkpoints')
+    paths = {}
+    for key, name, seed in (('cnn_bn', 'cnn_bn', 0), ('cnn_bn_b', 'cnn_bn', 1), ('cnn_bn_c', 'cnn_bn', 2),
+                            ('mlp', 'mlp', 0)):
+        net = train_briefly(name, seed)
+        path = folder / f'{key}.t7'
+        torch.save({'state_dict': net.state_dict(), 'epoch': 1, 'acc': 0.0}, path)
+        paths[key] = str(path)
+    return paths
+
+
+def run_script(script, *args, cwd=ROOT, env=None, timeout=300, launcher=()):
+    """Run one of the suite's scripts as a user would: returns CompletedProcess (text)."""
+    full_env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1', **(env or {}))
+    return subprocess.run([*launcher, sys.executable, os.path.join(ROOT, script), *map(str, args)],
+                          cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def call_main(main, argv, capsys):
+    """Run ``main(argv)`` in this process through cli.run_main; return (exit code, stderr)."""
+    from cli import run_main
+    try:
+        code = run_main(main, [str(a) for a in argv]) or 0
+    except SystemExit as stop:
+        code = stop.code
+    return code, capsys.readouterr().err

@@ -1,0 +1,235 @@
+"""plot_surface.py end to end on the digits data: grids, interpolation, weights vs states, resume,
+the old file layout, custom models and data."""
+import os
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import dataloader
+import evaluation
+import hdf5_layout
+import model_loader
+import net_plotter
+import plot_surface
+from cli import UsageError
+from tests.conftest import call_main
+
+# A 1/4 split of the digits training set keeps every point at a few milliseconds.
+DATA = ['--dataset', 'digits', '--data_split', '4', '--split_idx', '1', '--threads', '1']
+
+
+def local_copy(tmp_path, path, name=None):
+    """A private copy of a checkpoint, so the default direction file lands in this test's folder."""
+    target = tmp_path / (name or os.path.basename(path))
+    target.write_bytes(open(path, 'rb').read())
+    return str(target)
+
+
+def run(capsys, *argv):
+    code, err = call_main(plot_surface.main, [*DATA, *argv], capsys)
+    assert code == 0, err
+    return err
+
+
+def expected_loss(model_path, dir_file, x, y=None, dir_type='weights', loss_name='crossentropy', model='cnn_bn'):
+    """The loss at (x, y) computed without the grid machinery, straight from the direction file."""
+    net = model_loader.load('digits', model, model_path)
+    xdir, ydir, _ = hdf5_layout.read_direction_file(dir_file)
+    base = net_plotter.get_base(net, dir_type)
+    target = [w.double() + x * torch.as_tensor(dx).double() + (0 if y is None else y * torch.as_tensor(dy).double())
+              for w, dx, dy in zip(base, xdir, ydir or xdir)]
+    with torch.no_grad():
+        tensors = list(net.parameters()) if dir_type == 'weights' else list(net.state_dict().values())
+        for t, v in zip(tensors, target):
+            if t.is_floating_point():
+                t.copy_(v)
+    data = dataloader.load_dataset('digits', '', True, False, 4, 1)
+    return evaluation.evaluate(net, data, loss_name, 128)
+
+
+def test_2d_nonsquare_grid_layout(tmp_path, checkpoints, capsys):
+    surf = tmp_path / 'surf.h5'
+    run(capsys, '--model', 'cnn_bn', '--model_file', local_copy(tmp_path, checkpoints['cnn_bn']), '--x=-1:1:4',
+        '--y=0:0.5:3', '--xnorm', 'filter', '--xignore', 'biasbn', '--ynorm', 'filter', '--yignore', 'biasbn',
+        '--surf_file', surf)
+    s = hdf5_layout.read_surface(str(surf))
+    assert s.values['train_loss'].shape == (3, 4)                     # (len(y), len(x))
+    np.testing.assert_array_equal(s.xcoordinates, np.linspace(-1, 1, 4))
+    np.testing.assert_array_equal(s.ycoordinates, np.linspace(0, 0.5, 3))   # a bound of 0 is valid
+    assert all(s.done[n].all() for n in ('train_loss', 'train_acc'))
+    for i, j in ((0, 0), (2, 1), (1, 3)):
+        loss, acc = expected_loss(str(tmp_path / 'cnn_bn.t7'), s.dir_file, s.xcoordinates[j], s.ycoordinates[i])
+        assert s.values['train_loss'][i, j] == pytest.approx(loss, rel=1e-5)
+        assert s.values['train_acc'][i, j] == pytest.approx(acc)
+    # The default direction file name follows the original scheme.
+    assert os.path.basename(s.dir_file) == 'cnn_bn.t7_weights_xignore=biasbn_xnorm=filter_yignore=biasbn_ynorm=filter.h5'
+    with h5py.File(s.dir_file, 'r') as f:
+        assert sorted(f['xdirection'], key=int) == [str(i) for i in range(len(f['xdirection']))]
+
+
+def test_default_surface_name_and_1d(tmp_path, checkpoints, capsys):
+    model = tmp_path / 'model.t7'
+    model.write_bytes(open(checkpoints['mlp'], 'rb').read())
+    run(capsys, '--model', 'mlp', '--model_file', model, '--x=-0.5:0.5:5', '--xnorm', 'layer')
+    dir_file = str(model) + '_weights_xnorm=layer.h5'
+    surf = dir_file + '_[-0.5,0.5,5]_datasplit=4_splitidx=1.h5'
+    s = hdf5_layout.read_surface(surf)
+    assert s.ycoordinates is None and s.values['train_loss'].shape == (5,)
+    loss, _ = expected_loss(str(model), dir_file, 0.5, model='mlp')
+    assert s.values['train_loss'][4] == pytest.approx(loss, rel=1e-5)
+    # At the centre the surface is the model's own loss.
+    own, _ = expected_loss(str(model), dir_file, 0.0, model='mlp')
+    assert s.values['train_loss'][2] == pytest.approx(own, rel=1e-6)
+
+
+def test_interpolation_endpoints_are_the_two_models(tmp_path, checkpoints, capsys):
+    surf = tmp_path / 'interp.h5'
+    run(capsys, '--model', 'cnn_bn', '--model_file', local_copy(tmp_path, checkpoints['cnn_bn']),
+        '--model_file2', local_copy(tmp_path, checkpoints['cnn_bn_b']), '--x=-0.5:1.5:5', '--dir_type', 'states',
+        '--surf_file', surf)
+    assert os.path.exists(tmp_path / 'cnn_bn.t7_cnn_bn_b.t7_states.h5')   # the original's pair name
+    s = hdf5_layout.read_surface(str(surf))
+    data = dataloader.load_dataset('digits', '', True, False, 4, 1)
+    for key, x_index in (('cnn_bn', 1), ('cnn_bn_b', 3)):    # x = 0 and x = 1
+        own_loss, own_acc = evaluation.evaluate(model_loader.load('digits', 'cnn_bn', checkpoints[key]), data)
+        assert s.values['train_loss'][x_index] == pytest.approx(own_loss, rel=1e-5)
+        assert s.values['train_acc'][x_index] == pytest.approx(own_acc)
+
+
+def test_weights_keep_bn_statistics_states_move_them(tmp_path, checkpoints, capsys):
+    model = local_copy(tmp_path, checkpoints['cnn_bn'], 'm')
+    common = ['--model', 'cnn_bn', '--model_file', model, '--x=-1:1:3', '--xnorm', 'filter']
+    run(capsys, *common, '--dir_type', 'weights', '--surf_file', tmp_path / 'sw.h5')
+    run(capsys, *common, '--dir_type', 'states', '--surf_file', tmp_path / 'ss.h5')
+    os.rename(tmp_path / 'm_weights_xnorm=filter.h5', tmp_path / 'w.h5')
+    os.rename(tmp_path / 'm_states_xnorm=filter.h5', tmp_path / 's.h5')
+    net = model_loader.load('digits', 'cnn_bn', checkpoints['cnn_bn'])
+    wx, _, _ = hdf5_layout.read_direction_file(str(tmp_path / 'w.h5'))
+    sx, _, _ = hdf5_layout.read_direction_file(str(tmp_path / 's.h5'))
+    assert len(wx) == len(list(net.parameters())) and len(sx) == len(net.state_dict())
+    for x in (-1.0, 1.0):
+        assert hdf5_layout.read_surface(str(tmp_path / 'ss.h5')).values['train_loss'][int(x + 1)] == \
+            pytest.approx(expected_loss(checkpoints['cnn_bn'], str(tmp_path / 's.h5'), x, dir_type='states')[0], rel=1e-5)
+    w_loss = hdf5_layout.read_surface(str(tmp_path / 'sw.h5')).values['train_loss']
+    s_loss = hdf5_layout.read_surface(str(tmp_path / 'ss.h5')).values['train_loss']
+    assert w_loss[1] == pytest.approx(s_loss[1], rel=1e-6)   # same centre
+    assert not np.allclose(w_loss[[0, 2]], s_loss[[0, 2]])
+
+
+def test_resume_computes_only_missing_and_matches_uninterrupted(tmp_path, checkpoints, capsys, monkeypatch):
+    common = ['--model', 'cnn_bn', '--model_file', local_copy(tmp_path, checkpoints['cnn_bn']), '--x=-1:1:4',
+              '--y=-1:1:3', '--xnorm', 'filter', '--ynorm', 'filter']
+    run(capsys, *common, '--surf_file', tmp_path / 'full.h5')
+
+    real_evaluate, calls = evaluation.evaluate, []
+
+    def crashing_evaluate(*a, **k):
+        calls.append(1)
+        if len(calls) == 6:
+            raise RuntimeError('simulated crash')
+        return real_evaluate(*a, **k)
+    monkeypatch.setattr(evaluation, 'evaluate', crashing_evaluate)
+    with pytest.raises(RuntimeError, match='simulated crash'):
+        plot_surface.main([*DATA, *common, '--surf_file', str(tmp_path / 'resumed.h5')])
+    partial = hdf5_layout.read_surface(str(tmp_path / 'resumed.h5'))
+    assert partial.done['train_loss'].sum() == 5 and np.isnan(partial.values['train_loss'][~partial.done['train_loss']]).all()
+
+    calls.clear()
+    monkeypatch.setattr(evaluation, 'evaluate', lambda *a, **k: (calls.append(1), real_evaluate(*a, **k))[1])
+    run(capsys, *common, '--surf_file', tmp_path / 'resumed.h5')
+    assert len(calls) == 12 - 5
+    full, resumed = (hdf5_layout.read_surface(str(tmp_path / n)) for n in ('full.h5', 'resumed.h5'))
+    for name in ('train_loss', 'train_acc'):
+        np.testing.assert_array_equal(full.values[name], resumed.values[name])
+    # A finished surface is left alone: nothing computed on a rerun.
+    calls.clear()
+    run(capsys, *common, '--surf_file', tmp_path / 'resumed.h5')
+    assert calls == []
+
+
+def test_values_that_look_like_old_sentinels_are_results(tmp_path, checkpoints, capsys, monkeypatch):
+    """0, negative, NaN and inf are results, never 'missing' (the old code recomputed <= 0)."""
+    fake = iter([(0.0, 0.0), (-1.0, 5.0), (float('nan'), 0.0), (float('inf'), 0.0), (1.0, 10.0)])
+    monkeypatch.setattr(evaluation, 'evaluate', lambda *a, **k: next(fake))
+    args = ['--model', 'mlp', '--model_file', local_copy(tmp_path, checkpoints['mlp']), '--x=-1:1:5',
+            '--surf_file', tmp_path / 's.h5']
+    out = run(capsys, *args)
+    s = hdf5_layout.read_surface(str(tmp_path / 's.h5'))
+    assert s.done['train_loss'].all()
+    np.testing.assert_array_equal(s.values['train_loss'], [0.0, -1.0, np.nan, np.inf, 1.0])
+    monkeypatch.setattr(evaluation, 'evaluate', lambda *a, **k: pytest.fail('recomputed a finished point'))
+    run(capsys, *args)
+
+
+def test_eval_test_adds_test_surfaces_to_existing_file(tmp_path, checkpoints, capsys):
+    args = ['--model', 'mlp', '--model_file', local_copy(tmp_path, checkpoints['mlp']), '--x=-1:1:3',
+            '--surf_file', tmp_path / 's.h5']
+    run(capsys, *args)
+    run(capsys, *args, '--eval_test')
+    s = hdf5_layout.read_surface(str(tmp_path / 's.h5'))
+    assert s.done['test_loss'].all() and np.isfinite(s.values['test_acc']).all()
+    assert not np.array_equal(s.values['test_loss'], s.values['train_loss'])
+
+
+def test_reads_original_layout_files(tmp_path, checkpoints, capsys):
+    """A direction file and a surface file as the 2018 code wrote them: reused and resumed."""
+    net = model_loader.load('digits', 'mlp', checkpoints['mlp'])
+    old_dir = tmp_path / 'old_dir.h5'
+    gen = torch.Generator().manual_seed(7)
+    with h5py.File(old_dir, 'w') as f:   # groups of datasets "0".."N-1", no attributes
+        for axis in ('xdirection', 'ydirection'):
+            for i, p in enumerate(net.parameters()):
+                f[f'{axis}/{i}'] = torch.randn(p.shape, generator=gen).numpy() * 0.1
+    old_surf = tmp_path / 'old_surf.h5'
+    coords = np.linspace(-1, 1, 3)
+    with h5py.File(old_surf, 'w') as f:  # square grid, -1 = not computed yet, dir_file as a dataset
+        f['dir_file'] = str(old_dir)
+        f['xcoordinates'], f['ycoordinates'] = coords, coords
+        done_loss = np.full((3, 3), -1.0)
+        f['train_loss'], f['train_acc'] = done_loss, done_loss
+    run(capsys, '--model', 'mlp', '--model_file', checkpoints['mlp'], '--x=-1:1:3', '--y=-1:1:3',
+        '--dir_file', old_dir, '--surf_file', old_surf)
+    s = hdf5_layout.read_surface(str(old_surf))
+    assert s.done['train_loss'].all()
+    loss, _ = expected_loss(checkpoints['mlp'], str(old_dir), coords[2], coords[0], model='mlp')
+    assert s.values['train_loss'][0, 2] == pytest.approx(loss, rel=1e-5)
+
+
+def test_mse_uses_the_models_own_number_of_outputs(tmp_path, capsys):
+    """A custom 3-class model on a custom 3-class dataset, given as package.module:factory."""
+    torch.manual_seed(0)
+    net = __import__('tests.fixtures.custom', fromlist=['x']).three_class_model()
+    path = tmp_path / 'custom.t7'
+    torch.save(net.state_dict(), path)    # a bare state_dict
+    code, err = call_main(plot_surface.main, [
+        '--dataset', 'tests.fixtures.custom:three_class_data', '--model', 'tests.fixtures.custom:three_class_model',
+        '--model_file', path, '--x=-1:1:3', '--loss_name', 'mse', '--surf_file', tmp_path / 's.h5',
+        '--threads', '1'], capsys)
+    assert code == 0, err
+    s = hdf5_layout.read_surface(str(tmp_path / 's.h5'))
+    from tests.fixtures.custom import three_class_data
+    data = three_class_data(root='', train=True)
+    x = torch.stack([data[i][0] for i in range(len(data))])
+    y = torch.tensor([data[i][1] for i in range(len(data))])
+    probs = torch.softmax(net(x), dim=1)
+    expected = ((probs - torch.nn.functional.one_hot(y, 3)) ** 2).mean().item()
+    assert s.values['train_loss'][1] == pytest.approx(expected, rel=1e-5)
+
+
+def test_data_split_parts_are_disjoint_and_cover():
+    parts = [dataloader.split_indices(100, 3, i) for i in range(3)]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(100))
+    np.testing.assert_array_equal(parts[1], dataloader.split_indices(100, 3, 1))  # fixed seed
+    with pytest.raises(UsageError, match='larger than'):
+        dataloader.split_indices(10, 11, 0)
+
+
+def test_checkpoint_with_dataparallel_prefix_loads(tmp_path, checkpoints):
+    state = model_loader.read_state_dict(checkpoints['mlp'])
+    path = tmp_path / 'dp.t7'
+    torch.save({'state_dict': {'module.' + k: v for k, v in state.items()}, 'epoch': 3, 'acc': 50.0}, path)
+    net = model_loader.load('digits', 'mlp', str(path))
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, state[k])
