@@ -169,8 +169,10 @@ def is_custom(dataset):
 
 
 def load_dataset(dataset, datapath, train=True, raw_data=False, data_split=1, split_idx=0,
-                 download=False, device='cpu'):
-    """Read ``dataset`` once, keep the --data_split/--split_idx part, move it to ``device``."""
+                 download=False, device='cpu', labels_file=None):
+    """Read ``dataset`` once, keep the --data_split/--split_idx part, move it to ``device``.
+    ``labels_file``: labels that replace the stored ones (e.g. the corrupted training labels
+    that cifar10/main.py --label_corrupt_prob saves), in dataset order."""
     if dataset == 'cifar10':
         data = load_cifar10(datapath, train, raw_data, download)
     elif dataset == 'digits':
@@ -182,9 +184,24 @@ def load_dataset(dataset, datapath, train=True, raw_data=False, data_split=1, sp
                          'or package.module:factory')
     if len(data) == 0:
         raise UsageError(f'--dataset {dataset!r} has no {"training" if train else "test"} samples')
+    if labels_file:
+        data.targets = read_labels(labels_file, len(data))
     if data_split > 1:
         data = data.subset(split_indices(len(data), data_split, split_idx))
     return data.to(device)
+
+
+def read_labels(path, expected_count):
+    """An int64 label tensor saved with torch.save, checked against the data's length."""
+    try:
+        labels = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:  # any failure to unpickle means "not a labels file"
+        raise UsageError(f'--train_labels {path!r} is not a saved label tensor ({type(err).__name__})') from None
+    if not torch.is_tensor(labels) or labels.dim() != 1 or labels.dtype != torch.int64:
+        raise UsageError(f'--train_labels {path!r} must hold a 1-D int64 tensor')
+    if len(labels) != expected_count:
+        raise UsageError(f'--train_labels {path!r} has {len(labels)} labels, the data has {expected_count} samples')
+    return labels
 
 
 def split_indices(n, data_split, split_idx):

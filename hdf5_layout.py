@@ -71,7 +71,7 @@ PROJ_XCOORD, PROJ_YCOORD = 'proj_xcoord', 'proj_ycoord'
 ARGS_ATTR, VERSIONS_ATTR = 'args', 'versions'
 # The fields that say what a surface was computed for; a resumed run must agree on each one.
 IDENTITY_FIELDS = ('model', 'model_file', 'model_file2', 'model_file3', 'dir_type', 'dataset',
-                   'raw_data', 'data_split', 'split_idx', 'loss_name', 'label_corrupt_prob')
+                   'raw_data', 'data_split', 'split_idx', 'loss_name', 'train_labels')
 
 
 # ----------------------------------------------------------------------------- file primitives

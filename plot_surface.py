@@ -68,6 +68,8 @@ def get_args_parser(add_help=True):
     data.add_argument('--data_split', default=1, type=int, help='evaluate on a fixed, seeded 1/K part of the data')
     data.add_argument('--split_idx', default=0, type=int, help='which part (0..K-1) with --data_split K')
     data.add_argument('--batch_size', default=128, type=int, help='evaluation batch size')
+    data.add_argument('--train_labels', default='', help='training labels to evaluate with, in dataset order '
+                      '(train_labels.pt, saved by cifar10.main --label_corrupt_prob)')
     data.add_argument('--eval_test', action='store_true', help='also store test_loss and test_acc at every point')
 
     output = parser.add_argument_group('output')
@@ -118,7 +120,7 @@ def validate_args(parser, args):
     model_loader.check_model_name(args.dataset, args.model)
     if not args.model_file:
         parser.error('--model_file is required: the checkpoint at the centre of the surface')
-    for flag in ('model_file', 'model_file2', 'model_file3', 'dir_file', 'proj_file'):
+    for flag in ('model_file', 'model_file2', 'model_file3', 'dir_file', 'proj_file', 'train_labels'):
         if getattr(args, flag):
             check_file_exists(getattr(args, flag), f'--{flag}')
     if args.proj_file:

@@ -115,13 +115,16 @@ def select_device(args, comm):
     return torch.device('cuda', comm.local_rank % torch.cuda.device_count())
 
 
+PATH_FIELDS = ('model_file', 'model_file2', 'model_file3', 'train_labels')
+
+
 def run_identity(args):
     """The identity fields of a run (hdf5_layout.IDENTITY_FIELDS), paths made absolute."""
     identity = {}
     for key in hdf5_layout.IDENTITY_FIELDS:
         if hasattr(args, key):
             value = getattr(args, key)
-            if key.startswith('model_file') and value:
+            if key in PATH_FIELDS and value:
                 value = os.path.realpath(value)
             identity[key] = value
     return identity
@@ -148,21 +151,32 @@ def prepare_run(args, comm, value_names):
         return model_loader.load(args.dataset, args.model, path, flag)
 
     net = load_model(args.model_file)
+
+    def load(train):
+        return dataloader.load_dataset(args.dataset, args.datapath, train, args.raw_data, args.data_split,
+                                       args.split_idx, args.download, device,
+                                       labels_file=getattr(args, 'train_labels', '') if train else None)
+    # Data before any file is made: a data error must leave the folder as it was.
+    train_data = load(True)
+    test_data = load(False) if getattr(args, 'eval_test', False) else None
+
     base_cpu = net_plotter.get_base(net, args.dir_type)
     dir_file = net_plotter.name_direction_file(args)
-    comm.root_only(lambda: net_plotter.setup_direction_file(args, dir_file, net, base_cpu, load_model))
     surf_file = net_plotter.name_surface_file(args, dir_file, grid)
+
+    def check_then_make_directions():
+        # Refuse a surface file made for another run before writing a direction file for it.
+        if os.path.exists(surf_file):
+            hdf5_layout.check_surface_matches(hdf5_layout.read_surface(surf_file), grid, dir_file,
+                                              run_identity(args))
+        net_plotter.setup_direction_file(args, dir_file, net, base_cpu, load_model)
+    comm.root_only(check_then_make_directions)
 
     net.to(device)
     if args.cuda and args.ngpu > 1:
         net = torch.nn.DataParallel(net, device_ids=list(range(min(args.ngpu, torch.cuda.device_count()))))
     base = [t.to(device) for t in base_cpu]
     xdirection, ydirection = net_plotter.load_directions(dir_file, base_cpu, grid.is_2d, device)
-
-    load = lambda train: dataloader.load_dataset(args.dataset, args.datapath, train, args.raw_data,
-                                                 args.data_split, args.split_idx, args.download, device)
-    train_data = load(True)
-    test_data = load(False) if getattr(args, 'eval_test', False) else None
 
     def open_writer():
         attrs = {hdf5_layout.ARGS_ATTR: vars(args), hdf5_layout.VERSIONS_ATTR: library_versions(comm)}

@@ -51,7 +51,7 @@ def checkpoints(tmp_path_factory):
 
 def run_script(script, *args, cwd=ROOT, env=None, timeout=300, launcher=()):
     """Run one of the suite's scripts as a user would: returns CompletedProcess (text)."""
-    full_env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1', **(env or {}))
+    full_env = {**os.environ, 'PYTHONPATH': ROOT, 'OMP_NUM_THREADS': '1', **(env or {})}
     return subprocess.run([*launcher, sys.executable, os.path.join(ROOT, script), *map(str, args)],
                           cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 

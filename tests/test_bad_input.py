@@ -1,0 +1,147 @@
+"""Bad input: a one-line error naming the problem, exit status 2, no traceback, no file changed.
+
+Each case is (name, argv builder, words the message must contain). Cases run in-process through
+cli.run_main (the same path as the command line, minus interpreter start-up); a few also run as
+real subprocesses to prove the command-line wiring.
+"""
+import hashlib
+import os
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import plot_surface
+from hdf5_layout import FileLock
+from tests.conftest import call_main, run_script
+
+DIGITS = ['--dataset', 'digits', '--threads', '1']
+
+
+@pytest.fixture
+def workdir(tmp_path, checkpoints):
+    """A folder with a model, a finished 1D surface and its direction file, and some junk files."""
+    shutil.copy(checkpoints['cnn_bn'], tmp_path / 'cnn.t7')
+    shutil.copy(checkpoints['mlp'], tmp_path / 'mlp.t7')
+    (tmp_path / 'junk.t7').write_bytes(b'not a checkpoint at all')
+    (tmp_path / 'junk.h5').write_bytes(b'\x89HDF\r\n\x1a\n' + b'\x00' * 40)   # a truncated HDF5 file
+    plot_surface.main([*DIGITS, '--model', 'cnn_bn', '--model_file', str(tmp_path / 'cnn.t7'), '--x=-1:1:3',
+                       '--xnorm', 'filter', '--data_split', '8', '--surf_file', str(tmp_path / 'surf.h5')])
+    with h5py.File(tmp_path / 'proj_like.h5', 'w') as f:
+        f['something'] = np.zeros(3)
+    torch.save(torch.zeros(5, dtype=torch.int64), tmp_path / 'labels.pt')
+    from tests.fixtures.custom import three_class_model
+    torch.save(three_class_model().state_dict(), tmp_path / 'three.t7')
+    return tmp_path
+
+
+def snapshot(folder):
+    return {p: hashlib.sha256(open(os.path.join(folder, p), 'rb').read()).hexdigest()
+            for p in sorted(os.listdir(folder)) if os.path.isfile(os.path.join(folder, p))}
+
+
+MODEL = ['--model', 'cnn_bn', '--model_file', '{d}/cnn.t7']
+DIR = '{d}/cnn.t7_weights_xnorm=filter.h5'
+PLOT_SURFACE_CASES = [
+    ('x missing num', [*MODEL, '--x=-1:1'], ['--x', 'MIN:MAX:NUM']),
+    ('x not numbers', [*MODEL, '--x=a:b:c'], ['--x', 'numbers']),
+    ('x num zero', [*MODEL, '--x=-1:1:0'], ['--x', 'at least 1']),
+    ('x num fractional', [*MODEL, '--x=-1:1:2.5'], ['--x', 'whole number']),
+    ('x min above max', [*MODEL, '--x=1:-1:5'], ['--x', 'MIN must not exceed MAX']),
+    ('y min above max', [*MODEL, '--y=1:0:3'], ['--y', 'MIN must not exceed MAX']),
+    ('x infinite', [*MODEL, '--x=-inf:1:3'], ['--x', 'finite']),
+    ('missing model file', ['--model', 'cnn_bn', '--model_file', '{d}/nope.t7'], ['--model_file', 'does not exist']),
+    ('no model file', ['--model', 'cnn_bn'], ['--model_file is required']),
+    ('unknown model', ['--model', 'resnet9000', '--model_file', '{d}/cnn.t7'], ['unknown --model', 'resnet9000']),
+    ('bad model factory', ['--model', 'nosuchpkg.mod:make', '--model_file', '{d}/cnn.t7'], ['--model', 'cannot import']),
+    ('checkpoint for another model', ['--model', 'cnn_bn', '--model_file', '{d}/mlp.t7', '--x=-1:1:3'],
+     ['does not fit the model', 'features.0.0.weight']),
+    ('checkpoint not a checkpoint', ['--model', 'cnn_bn', '--model_file', '{d}/junk.t7', '--x=-1:1:3'],
+     ['not a readable PyTorch checkpoint']),
+    ('unknown xnorm', [*MODEL, '--xnorm', 'filtr'], ['--xnorm', 'invalid choice']),
+    ('unknown dir_type', [*MODEL, '--dir_type', 'weight'], ['--dir_type', 'invalid choice']),
+    ('unknown loss', [*MODEL, '--loss_name', 'hinge'], ['--loss_name', 'invalid choice']),
+    ('direction file for another model', ['--model', 'mlp', '--model_file', '{d}/mlp.t7', '--dir_file', DIR, '--x=-1:1:3'],
+     ['direction file', 'does not fit the model']),
+    ('direction file missing', [*MODEL, '--dir_file', '{d}/nodir.h5'], ['--dir_file', 'does not exist']),
+    ('direction file is a surface file', [*MODEL, '--dir_file', '{d}/surf.h5', '--x=-1:1:3'], ['not a direction file']),
+    ('1D direction file for a 2D grid', [*MODEL, '--dir_file', DIR, '--x=-1:1:3', '--y=-1:1:3'], ['no y direction']),
+    ('surface for another grid', [*MODEL, '--xnorm', 'filter', '--x=-1:1:5', '--surf_file', '{d}/surf.h5',
+                                  '--data_split', '8'], ['another grid', '--x']),
+    ('surface for another model file', ['--model', 'cnn_bn', '--model_file', '{d}/cnn_copy.t7', '--dir_file', DIR,
+                                        '--x=-1:1:3', '--surf_file', '{d}/surf.h5', '--data_split', '8'], ['model_file=']),
+    ('surface for other data', [*MODEL, '--xnorm', 'filter', '--x=-1:1:3', '--surf_file', '{d}/surf.h5',
+                                '--data_split', '4'], ['data_split=8']),
+    ('surface file truncated', [*MODEL, '--x=-1:1:3', '--surf_file', '{d}/junk.h5'], ['not a readable HDF5 file']),
+    ('data split too large', [*MODEL, '--x=-1:1:3', '--data_split', '100000'], ['--data_split', 'larger than']),
+    ('split index out of range', [*MODEL, '--data_split', '4', '--split_idx', '4'], ['--split_idx']),
+    ('unknown dataset', ['--dataset', 'mnist', *MODEL], ['unknown --dataset', 'mnist']),
+    ('empty custom dataset', ['--dataset', 'tests.fixtures.custom:empty_data', '--model',
+                              'tests.fixtures.custom:three_class_model', '--model_file', '{d}/three.t7'], ['empty']),
+    ('same_dir without y', [*MODEL, '--same_dir'], ['--same_dir', '--y']),
+    ('batch size zero', [*MODEL, '--batch_size', '0'], ['--batch_size']),
+    ('projection file that is not one', [*MODEL, '--proj_file', '{d}/proj_like.h5'], ['not a projection file']),
+    ('labels of another length', [*MODEL, '--x=-1:1:3', '--train_labels', '{d}/labels.pt'], ['--train_labels', '5 labels']),
+    ('cifar10 folder missing', ['--dataset', 'cifar10', '--datapath', '{d}/nodata', '--model', 'resnet20',
+                                '--model_file', '{d}/cnn.t7'], ['--datapath', 'does not exist']),
+]
+
+
+def fill(argv, folder):
+    return [a.format(d=folder) for a in argv]
+
+
+def assert_one_line_error(code, err, words):
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert 'Traceback' not in err and 'error:' in lines[0]
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+@pytest.mark.parametrize('name,argv,words', PLOT_SURFACE_CASES, ids=[c[0] for c in PLOT_SURFACE_CASES])
+def test_plot_surface_bad_input(workdir, capsys, name, argv, words):
+    shutil.copy(workdir / 'cnn.t7', workdir / 'cnn_copy.t7')
+    before = snapshot(workdir)
+    code, err = call_main(plot_surface.main, [*DIGITS, *fill(argv, workdir)], capsys)
+    assert_one_line_error(code, err, words)
+    assert snapshot(workdir) == before
+
+
+def test_surface_locked_by_another_run(workdir, capsys):
+    before = snapshot(workdir)
+    with FileLock(str(workdir / 'surf.h5')):
+        code, err = call_main(plot_surface.main, [*DIGITS, *fill(MODEL, workdir), '--xnorm', 'filter', '--x=-1:1:3',
+                                                  '--surf_file', workdir / 'surf.h5', '--data_split', '8'], capsys)
+        assert_one_line_error(code, err, ['being written by another run'])
+    before.pop('surf.h5.lock', None)
+    assert snapshot(workdir) == before
+
+
+@pytest.mark.parametrize('argv,words', [
+    (['--x=-1:1'], ['--x', 'MIN:MAX:NUM']),
+    (['--model', 'resnet9000'], ['unknown --model']),
+    (['--xnorm', 'filtr'], ['invalid choice']),
+], ids=['malformed grid', 'unknown model', 'bad choice'])
+def test_command_line_errors_are_one_line(workdir, argv, words):
+    run = run_script('plot_surface.py', *DIGITS, *fill(MODEL, workdir), *argv)
+    assert_one_line_error(run.returncode, run.stderr, words)
+
+
+def test_mpi_without_an_mpi_runtime(workdir, tmp_path_factory):
+    fake = tmp_path_factory.mktemp('nompi')
+    (fake / 'mpi4py').mkdir()
+    (fake / 'mpi4py' / '__init__.py').write_text('')   # mpi4py present, its MPI module missing
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = run_script('plot_surface.py', *DIGITS, *fill(MODEL, workdir), '--mpi', '--x=-1:1:3',
+                     env={'PYTHONPATH': f'{fake}{os.pathsep}{root}'})
+    assert_one_line_error(run.returncode, run.stderr, ['--mpi needs mpi4py'])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has a GPU')
+def test_cuda_without_gpu(workdir, capsys):
+    code, err = call_main(plot_surface.main, [*DIGITS, *fill(MODEL, workdir), '--cuda', '--x=-1:1:3'], capsys)
+    assert_one_line_error(code, err, ['--cuda', 'no CUDA GPU'])
