@@ -99,7 +99,7 @@ def load_cifar10(datapath, train=True, raw_data=False, download=False):
         import torchvision  # only needed to fetch the official archive
         torchvision.datasets.CIFAR10(root=datapath, train=train, download=True)
     folder = cifar10_folder(datapath)
-    images, labels = [], []
+    images, labels, unofficial = [], [], []
     for name, md5 in CIFAR10_BATCHES['train' if train else 'test']:
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
@@ -108,14 +108,18 @@ def load_cifar10(datapath, train=True, raw_data=False, download=False):
         with open(path, 'rb') as fh:
             blob = fh.read()
         if hashlib.md5(blob).hexdigest() != md5:
-            warnings.warn(f'{path}: checksum differs from the official CIFAR-10 batch; using it anyway')
+            unofficial.append(name)
         try:
-            batch = pickle.loads(blob, encoding='bytes')
-            data, batch_labels = batch[b'data'], batch[b'labels']
+            # latin1 reads the official (Python 2) pickles with str keys, like torchvision does.
+            batch = pickle.loads(blob, encoding='latin1')
+            data, batch_labels = batch['data'], batch['labels']
         except (pickle.UnpicklingError, KeyError, EOFError, TypeError) as err:
             raise UsageError(f'{path!r} is not a CIFAR-10 python batch ({err})') from None
         images.append(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32))
         labels.append(np.asarray(batch_labels, dtype=np.int64))
+    if unofficial:
+        warnings.warn(f'{folder}: {", ".join(unofficial)} differ from the official CIFAR-10 checksums; using them anyway',
+                      stacklevel=2)
     inputs = torch.from_numpy(np.concatenate(images))
     scale, shift = _affine(CIFAR10_MEAN, CIFAR10_STD, 255.0, raw_data)
     return CachedDataset(inputs, torch.from_numpy(np.concatenate(labels)), 10, scale, shift)

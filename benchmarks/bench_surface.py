@@ -1,0 +1,202 @@
+"""Seconds per grid point: this suite's plot_surface path against a naive per-point loop.
+
+Measured side by side in one run, on the same model, data and directions:
+  (a) suite    -- surface_engine.prepare_run + run_grid with plot_surface's point evaluator (resident
+                  uint8 data, normalised per batch, atomic incremental HDF5 writes included);
+  (b) naive    -- the usual loop: torchvision CIFAR10 with ToTensor+Normalize through a DataLoader
+                  (batch 128, 2 workers), model.eval(), torch.no_grad(), weights set per point;
+  (c) floor    -- one plain forward pass over the already-normalised float tensor.
+Prints a table (median of --repeats) and writes it as JSON. Fake CIFAR-shaped data is used: the
+timing does not depend on the pixel values.
+
+    python benchmarks/bench_surface.py --model resnet20 --num_images 2000 --grid 5
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import net_plotter  # noqa: E402
+import plot_surface  # noqa: E402
+from cifar10.fake_data import write_fake_cifar10  # noqa: E402
+from mpi_comm import SerialComm  # noqa: E402
+from surface_engine import prepare_run, run_grid  # noqa: E402
+from dataloader import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser('bench_surface.py', description=__doc__.split('\n\n')[0])
+    parser.add_argument('--model', default='resnet20', help='CIFAR-10 zoo model')
+    parser.add_argument('--num_images', default=2000, type=int, help='training images evaluated per point')
+    parser.add_argument('--grid', default=5, type=int, help='grid points per axis (a GRID x GRID surface)')
+    parser.add_argument('--batch_size', default=128, type=int, help='evaluation batch size (suite and floor)')
+    parser.add_argument('--repeats', default=3, type=int, help='repeats of each measurement (median reported)')
+    parser.add_argument('--threads', default=None, type=int, help='torch threads (default: torch\'s choice)')
+    parser.add_argument('--cuda', action='store_true', help='measure on the GPU')
+    parser.add_argument('--mpi', action='store_true', help='also measure 1 rank x 1 thread against 2 ranks x 1 thread')
+    parser.add_argument('--skip_naive', action='store_true', help='skip the (slow) naive baseline')
+    parser.add_argument('--json', default=os.path.join(ROOT, 'benchmarks', 'out', 'bench_surface.json'),
+                        help='where to write the results')
+    return parser
+
+
+def surface_args(workdir, model_file, opts, extra=()):
+    argv = ['--dataset', 'cifar10', '--datapath', workdir, '--model', opts.model, '--model_file', model_file,
+            f'--x=-1:1:{opts.grid}', f'--y=-1:1:{opts.grid}', '--xnorm', 'filter', '--xignore', 'biasbn',
+            '--ynorm', 'filter', '--yignore', 'biasbn', '--batch_size', str(opts.batch_size), *extra]
+    if opts.cuda:
+        argv.append('--cuda')
+    return plot_surface.get_args_parser().parse_args(argv)
+
+
+def time_suite(workdir, model_file, opts, repeat):
+    """Seconds per point of the suite's own grid loop (a fresh surface file each repeat)."""
+    args = surface_args(workdir, model_file, opts, ['--surf_file', os.path.join(workdir, f'suite_{repeat}.h5')])
+    run = prepare_run(args, SerialComm(), plot_surface.surface_names(args))
+    sync(opts)
+    start = time.perf_counter()
+    run_grid(SerialComm(), run.grid, run.open_writer, plot_surface.make_point_evaluator(run))
+    sync(opts)
+    return (time.perf_counter() - start) / run.grid.num_points, run
+
+
+def time_naive(workdir, run, opts):
+    """The per-point loop most loss-landscape scripts use, on the same model and directions."""
+    import torchvision
+    import torchvision.transforms as T
+
+    # torchvision refuses batches whose checksums differ from the official ones: let it read the fakes.
+    torchvision.datasets.cifar.check_integrity = lambda *a, **k: True
+    transform = T.Compose([T.ToTensor(), T.Normalize(CIFAR10_MEAN, CIFAR10_STD)])
+    dataset = torchvision.datasets.CIFAR10(workdir, train=True, download=False, transform=transform)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=128, shuffle=False, num_workers=2)
+    net, criterion = run.net, torch.nn.CrossEntropyLoss()
+    points = run.grid.num_points
+    sync(opts)
+    start = time.perf_counter()
+    for k in range(points):
+        x, y = run.grid.point(k)
+        net_plotter.set_weights(net, run.base, run.xdirection, run.ydirection, x, y)
+        net.eval()
+        total, correct, loss_sum = 0, 0, 0.0
+        with torch.no_grad():
+            for inputs, targets in loader:
+                inputs, targets = inputs.to(run.device), targets.to(run.device)
+                outputs = net(inputs)
+                loss_sum += criterion(outputs, targets).item() * len(targets)
+                correct += (outputs.argmax(1) == targets).sum().item()
+                total += len(targets)
+    sync(opts)
+    return (time.perf_counter() - start) / points
+
+
+def time_floor(run, opts):
+    """One forward pass over the already-normalised data: the cost a grid point cannot beat."""
+    data = run.train_data
+    prepared = [(data.normalize(data.inputs[i:i + opts.batch_size])) for i in range(0, len(data), opts.batch_size)]
+    run.net.eval()
+    sync(opts)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for batch in prepared:
+            run.net(batch)
+    sync(opts)
+    return time.perf_counter() - start
+
+
+def time_mpi(workdir, model_file, opts, ranks):
+    """Points per second of the grid loop with ``ranks`` ranks of one thread each."""
+    mpiexec = os.path.join(os.path.dirname(sys.executable), 'mpiexec')
+    surf = os.path.join(workdir, f'mpi_{ranks}_{time.monotonic_ns()}.h5')
+    cmd = [mpiexec, '-n', str(ranks), sys.executable, os.path.join(ROOT, 'plot_surface.py'), '--mpi', '--threads', '1',
+           '--dataset', 'cifar10', '--datapath', workdir, '--model', opts.model, '--model_file', model_file,
+           f'--x=-1:1:{opts.grid}', f'--y=-1:1:{opts.grid}', '--xnorm', 'filter', '--xignore', 'biasbn',
+           '--ynorm', 'filter', '--yignore', 'biasbn', '--surf_file', surf]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    if out.returncode:
+        raise RuntimeError(out.stderr)
+    # The summary line: "<file>: N points computed in S s, ..." (the grid loop's own time).
+    line = next(l for l in out.stdout.splitlines() if 'points computed in' in l)
+    n = int(line.split('points computed')[0].split()[-1])
+    seconds = float(line.split('points computed in ')[1].split(' s')[0])
+    return n / seconds
+
+
+def sync(opts):
+    if opts.cuda:
+        torch.cuda.synchronize()
+
+
+def main(argv=None):
+    opts = get_args_parser().parse_args(argv)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    workdir = tempfile.mkdtemp(prefix='bench_surface_')
+    write_fake_cifar10(workdir, num_train=opts.num_images, num_test=10)
+    from cifar10.model_loader import MODELS
+    torch.manual_seed(0)
+    model_file = os.path.join(workdir, 'model.t7')
+    torch.save({'state_dict': MODELS[opts.model]().state_dict(), 'epoch': 0, 'acc': 0.0}, model_file)
+
+    suite, floor, naive, run = [], [], [], None
+    for r in range(opts.repeats):
+        seconds, run = time_suite(workdir, model_file, opts, r)
+        suite.append(seconds)
+        floor.append(time_floor(run, opts))
+        if not opts.skip_naive:
+            naive.append(time_naive(workdir, run, opts))
+    results = {
+        'machine': {'platform': platform.platform(), 'processor': platform.processor(), 'cpus': os.cpu_count(),
+                    'torch': torch.__version__, 'threads': torch.get_num_threads(),
+                    'device': torch.cuda.get_device_name() if opts.cuda else 'cpu'},
+        'model': opts.model, 'num_images': opts.num_images, 'grid': f'{opts.grid}x{opts.grid}',
+        'suite_s_per_point': statistics.median(suite),
+        'floor_s_per_point': statistics.median(floor),
+        'efficiency': statistics.median(floor) / statistics.median(suite),
+        'suite_images_per_s': opts.num_images / statistics.median(suite),
+        'resident_data_mb': run.train_data.inputs.element_size() * run.train_data.inputs.nelement() / 2**20,
+        'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    if naive:
+        results['naive_s_per_point'] = statistics.median(naive)
+        results['speedup_over_naive'] = statistics.median(naive) / statistics.median(suite)
+    if opts.mpi:
+        one, two = time_mpi(workdir, model_file, opts, 1), time_mpi(workdir, model_file, opts, 2)
+        results.update(mpi_1rank_points_per_s=one, mpi_2ranks_points_per_s=two, mpi_scaling=two / one)
+    print_table(results)
+    os.makedirs(os.path.dirname(os.path.abspath(opts.json)), exist_ok=True)
+    with open(opts.json, 'w') as fh:
+        json.dump(results, fh, indent=2)
+    print('wrote', opts.json)
+
+
+def print_table(r):
+    print(f"{r['model']}, {r['num_images']} images, {r['grid']} grid, {r['machine']['device']}, "
+          f"{r['machine']['threads']} threads")
+    print(f"{'path':<10}{'s/point':>10}{'images/s':>12}")
+    print(f"{'suite':<10}{r['suite_s_per_point']:>10.3f}{r['suite_images_per_s']:>12.0f}")
+    if 'naive_s_per_point' in r:
+        print(f"{'naive':<10}{r['naive_s_per_point']:>10.3f}{r['num_images'] / r['naive_s_per_point']:>12.0f}")
+    print(f"{'floor':<10}{r['floor_s_per_point']:>10.3f}{r['num_images'] / r['floor_s_per_point']:>12.0f}")
+    if 'speedup_over_naive' in r:
+        print(f"speed-up over naive: {r['speedup_over_naive']:.2f}x")
+    print(f"efficiency floor/suite: {r['efficiency']:.3f}")
+    print(f"resident data: {r['resident_data_mb']:.1f} MB, peak RSS {r['peak_rss_mb']:.0f} MB")
+    if 'mpi_scaling' in r:
+        print(f"MPI: 1 rank {r['mpi_1rank_points_per_s']:.3f} pt/s, 2 ranks {r['mpi_2ranks_points_per_s']:.3f} pt/s, "
+              f"scaling {r['mpi_scaling']:.2f}x")
+
+
+if __name__ == '__main__':
+    main()
