@@ -39,7 +39,7 @@ def run_main(main, argv=None):
         report_usage_error(prog, err, show=_is_mpi_root())
         sys.exit(2)
     except KeyboardInterrupt:
-        print(f'{prog}: interrupted; rerun the same command to resume', file=sys.stderr)
+        print(f'{prog}: interrupted', file=sys.stderr)
         sys.exit(130)
 
 

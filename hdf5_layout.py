@@ -8,7 +8,10 @@ Direction file (written by net_plotter / plot_trajectory, read by everything):
     ydirection/0 .. ydirection/N-1   present for 2D surfaces
     explained_variance_ratio_, singular_values_, explained_variance_
                                      PCA directions only (plot_trajectory), length 2 each
-    attrs                            how the directions were made (JSON strings; absent in old files)
+    attrs                            how the directions were made (JSON strings; absent in old files),
+                                     and DIRECTION_ID, a random id given at creation, which every
+                                     surface computed along them records: recreating directions under
+                                     the same name can then never mix old and new surface values
 
 Surface file (written by plot_surface / plot_hessian_eigen, read by the plot scripts):
     dir_file       string: the direction file the surface was computed along
@@ -39,6 +42,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 
 import h5py
 import numpy as np
@@ -69,9 +73,10 @@ PROJ_XCOORD, PROJ_YCOORD = 'proj_xcoord', 'proj_ycoord'
 
 # Attributes.
 ARGS_ATTR, VERSIONS_ATTR = 'args', 'versions'
+DIRECTION_ID = 'direction_id'
 # The fields that say what a surface was computed for; a resumed run must agree on each one.
 IDENTITY_FIELDS = ('model', 'model_file', 'model_file2', 'model_file3', 'dir_type', 'dataset',
-                   'raw_data', 'data_split', 'split_idx', 'loss_name', 'train_labels')
+                   'raw_data', 'data_split', 'split_idx', 'loss_name', 'train_labels', DIRECTION_ID)
 
 
 # ----------------------------------------------------------------------------- file primitives
@@ -100,6 +105,16 @@ def atomic_h5(path, copy_existing=False):
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def remove_stale_temporaries(path):
+    """Delete the temporary files a killed writer of ``path`` left (only call with its lock held)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    prefix = '.' + os.path.basename(path) + '.'
+    for name in os.listdir(folder):
+        if name.startswith(prefix) and name.endswith(TMP_SUFFIX):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, name))
 
 
 def open_h5(path, what='file'):
@@ -183,8 +198,9 @@ def _read_tensor_list(group):
     return [group[k][()] for k in sorted(group.keys(), key=int)]
 
 
-def write_direction_file(path, xdirection, ydirection=None, extras=None, attrs=None):
-    """Write a direction file atomically. ``extras``: extra datasets (e.g. the PCA arrays)."""
+def write_direction_file(path, xdirection, ydirection=None, extras=None, attrs=None, direction_id=None):
+    """Write a direction file atomically. ``extras``: extra datasets (e.g. the PCA arrays).
+    ``direction_id``: keep this id (when only adding a y direction to existing x directions)."""
     with atomic_h5(path) as f:
         _write_tensor_list(f, XDIRECTION, xdirection)
         if ydirection is not None:
@@ -193,6 +209,13 @@ def write_direction_file(path, xdirection, ydirection=None, extras=None, attrs=N
             f[key] = np.asarray(value)
         for key, value in (attrs or {}).items():
             f.attrs[key] = json.dumps(value)
+        f.attrs[DIRECTION_ID] = json.dumps(direction_id or uuid.uuid4().hex)
+
+
+def read_direction_id(path):
+    """The id given to a direction file at creation, or None (files from the original code)."""
+    with open_h5(path, 'direction file') as f:
+        return json.loads(f.attrs[DIRECTION_ID]) if DIRECTION_ID in f.attrs else None
 
 
 def read_direction_file(path):
@@ -253,6 +276,11 @@ def read_surface(path):
                 if name in (XCOORDINATES, YCOORDINATES, DIR_FILE) or not isinstance(node, h5py.Dataset):
                     continue
                 array = np.asarray(node[()])
+                legacy = DONE_GROUP not in f
+                if legacy and y is not None and array.shape == (len(x), len(y)) != shape:
+                    # The original code stored non-square grids as (nx, ny) arrays filled in
+                    # (ny, nx) row-major order; the flat data is right, only the shape is not.
+                    array = array.reshape(shape)
                 if array.shape != shape:
                     continue  # not a per-point array (e.g. a scalar someone added)
                 values[name] = array.astype(np.float64)
@@ -277,6 +305,7 @@ class SurfaceWriter:
         self.path, self.grid, self.value_names = path, grid, tuple(value_names)
         self.lock = FileLock(path).acquire()
         self.dirty = False
+        remove_stale_temporaries(path)   # a killed writer's leftovers; we hold the lock now
         try:
             self._open(dir_file, identity, attrs)
         except BaseException:
@@ -368,6 +397,9 @@ def check_surface_matches(surface, grid, dir_file, identity):
     for key, wanted in identity.items():
         if key in surface.attrs:
             stored = json.loads(surface.attrs[key])
+            if stored != wanted and key == DIRECTION_ID:
+                raise UsageError(f'surface file {path!r} was computed along an earlier version of direction file '
+                                 f'{dir_file!r} (recreated since); pass another --surf_file')
             if stored != wanted:
                 raise UsageError(f'surface file {path!r} was made with {key}={stored!r}, not {wanted!r}; '
                                  'pass another --surf_file')

@@ -237,7 +237,8 @@ def setup_direction_file(args, dir_file, net, base, load_model):
         if not all(torch.equal(torch.as_tensor(a), b) for a, b in zip(xdirection, new_x)):
             raise UsageError(f'direction file {dir_file!r} has no y direction and its x direction is not '
                              'the one these options make; remove it or pass --dir_file')
-        hdf5_layout.write_direction_file(dir_file, new_x, new_y, attrs=direction_attrs(args))
+        hdf5_layout.write_direction_file(dir_file, new_x, new_y, attrs=direction_attrs(args),
+                                         direction_id=hdf5_layout.read_direction_id(dir_file))
         return
     if args.dir_file:
         raise UsageError(f'--dir_file {dir_file!r} does not exist')

@@ -118,9 +118,13 @@ def select_device(args, comm):
 PATH_FIELDS = ('model_file', 'model_file2', 'model_file3', 'train_labels')
 
 
-def run_identity(args):
-    """The identity fields of a run (hdf5_layout.IDENTITY_FIELDS), paths made absolute."""
+def run_identity(args, dir_file):
+    """The identity fields of a run (hdf5_layout.IDENTITY_FIELDS), paths made absolute, and the id
+    of its direction file (when the file has one)."""
     identity = {}
+    direction_id = hdf5_layout.read_direction_id(dir_file) if os.path.exists(dir_file) else None
+    if direction_id is not None:
+        identity[hdf5_layout.DIRECTION_ID] = direction_id
     for key in hdf5_layout.IDENTITY_FIELDS:
         if hasattr(args, key):
             value = getattr(args, key)
@@ -168,7 +172,7 @@ def prepare_run(args, comm, value_names):
         # Refuse a surface file made for another run before writing a direction file for it.
         if os.path.exists(surf_file):
             hdf5_layout.check_surface_matches(hdf5_layout.read_surface(surf_file), grid, dir_file,
-                                              run_identity(args))
+                                              run_identity(args, dir_file))
         net_plotter.setup_direction_file(args, dir_file, net, base_cpu, load_model)
     comm.root_only(check_then_make_directions)
 
@@ -180,7 +184,7 @@ def prepare_run(args, comm, value_names):
 
     def open_writer():
         attrs = {hdf5_layout.ARGS_ATTR: vars(args), hdf5_layout.VERSIONS_ATTR: library_versions(comm)}
-        return hdf5_layout.SurfaceWriter(surf_file, grid, dir_file, value_names, run_identity(args), attrs)
+        return hdf5_layout.SurfaceWriter(surf_file, grid, dir_file, value_names, run_identity(args, dir_file), attrs)
 
     return Run(args=args, comm=comm, device=device, grid=grid, net=net, base=base, dir_file=dir_file,
                surf_file=surf_file, xdirection=xdirection, ydirection=ydirection,

@@ -265,3 +265,32 @@ def test_cifar10_folder_read_offline_like_torchvision(tmp_path, capsys, monkeypa
     assert code == 0, err
     surf = str(tmp_path / 'r20.t7_weights_xignore=biasbn_xnorm=filter.h5_[-1.0,1.0,2].h5')
     assert hdf5_layout.read_surface(surf).done['test_acc'].all()
+
+
+def test_recreated_direction_file_is_not_mixed_with_old_surface(tmp_path, checkpoints, capsys):
+    model = local_copy(tmp_path, checkpoints['mlp'])
+    args = ['--model', 'mlp', '--model_file', model, '--x=-1:1:3', '--xnorm', 'filter', '--surf_file', tmp_path / 's.h5']
+    run(capsys, *args)
+    dir_file = model + '_weights_xnorm=filter.h5'
+    # Adding a y direction to a 1D direction file keeps its identity: the 1D surface stays valid.
+    run(capsys, *args[:-2], '--y=-1:1:2')   # same direction file name: no y options
+    assert hdf5_layout.read_direction_file(dir_file)[1] is not None
+    run(capsys, *args)
+    # Recreating it (e.g. PCA directions from new checkpoints) gives a new identity: refused.
+    os.remove(dir_file)
+    run(capsys, *args[:-2], '--surf_file', tmp_path / 'other.h5')
+    code, err = call_main(plot_surface.main, [*DATA, *args], capsys)
+    assert code == 2 and 'earlier version of direction file' in err
+
+
+def test_original_nonsquare_file_is_read_in_grid_orientation(tmp_path):
+    """The 2018 code stored a non-square grid as an (nx, ny) array filled in (ny, nx) order."""
+    x, y = np.linspace(-1, 1, 4), np.linspace(0, 1, 3)
+    xx, yy = np.meshgrid(x, y)
+    truth = xx * 10 + yy            # f(x[j], y[i]) at [i, j]
+    with h5py.File(tmp_path / 'old.h5', 'w') as f:
+        f['dir_file'] = 'dirs.h5'
+        f['xcoordinates'], f['ycoordinates'] = x, y
+        f['train_loss'] = truth.ravel().reshape(len(x), len(y))
+    s = hdf5_layout.read_surface(str(tmp_path / 'old.h5'))
+    np.testing.assert_array_equal(s.values['train_loss'], truth)

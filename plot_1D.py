@@ -1,0 +1,239 @@
+"""1D plots of a loss surface: loss and accuracy curves, several directions overlaid, eigenvalue ratio.
+
+Every figure is written as PDF with a PNG beside it, next to the surface file. Points not computed
+(NaN) or diverged (inf) are gaps in the curves.
+"""
+import os
+
+import numpy as np
+
+import hdf5_layout as layout
+from cli import ArgumentParser, UsageError, run_main
+from plot_2D import (describe_gaps, direction_label, finish, has_values, load_surface, masked,
+                     new_figure, save_figure, surface_values)
+
+DEFAULT_XMIN, DEFAULT_XMAX = -1.0, 1.0   # the defaults mean "the surface's own x range"
+
+
+def x_range(x, xmin, xmax):
+    """The original's rule: xmin -1 / xmax 1 (the defaults) stand for the data's own limits."""
+    low = float(np.min(x)) if xmin == DEFAULT_XMIN else float(xmin)
+    high = float(np.max(x)) if xmax == DEFAULT_XMAX else float(xmax)
+    if not low < high:
+        raise UsageError(f'the x range {low:g} .. {high:g} is empty; pass --xmin below --xmax')
+    return low, high
+
+
+def _check_limit(value, flag):
+    if not (np.isfinite(value) and value > 0):
+        raise UsageError(f'{flag} must be a positive number (got {value:g})')
+
+
+def _optional(surface, name):
+    return surface_values(surface, name) if has_values(surface, name) else None
+
+
+def _report_gaps(surface, names):
+    for name in names:
+        if has_values(surface, name):
+            note = describe_gaps(name, surface_values(surface, name))
+            if note:
+                print(note)
+
+
+def _load_1d(path):
+    surface = load_surface(path, dims=1)
+    if len(surface.xcoordinates) < 2:
+        raise UsageError(f'surface file {path!r} has a single point; a curve needs at least 2')
+    return surface
+
+
+def _loss_axes(ax, log, loss_max):
+    if log:
+        ax.set_yscale('log')
+        ax.set_ylim(top=loss_max)   # a log axis cannot start at 0: keep its own bottom
+    else:
+        ax.set_ylim(0, loss_max)
+
+
+def _draw_loss_acc(ax_loss, ax_acc, x, curves, label_curves=True):
+    """Loss (blue, left) and accuracy (red, right); train solid, test dashed."""
+    styles = {layout.TRAIN_LOSS: (ax_loss, 'b-', 'Training loss'), layout.TEST_LOSS: (ax_loss, 'b--', 'Test loss'),
+              layout.TRAIN_ACC: (ax_acc, 'r-', 'Training accuracy'), layout.TEST_ACC: (ax_acc, 'r--', 'Test accuracy')}
+    for name, (ax, style, label) in styles.items():
+        if curves.get(name) is not None:
+            ax.plot(x, masked(curves[name]), style, linewidth=1, label=label if label_curves else None)
+
+
+def _style_loss_acc(ax_loss, ax_acc, xlim, xlabel, log, loss_max):
+    ax_loss.set_xlim(*xlim)
+    _loss_axes(ax_loss, log, loss_max)
+    ax_loss.set_xlabel(xlabel, fontsize='x-large')
+    ax_loss.set_ylabel('Loss', color='b', fontsize='xx-large')
+    ax_loss.tick_params('y', colors='b', labelsize='x-large')
+    ax_loss.tick_params('x', labelsize='large')
+    ax_acc.set_ylim(0, 100)
+    ax_acc.set_ylabel('Accuracy', color='r', fontsize='xx-large')
+    ax_acc.tick_params('y', colors='r', labelsize='x-large')
+    handles = ax_loss.get_legend_handles_labels()[0] + ax_acc.get_legend_handles_labels()[0]
+    ax_acc.legend(handles=handles, loc='best', fontsize='small')  # the top axes: not hidden by its curves
+
+
+def _single_curve(x, values, *, xlim, xlabel, ylabel, ylim, log, show, base):
+    fig = new_figure(show)
+    ax = fig.add_subplot()
+    ax.plot(x, masked(values), 'b-', linewidth=1)
+    ax.set_xlim(*xlim)
+    if log:
+        ax.set_yscale('log')
+        ax.set_ylim(top=ylim[1])
+    else:
+        ax.set_ylim(*ylim)
+    ax.set_xlabel(xlabel, fontsize='x-large')
+    ax.set_ylabel(ylabel, fontsize='xx-large')
+    return save_figure(fig, base)
+
+
+def plot_1d_loss_err(surf_file, *, xmin=-1.0, xmax=1.0, loss_max=5, log=False, show=False):
+    """Loss + accuracy against the coordinate, and the training loss and error alone.
+
+    Writes surf_file + '_1d_loss_acc[_log]', '_1d_train_loss[_log]' and '_1d_train_err' (.pdf and
+    .png); test curves (dashed) when the file has them. Returns the written paths."""
+    _check_limit(loss_max, '--loss_max')
+    surface = _load_1d(surf_file)
+    x = surface.xcoordinates
+    curves = {name: _optional(surface, name) for name in
+              (layout.TRAIN_LOSS, layout.TEST_LOSS, layout.TRAIN_ACC, layout.TEST_ACC)}
+    if curves[layout.TRAIN_LOSS] is None:
+        raise UsageError(f'surface file {surf_file!r} has no {layout.TRAIN_LOSS!r}')
+    xlim, xlabel, log_tag = x_range(x, xmin, xmax), direction_label(surface, 'x'), '_log' if log else ''
+    _report_gaps(surface, curves)
+
+    fig = new_figure(show)
+    ax_loss = fig.add_subplot()
+    ax_acc = ax_loss.twinx()
+    _draw_loss_acc(ax_loss, ax_acc, x, curves)
+    _style_loss_acc(ax_loss, ax_acc, xlim, xlabel, log, loss_max)
+    written = save_figure(fig, f'{surf_file}_1d_loss_acc{log_tag}')
+    written += _single_curve(x, curves[layout.TRAIN_LOSS], xlim=xlim, xlabel=xlabel, ylabel='Training Loss',
+                             ylim=(0, loss_max), log=log, show=show, base=f'{surf_file}_1d_train_loss{log_tag}')
+    if curves[layout.TRAIN_ACC] is not None:
+        written += _single_curve(x, 100.0 - curves[layout.TRAIN_ACC], xlim=xlim, xlabel=xlabel,
+                                 ylabel='Training Error (%)', ylim=(0, 100), log=False, show=show,
+                                 base=f'{surf_file}_1d_train_err')
+    finish(show)
+    return written
+
+
+def repeat_file_name(prefix, idx):
+    """The original's naming for --prefix: f'{prefix}_{idx}.h5'."""
+    return f'{prefix}_{idx}.h5'
+
+
+def plot_1d_loss_err_repeat(prefix, idx_min=1, idx_max=10, *, xmin=-1.0, xmax=1.0, loss_max=5, log=False,
+                            show=False):
+    """Overlay the loss/accuracy curves of prefix_<idx>.h5 for idx_min..idx_max (e.g. several random
+    directions). Writes prefix + '_1d_loss_err_repeat[_log]' (.pdf and .png); returns the paths."""
+    _check_limit(loss_max, '--loss_max')
+    if idx_min > idx_max:
+        raise UsageError(f'--idx_min {idx_min} is above --idx_max {idx_max}')
+    surfaces = []
+    for idx in range(idx_min, idx_max + 1):
+        path = repeat_file_name(prefix, idx)
+        if not os.path.exists(path):
+            raise UsageError(f'{path!r} (--prefix {prefix!r}, index {idx}) does not exist; '
+                             'the files must be named PREFIX_IDX.h5 for every IDX from --idx_min to --idx_max')
+        surfaces.append(_load_1d(path))
+    missing = [s.path for s in surfaces if not has_values(s, layout.TRAIN_LOSS)]
+    if missing:
+        raise UsageError(f'surface file {missing[0]!r} has no {layout.TRAIN_LOSS!r}')
+
+    fig = new_figure(show)
+    ax_loss = fig.add_subplot()
+    ax_acc = ax_loss.twinx()
+    for k, surface in enumerate(surfaces):
+        curves = {name: _optional(surface, name) for name in
+                  (layout.TRAIN_LOSS, layout.TEST_LOSS, layout.TRAIN_ACC, layout.TEST_ACC)}
+        _draw_loss_acc(ax_loss, ax_acc, surface.xcoordinates, curves, label_curves=(k == 0))
+    all_x = np.concatenate([s.xcoordinates for s in surfaces])
+    _style_loss_acc(ax_loss, ax_acc, x_range(all_x, xmin, xmax), direction_label(surfaces[0], 'x'),
+                    log, loss_max)
+    written = save_figure(fig, f'{prefix}_1d_loss_err_repeat' + ('_log' if log else ''))
+    finish(show)
+    return written
+
+
+def plot_1d_eig_ratio(surf_file, *, xmin=-1.0, xmax=1.0, ratio_max=1.0, show=False):
+    """|min_eig / max_eig| and the signed ratio against the coordinate (Hessian surfaces).
+
+    Writes surf_file + '_1d_eig_abs_ratio' and '_1d_eig_ratio' (.pdf and .png); returns the paths."""
+    _check_limit(ratio_max, '--ratio_max')
+    surface = _load_1d(surf_file)
+    if not (has_values(surface, layout.MIN_EIG) and has_values(surface, layout.MAX_EIG)):
+        raise UsageError(f'surface file {surf_file!r} has no {layout.MIN_EIG!r} and {layout.MAX_EIG!r}; '
+                         'compute them with plot_hessian_eigen.py first')
+    x = surface.xcoordinates
+    with np.errstate(divide='ignore', invalid='ignore'):
+        ratio = surface_values(surface, layout.MIN_EIG) / surface_values(surface, layout.MAX_EIG)
+    xlim, xlabel = x_range(x, xmin, xmax), direction_label(surface, 'x')
+    written = _single_curve(x, np.abs(ratio), xlim=xlim, xlabel=xlabel, ylabel='|min eig / max eig|',
+                            ylim=(0, ratio_max), log=False, show=show, base=f'{surf_file}_1d_eig_abs_ratio')
+    written += _single_curve(x, ratio, xlim=xlim, xlabel=xlabel, ylabel='min eig / max eig',
+                             ylim=(-ratio_max, ratio_max), log=False, show=show, base=f'{surf_file}_1d_eig_ratio')
+    finish(show)
+    return written
+
+
+def get_args_parser():
+    parser = ArgumentParser(
+        'plot_1D.py',
+        description='Plot 1D loss and accuracy curves (PDF + PNG beside the surface file). '
+                    'With --surf_file: loss/accuracy, training loss and training error figures, plus '
+                    'eigenvalue-ratio figures when the file has min_eig/max_eig. With --prefix: the curves '
+                    'of PREFIX_IDX.h5 for IDX = IDX_MIN..IDX_MAX overlaid in one figure.')
+    parser.add_argument('--surf_file', '-f', default='',
+                        help='1D surface file (.h5) written by plot_surface.py or the original code')
+    parser.add_argument('--log', action='store_true',
+                        help='logarithmic loss axis (adds _log to the loss figure names)')
+    parser.add_argument('--xmin', default=DEFAULT_XMIN, type=float,
+                        help="left end of the x axis; the default -1 means the surface's own smallest x")
+    parser.add_argument('--xmax', default=DEFAULT_XMAX, type=float,
+                        help="right end of the x axis; the default 1 means the surface's own largest x")
+    parser.add_argument('--loss_max', default=5, type=float,
+                        help='top of the loss axis (default: %(default)s); accuracy always spans 0..100')
+    parser.add_argument('--ratio_max', default=1.0, type=float,
+                        help='top of the eigenvalue-ratio axis (default: %(default)s)')
+    parser.add_argument('--show', action='store_true',
+                        help='open the figures in a window too (default: write files only, headless)')
+    parser.add_argument('--prefix', default='',
+                        help="overlay several surfaces named PREFIX_IDX.h5 (e.g. --prefix runs/dir gives "
+                             "runs/dir_1.h5 ...); writes PREFIX_1d_loss_err_repeat.pdf; replaces --surf_file")
+    parser.add_argument('--idx_min', default=1, type=int, help='first IDX for --prefix (default: %(default)s)')
+    parser.add_argument('--idx_max', default=10, type=int, help='last IDX for --prefix (default: %(default)s)')
+    return parser
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    limits = dict(xmin=args.xmin, xmax=args.xmax, show=args.show)
+    if args.prefix:
+        return plot_1d_loss_err_repeat(args.prefix, args.idx_min, args.idx_max, loss_max=args.loss_max,
+                                       log=args.log, **limits)
+    if not args.surf_file:
+        raise UsageError('pass --surf_file (one surface) or --prefix (several)')
+    surface = _load_1d(args.surf_file)
+    has_loss = has_values(surface, layout.TRAIN_LOSS)
+    has_eig = has_values(surface, layout.MIN_EIG) and has_values(surface, layout.MAX_EIG)
+    if not (has_loss or has_eig):
+        raise UsageError(f'surface file {args.surf_file!r} has neither {layout.TRAIN_LOSS!r} nor '
+                         f'{layout.MIN_EIG!r}/{layout.MAX_EIG!r} to plot')
+    written = []
+    if has_loss:
+        written += plot_1d_loss_err(args.surf_file, loss_max=args.loss_max, log=args.log, **limits)
+    if has_eig:
+        written += plot_1d_eig_ratio(args.surf_file, ratio_max=args.ratio_max, **limits)
+    return written
+
+
+if __name__ == '__main__':
+    run_main(main)
