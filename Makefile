@@ -19,7 +19,7 @@ $(VENV)/.test-installed: requirements-test.txt $(VENV)/.installed
 
 # Train a small CNN on scikit-learn's bundled digits, then draw its loss landscape.
 demo: $(VENV)/.installed
-	$(PY) demo.py --out $(DEMO)
+	PY=$(PY) bash demo.sh $(DEMO)
 
 test: $(VENV)/.test-installed
 	$(PY) -m pytest -q tests
