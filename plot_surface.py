@@ -78,7 +78,7 @@ def get_args_parser(add_help=True):
 
     compute = parser.add_argument_group('compute')
     compute.add_argument('--mpi', action='store_true', help='run under mpiexec: ranks share the points, rank 0 writes')
-    compute.add_argument('--cuda', action='store_true', help='evaluate on GPU (rank i takes GPU local_rank % count)')
+    compute.add_argument('--cuda', action='store_true', help='evaluate on GPU (each rank takes GPU node-local-rank %% GPU count)')
     compute.add_argument('--ngpu', default=1, type=int, help='GPUs per rank (DataParallel when > 1)')
     compute.add_argument('--threads', default=None, type=int, help='CPU threads per rank (torch.set_num_threads)')
 
@@ -188,8 +188,7 @@ def main(argv=None):
     if comm.is_root:
         report(summary, run)
         if args.plot:
-            for path in plot_results(args, run):
-                print('wrote', path)
+            plot_results(args, run)   # the plot modules say what they wrote
     return 0
 
 

@@ -145,3 +145,18 @@ def test_mpi_without_an_mpi_runtime(workdir, tmp_path_factory):
 def test_cuda_without_gpu(workdir, capsys):
     code, err = call_main(plot_surface.main, [*DIGITS, *fill(MODEL, workdir), '--cuda', '--x=-1:1:3'], capsys)
     assert_one_line_error(code, err, ['--cuda', 'no CUDA GPU'])
+
+
+SCRIPTS = ['plot_surface', 'plot_hessian_eigen', 'plot_trajectory', 'plot_1D', 'plot_2D', 'h52vtp', 'cifar10.main']
+
+
+@pytest.mark.parametrize('module', SCRIPTS)
+def test_help_documents_every_flag(module):
+    import importlib
+    parser = importlib.import_module(module).get_args_parser()
+    text = parser.format_help()          # raises if a help string is malformed
+    for action in parser._actions:
+        for flag in action.option_strings:
+            assert flag in text
+        if action.option_strings and action.dest != 'help':
+            assert action.help, f'{module}: {action.option_strings} has no help'

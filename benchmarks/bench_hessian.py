@@ -1,0 +1,143 @@
+"""Speed of hessian.py: Hessian-vector products per second and grid points per minute.
+
+On fake CIFAR-sized data (random uint8 3x32x32 images held in a dataloader.CachedDataset, CIFAR-10
+normalisation), with a freshly initialised zoo model whose BatchNorm statistics are first set by one
+pass over that data. Grid points per minute is measured when --points > 0 (that many warm-started
+points along a filter-normalised random direction, as plot_hessian_eigen.py solves them); with
+--points 0 (the default, so a CPU run stays short) it is estimated from the products per second and
+2 (ncv + 1) products per point -- the fewest two ARPACK solves can take, and what they take with
+the default settings on the test networks.
+
+    python benchmarks/bench_hessian.py --model resnet20 --num_images 256 --json bench_hessian.json
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import dataloader  # noqa: E402
+import hessian  # noqa: E402
+import model_loader  # noqa: E402
+import net_plotter  # noqa: E402
+
+POINT_SPACING = 0.05   # distance between the measured grid points along the direction
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--model', default='resnet20', help='a CIFAR-10 zoo model (default %(default)s)')
+    parser.add_argument('--num_images', default=256, type=int, help='fake images in the dataset (default %(default)s)')
+    parser.add_argument('--batch_size', default=128, type=int, help='batch size of the products (default %(default)s)')
+    parser.add_argument('--repeats', default=3, type=int, help='timed products after one warm-up (default %(default)s)')
+    parser.add_argument('--points', default=0, type=int,
+                        help='grid points to actually solve for the points/minute figure; 0: estimate it')
+    parser.add_argument('--eig_tol', default=hessian.DEFAULT_EIG_TOL, type=float)
+    parser.add_argument('--eig_ncv', default=hessian.DEFAULT_EIG_NCV, type=int)
+    parser.add_argument('--device', default='cpu', choices=('cpu', 'cuda'))
+    parser.add_argument('--threads', default=None, type=int, help='torch CPU threads (default: torch\'s)')
+    parser.add_argument('--seed', default=0, type=int)
+    parser.add_argument('--json', default='', help='also write the numbers to this JSON file')
+    return parser
+
+
+def fake_cifar(num_images, seed, device):
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (num_images, 3, 32, 32), generator=gen, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (num_images,), generator=gen)
+    scale, shift = dataloader._affine(dataloader.CIFAR10_MEAN, dataloader.CIFAR10_STD, 255.0, raw_data=False)
+    return dataloader.CachedDataset(images, labels, 10, scale, shift).to(device)
+
+
+@torch.no_grad()
+def set_batchnorm_statistics(net, data, batch_size):
+    """Running statistics from one pass over the data: eval mode then sees sensible activations."""
+    for module in net.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None          # cumulative average over the pass
+    net.train()
+    for inputs, _ in data.batches(batch_size):
+        net(inputs)
+    net.eval()
+
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    for flag in ('num_images', 'batch_size', 'repeats'):
+        if getattr(args, flag) < 1:
+            raise SystemExit(f'--{flag} must be at least 1')
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    net = model_loader.build('cifar10', args.model).to(device)
+    data = fake_cifar(args.num_images, args.seed, device)
+    set_batchnorm_statistics(net, data, args.batch_size)
+    operator = hessian.MeanLossHessian(net, data, 'crossentropy', args.batch_size)
+    vector = np.random.default_rng(args.seed).standard_normal(operator.size)
+
+    operator.hvp(vector)                    # warm-up: allocator, kernels, lazy initialisation
+    sync(device)
+    started = time.perf_counter()
+    for _ in range(args.repeats):
+        operator.hvp(vector)
+    sync(device)
+    hvp_seconds = (time.perf_counter() - started) / args.repeats
+    hvps_per_second = 1.0 / hvp_seconds
+
+    result = {
+        'model': args.model, 'parameters_dim_gt_1': operator.size, 'num_images': args.num_images,
+        'batch_size': args.batch_size, 'device': str(device), 'threads': torch.get_num_threads(),
+        'eig_tol': args.eig_tol, 'eig_ncv': args.eig_ncv,
+        'seconds_per_hvp': hvp_seconds, 'hvps_per_second': hvps_per_second,
+        'images_per_second_hvp': args.num_images * hvps_per_second,
+    }
+    if args.points > 0:
+        base = net_plotter.get_weights(net)
+        direction = net_plotter.make_random_direction(base, torch.Generator().manual_seed(args.seed), 'filter',
+                                                      'biasbn')
+        direction = [d.to(device) for d in direction]
+        tracker = hessian.EigenTracker(tol=args.eig_tol, ncv=args.eig_ncv)
+        counts, eigenvalues = [], []
+        started = time.perf_counter()
+        for i in range(args.points):
+            net_plotter.set_weights(net, base, direction, None, i * POINT_SPACING)
+            solved = tracker.solve(operator)
+            counts.append(solved.hvp_count)
+            eigenvalues.append((solved.max_eig, solved.min_eig))
+        sync(device)
+        point_seconds = (time.perf_counter() - started) / args.points
+        result.update(points_per_minute=60.0 / point_seconds, points_per_minute_source='measured',
+                      hvps_per_point=float(np.mean(counts)), hvp_counts=counts, eigenvalues=eigenvalues)
+    else:
+        per_point = 2 * (args.eig_ncv + 1)
+        result.update(points_per_minute=60.0 * hvps_per_second / per_point,
+                      points_per_minute_source='estimated', hvps_per_point=per_point)
+    result['versions'] = {'python': platform.python_version(), 'torch': torch.__version__, 'numpy': np.__version__}
+
+    print(f'{args.model} on {args.num_images} fake CIFAR images ({device}, {result["threads"]} threads, batch '
+          f'{args.batch_size}): {hvps_per_second:.3f} Hessian-vector products/s ({hvp_seconds:.2f} s each); '
+          f'{result["points_per_minute"]:.3f} grid points/min ({result["points_per_minute_source"]}; '
+          f'{result["hvps_per_point"]:g} products per point)')
+    print(json.dumps(result))
+    if args.json:
+        with open(args.json, 'w') as fh:
+            json.dump(result, fh, indent=2)
+    return result
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,284 @@
+"""hessian.py against dense Hessians, and plot_hessian_eigen.py end to end: layout, resume, MPI-free."""
+import copy
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import dataloader
+import evaluation
+import hdf5_layout
+import hessian
+import plot_hessian_eigen
+import plot_surface
+from tests.conftest import call_main, run_script
+
+TIGHT = dict(tol=1e-6, maxiter=1000, ncv=20)   # solve to well within the 1 % the tests ask
+
+
+# ----------------------------------------------------------------------------- tiny problems
+
+class ReferenceClassLogistic(nn.Module):
+    """Multinomial logistic regression with class K-1 as the reference (its logit fixed at 0).
+
+    Its cross-entropy Hessian is sum_n (diag(p_n) - p_n p_n^T) (x) x_n x_n^T / N over the K-1 free
+    classes: each diag(p) - p p^T is positive definite (all p_k > 0 and sum_k p_k < 1, since the
+    reference class has probability > 0), so v^T H v = 0 needs V x_n = 0 for every n, i.e. V = 0
+    once the x_n span the input space. Provably positive definite, at every weight."""
+
+    def __init__(self, features, classes):
+        super().__init__()
+        self.free = nn.Linear(features, classes - 1, bias=False)
+
+    def forward(self, x):
+        logits = self.free(x)
+        return torch.cat([logits, torch.zeros_like(logits[:, :1])], dim=1)
+
+
+def tiny_data(n, features, classes, seed):
+    gen = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(n, features, generator=gen)
+    targets = torch.randint(classes, (n,), generator=gen)
+    return dataloader.CachedDataset(inputs, targets, classes)
+
+
+def indefinite_mlp(seed):
+    """A tanh MLP at large random weights on random labels: far from any minimum."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(3.0)
+    return net.eval()
+
+
+def dense_eigenvalues(net, data, loss_name='crossentropy'):
+    """Eigenvalues of the dense Hessian (float64) of the mean loss w.r.t. the dim > 1 parameters."""
+    net64 = copy.deepcopy(net).double()
+    fixed = dict(net64.named_parameters())
+    names = [name for name, p in fixed.items() if p.dim() > 1]
+    shapes = [fixed[name].shape for name in names]
+    flat = torch.cat([fixed[name].detach().reshape(-1) for name in names])
+    inputs, targets = data.normalize(data.inputs).double(), data.targets
+
+    def mean_loss(vector):
+        params, start = dict(fixed), 0
+        for name, shape in zip(names, shapes):
+            size = int(np.prod(shape))
+            params[name] = vector[start:start + size].view(shape)
+            start += size
+        outputs = torch.func.functional_call(net64, params, (inputs,))
+        return evaluation.batch_loss_sum(outputs, targets, loss_name) / len(data)
+
+    matrix = torch.autograd.functional.hessian(mean_loss, flat)
+    return np.linalg.eigvalsh(matrix.numpy())
+
+
+def assert_within_one_percent(estimate, exact):
+    assert abs(estimate - exact) <= 0.01 * abs(exact), (estimate, exact)
+
+
+# ----------------------------------------------------------------------------- the math
+
+def test_positive_definite_hessian_matches_dense():
+    torch.manual_seed(0)
+    net = ReferenceClassLogistic(features=5, classes=4).eval()
+    data = tiny_data(40, 5, 4, seed=1)
+    exact = dense_eigenvalues(net, data)
+    assert exact[0] > 0, 'the test problem must be positive definite'
+    result = hessian.extreme_eigenvalues(hessian.MeanLossHessian(net, data, batch_size=16), **TIGHT)
+    assert_within_one_percent(result.max_eig, exact[-1])
+    assert_within_one_percent(result.min_eig, exact[0])
+    assert result.min_eig > 0
+
+
+@pytest.mark.parametrize('loss_name', ['crossentropy', 'mse'])
+def test_indefinite_hessian_matches_dense(loss_name):
+    net = indefinite_mlp(seed=3)        # crossentropy: eigenvalues about -0.35 and 0.87
+    data = tiny_data(30, 6, 3, seed=2)
+    exact = dense_eigenvalues(net, data, loss_name)
+    assert exact[0] < 0 < exact[-1], 'the test problem must be indefinite'
+    result = hessian.extreme_eigenvalues(hessian.MeanLossHessian(net, data, loss_name, batch_size=8), **TIGHT)
+    assert_within_one_percent(result.max_eig, exact[-1])
+    assert_within_one_percent(result.min_eig, exact[0])
+
+
+def test_negative_definite_operator():
+    """The shifted second solve must also find both ends when every eigenvalue is negative."""
+    net = ReferenceClassLogistic(features=5, classes=4).eval()
+    data = tiny_data(40, 5, 4, seed=1)
+    operator = hessian.MeanLossHessian(net, data)
+    flipped_hvp = operator.hvp
+    operator.hvp = lambda v: -flipped_hvp(v)        # -H: negative definite
+    exact = -dense_eigenvalues(net, data)[::-1]
+    result = hessian.extreme_eigenvalues(operator, **TIGHT)
+    assert exact[-1] < 0
+    assert_within_one_percent(result.max_eig, exact[-1])
+    assert_within_one_percent(result.min_eig, exact[0])
+
+
+def test_few_parameters_solved_densely():
+    torch.manual_seed(0)
+    net = ReferenceClassLogistic(features=2, classes=3).eval()     # 4 weights: below ARPACK's reach
+    data = tiny_data(20, 2, 3, seed=4)
+    exact = dense_eigenvalues(net, data)
+    result = hessian.extreme_eigenvalues(hessian.MeanLossHessian(net, data))
+    assert result.max_eig == pytest.approx(exact[-1], rel=1e-4)
+    assert result.min_eig == pytest.approx(exact[0], rel=1e-4)
+
+
+def test_diverged_point_gives_nan_and_says_why():
+    net = indefinite_mlp(seed=0)
+    data = tiny_data(30, 6, 3, seed=2)
+    data.inputs[3, 0] = float('inf')
+    operator = hessian.MeanLossHessian(net, data)
+    result = hessian.EigenTracker().solve(operator)
+    assert np.isnan(result.max_eig) and np.isnan(result.min_eig) and 'inf or NaN' in result.failure
+    assert np.isnan(operator.trace(2, np.random.default_rng(0)))
+
+
+def test_mean_over_dataset_independent_of_batch_size():
+    net = indefinite_mlp(seed=1)
+    data = tiny_data(50, 6, 3, seed=3)
+    small, large = (hessian.MeanLossHessian(net, data, batch_size=b) for b in (7, 64))
+    v = np.random.default_rng(0).standard_normal(small.size)
+    expected = large.hvp(v)
+    np.testing.assert_allclose(small.hvp(v), expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+    a, b = (hessian.extreme_eigenvalues(h, **TIGHT) for h in (small, large))
+    assert a.max_eig == pytest.approx(b.max_eig, rel=1e-4)
+    assert a.min_eig == pytest.approx(b.min_eig, rel=1e-4)
+    assert small.hvp_count == a.hvp_count + 1 and a.hvp_count > 0
+
+
+def test_trace_estimate_is_unbiased_for_dense_trace():
+    torch.manual_seed(0)
+    net = ReferenceClassLogistic(features=5, classes=4).eval()
+    data = tiny_data(40, 5, 4, seed=1)
+    exact = dense_eigenvalues(net, data).sum()
+    estimate = hessian.MeanLossHessian(net, data).trace(400, np.random.default_rng(0))
+    assert estimate == pytest.approx(exact, rel=0.1)
+
+
+def test_warm_start_reuses_previous_eigenvectors():
+    net = indefinite_mlp(seed=0)
+    data = tiny_data(30, 6, 3, seed=2)
+    operator = hessian.MeanLossHessian(net, data)
+    tracker = hessian.EigenTracker(tol=1e-3, ncv=6)
+    cold = tracker.solve(operator)
+    warm = tracker.solve(operator)        # same point again: starts at the answer
+    assert warm.max_eig == pytest.approx(cold.max_eig, rel=1e-3)
+    assert warm.hvp_count <= cold.hvp_count
+
+
+# ----------------------------------------------------------------------------- the script
+
+DATA = ['--dataset', 'digits', '--data_split', '8', '--threads', '1']
+
+
+def local_copy(tmp_path, path):
+    """A private checkpoint copy, so the default direction file lands in this test's folder."""
+    target = tmp_path / os.path.basename(path)
+    shutil.copy(path, target)
+    return str(target)
+
+
+def run_eigen(capsys, *argv):
+    code, err = call_main(plot_hessian_eigen.main, [*DATA, *argv], capsys)
+    assert code == 0, err
+    return hdf5_layout.read_surface(str(argv[argv.index('--surf_file') + 1]))
+
+
+def test_script_end_to_end_2d_same_dir(tmp_path, checkpoints):
+    model = local_copy(tmp_path, checkpoints['mlp'])
+    done = run_script('plot_hessian_eigen.py', *DATA, '--model', 'mlp', '--model_file', model,
+                      '--x=-1:1:3', '--same_dir', '--y=-1:1:2', '--trace', '--trace_samples', '2', '--plot')
+    assert done.returncode == 0, done.stderr
+    assert '6 points computed' in done.stdout and 'max_eig' in done.stdout
+    surf = model + '_weights_same_dir.h5_[-1.0,1.0,3]x[-1.0,1.0,2]_datasplit=8_splitidx=0.h5'
+    s = hdf5_layout.read_surface(surf)
+    for name in (hdf5_layout.MAX_EIG, hdf5_layout.MIN_EIG, hdf5_layout.HVP_COUNT, hdf5_layout.TRACE):
+        assert s.values[name].shape == (2, 3) and s.done[name].all() and np.isfinite(s.values[name]).all()
+    assert (s.values[hdf5_layout.MAX_EIG] > s.values[hdf5_layout.MIN_EIG]).all()
+    assert (s.values[hdf5_layout.HVP_COUNT] >= 2 * (hessian.DEFAULT_EIG_NCV + 1)).all()
+    # With y = x direction, (x=1, y=-1) and (x=-1, y=1) are both the trained model itself.
+    assert s.values[hdf5_layout.MAX_EIG][0, 2] == pytest.approx(s.values[hdf5_layout.MAX_EIG][1, 0], rel=1e-3)
+    assert any(p.endswith('abs_ratio_heat_sns.png') for p in os.listdir(tmp_path))
+
+
+def test_same_file_as_plot_surface_and_resume_after_interrupt(tmp_path, checkpoints, capsys, monkeypatch):
+    surf = tmp_path / 's.h5'
+    common = ['--model', 'mlp', '--model_file', local_copy(tmp_path, checkpoints['mlp']), '--x=-1:1:5',
+              '--xnorm', 'filter', '--xignore', 'biasbn', '--surf_file', surf]
+    code, err = call_main(plot_surface.main, [*DATA, *common], capsys)
+    assert code == 0, err
+    loss = hdf5_layout.read_surface(str(surf)).values[hdf5_layout.TRAIN_LOSS]
+
+    real_solve, calls = hessian.EigenTracker.solve, []
+
+    def crash_on_third(self, operator):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError('simulated crash')
+        return real_solve(self, operator)
+    monkeypatch.setattr(hessian.EigenTracker, 'solve', crash_on_third)
+    with pytest.raises(RuntimeError, match='simulated crash'):
+        plot_hessian_eigen.main([*DATA, *[str(a) for a in common]])
+    partial = hdf5_layout.read_surface(str(surf))
+    assert partial.done[hdf5_layout.MAX_EIG].tolist() == [True, True, False, False, False]
+
+    calls.clear()
+    monkeypatch.setattr(hessian.EigenTracker, 'solve', lambda self, op: (calls.append(1), real_solve(self, op))[1])
+    s = run_eigen(capsys, *common)
+    assert len(calls) == 3
+    assert s.done[hdf5_layout.MAX_EIG].all() and s.done[hdf5_layout.MIN_EIG].all()
+    assert s.values[hdf5_layout.MAX_EIG].shape == (5,)
+    np.testing.assert_array_equal(s.values[hdf5_layout.TRAIN_LOSS], loss)    # plot_surface's values kept
+    assert hdf5_layout.HVP_COUNT in s.values and hdf5_layout.TRACE not in s.values
+
+
+def test_negative_max_eig_is_a_result_not_missing(tmp_path, checkpoints, capsys, monkeypatch):
+    fake = hessian.ExtremeEigen(max_eig=-2.0, min_eig=-5.0, max_vec=None, min_vec=None, hvp_count=7)
+    monkeypatch.setattr(hessian.EigenTracker, 'solve', lambda self, op: fake)
+    args = ['--model', 'mlp', '--model_file', local_copy(tmp_path, checkpoints['mlp']), '--x=-1:1:3',
+            '--surf_file', tmp_path / 's.h5']
+    s = run_eigen(capsys, *args)
+    np.testing.assert_array_equal(s.values[hdf5_layout.MAX_EIG], [-2.0] * 3)
+    monkeypatch.setattr(hessian.EigenTracker, 'solve', lambda self, op: pytest.fail('recomputed a finished point'))
+    s = run_eigen(capsys, *args)
+    np.testing.assert_array_equal(s.values[hdf5_layout.MIN_EIG], [-5.0] * 3)
+
+
+@pytest.mark.parametrize('flag, message', [
+    (['--eig_tol', '0'], '--eig_tol'), (['--eig_ncv', '1'], '--eig_ncv'),
+    (['--trace_samples', '0'], '--trace_samples'), (['--eval_test'], '--eval_test')])
+def test_bad_eigen_flags_are_refused(tmp_path, checkpoints, capsys, flag, message):
+    code, err = call_main(plot_hessian_eigen.main, [*DATA, '--model', 'mlp', '--model_file', checkpoints['mlp'],
+                                                    '--x=-1:1:3', '--surf_file', tmp_path / 's.h5', *flag], capsys)
+    assert code == 2 and message in err
+    assert not os.path.exists(tmp_path / 's.h5')
+
+
+MPIEXEC = os.path.join(os.path.dirname(sys.executable), 'mpiexec')
+
+
+@pytest.mark.skipif(not os.path.exists(MPIEXEC), reason='mpiexec (pip package mpich) is not installed')
+def test_two_mpi_ranks_fill_the_grid_like_serial(tmp_path, checkpoints, capsys):
+    common = ['--model', 'mlp', '--model_file', local_copy(tmp_path, checkpoints['mlp']), '--x=-1:1:2',
+              '--y=-1:1:2', '--xnorm', 'filter', '--ynorm', 'filter']
+    serial = run_eigen(capsys, *common, '--surf_file', tmp_path / 'serial.h5')
+    done = run_script('plot_hessian_eigen.py', *DATA, *common, '--mpi', '--surf_file', tmp_path / 'mpi.h5',
+                      launcher=(MPIEXEC, '-n', '2'))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count('points computed') == 1          # only rank 0 reports
+    parallel = hdf5_layout.read_surface(str(tmp_path / 'mpi.h5'))
+    assert parallel.done[hdf5_layout.MAX_EIG].all() and parallel.done[hdf5_layout.MIN_EIG].all()
+    # Other start vectors (each rank warm-starts from its own points): equal to the solver's tolerance,
+    # which for min_eig is relative to the shifted spectrum (hessian.extreme_eigenvalues).
+    max_eig, min_eig = serial.values[hdf5_layout.MAX_EIG], serial.values[hdf5_layout.MIN_EIG]
+    np.testing.assert_allclose(parallel.values[hdf5_layout.MAX_EIG], max_eig, rtol=1e-3)
+    bound = 2 * hessian.DEFAULT_EIG_TOL * ((1 + hessian.SHIFT_MARGIN) * max_eig - min_eig)
+    assert (np.abs(parallel.values[hdf5_layout.MIN_EIG] - min_eig) <= bound).all()
