@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 import torch
 
-from cli import UsageError
+from cli import UsageError, check_file_exists
 
 BUILTIN_DATASETS = ('cifar10', 'digits')
 CIFAR10_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
@@ -36,6 +36,7 @@ CIFAR10_BATCHES = {
     'test': [('test_batch', '40351d587109b95175f43aff81a1287e')],
 }
 DIGITS_TEST_FRACTION = 0.2
+TRAIN_LABELS_FILE = 'train_labels.pt'   # written by cifar10.main --label_corrupt_prob
 SPLIT_SEED = 0   # fixes the --data_split subsets and the digits train/test split for good
 
 
@@ -71,6 +72,12 @@ class CachedDataset:
         for start in range(0, len(self), batch_size):
             stop = start + batch_size
             yield self.normalize(self.inputs[start:stop]), self.targets[start:stop]
+
+    def channels_last(self):
+        """The same data with 4-D inputs stored NHWC (normalised batches keep that layout)."""
+        if self.inputs.dim() != 4:
+            return self
+        return dataclasses.replace(self, inputs=self.inputs.contiguous(memory_format=torch.channels_last))
 
     def subset(self, indices):
         idx = torch.as_tensor(indices, dtype=torch.long, device=self.inputs.device)
@@ -195,16 +202,18 @@ def load_dataset(dataset, datapath, train=True, raw_data=False, data_split=1, sp
     return data.to(device)
 
 
-def read_labels(path, expected_count):
-    """An int64 label tensor saved with torch.save, checked against the data's length."""
+def read_labels(path, expected_count, flag='--train_labels'):
+    """An int64 label tensor saved with torch.save (TRAIN_LABELS_FILE of a --label_corrupt_prob
+    training run), checked against the data's length."""
+    check_file_exists(path, flag)
     try:
         labels = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:  # any failure to unpickle means "not a labels file"
-        raise UsageError(f'--train_labels {path!r} is not a saved label tensor ({type(err).__name__})') from None
+    except Exception as err:  # torch raises many types for a bad file; all mean "not a label file"
+        raise UsageError(f'{flag} {path!r} is not a saved label tensor ({type(err).__name__})') from None
     if not torch.is_tensor(labels) or labels.dim() != 1 or labels.dtype != torch.int64:
-        raise UsageError(f'--train_labels {path!r} must hold a 1-D int64 tensor')
+        raise UsageError(f'{flag} {path!r} must hold a 1-D int64 tensor')
     if len(labels) != expected_count:
-        raise UsageError(f'--train_labels {path!r} has {len(labels)} labels, the data has {expected_count} samples')
+        raise UsageError(f'{flag} {path!r} has {len(labels)} labels, the data has {expected_count} samples')
     return labels
 
 

@@ -194,13 +194,19 @@ class EigenTracker:
     previous point (neighbouring grid points have nearby Hessians, so Lanczos starts close to the
     answer and converges in fewer products)."""
 
-    def __init__(self, tol=DEFAULT_EIG_TOL, maxiter=DEFAULT_EIG_MAXITER, ncv=DEFAULT_EIG_NCV):
+    def __init__(self, tol=DEFAULT_EIG_TOL, maxiter=DEFAULT_EIG_MAXITER, ncv=DEFAULT_EIG_NCV, warm_start=True):
         self.tol, self.maxiter, self.ncv = tol, maxiter, ncv
         self.max_vec = self.min_vec = None
+        # Without warm starts every point starts from the same seeded vector, so a point's result
+        # does not depend on which points this rank solved before it: resumed and MPI runs then
+        # give bit for bit the values of an uninterrupted serial run.
+        self.warm_start = warm_start
 
     def solve(self, hessian):
         result = extreme_eigenvalues(hessian, self.tol, self.maxiter, self.ncv, self.max_vec, self.min_vec)
         # A failed solve keeps the last good start vectors.
+        if not self.warm_start:
+            return result
         if result.max_vec is not None:
             self.max_vec = result.max_vec
         if result.min_vec is not None:

@@ -96,6 +96,17 @@ class MPIComm(SerialComm):
         raise SystemExit(1)
 
 
+def select_device(use_cuda, local_rank=0):
+    """'cpu', or the GPU of a rank: its rank within the node modulo the node's GPU count, so
+    multi-node jobs spread evenly (UsageError when CUDA was asked for and there is none)."""
+    import torch
+    if not use_cuda:
+        return torch.device('cpu')
+    if not torch.cuda.is_available():
+        raise UsageError('--cuda was given but PyTorch sees no CUDA GPU on this machine')
+    return torch.device('cuda', local_rank % torch.cuda.device_count())
+
+
 def get_comm(use_mpi):
     """SerialComm, or MPIComm when ``use_mpi`` (UsageError if mpi4py or its MPI is missing)."""
     if not use_mpi:

@@ -37,6 +37,11 @@ def get_args_parser():
                        help='Lanczos vectors per restart: a solve costs at least ncv + 1 products; smaller '
                        'saves products on fine grids thanks to the warm start, larger is more robust '
                        '(default %(default)s)')
+    eigen.add_argument('--warm_start', action='store_true',
+                       help='start each point\'s solver from the eigenvectors of the rank\'s previous point '
+                       '(fewer products with a small --eig_ncv on fine grids; the values then depend on '
+                       'the order of the points, so a resumed or MPI run agrees with a serial one only '
+                       'within --eig_tol instead of bit for bit)')
     eigen.add_argument('--trace', action='store_true',
                        help='also store a Hutchinson estimate of the Hessian trace at every point')
     eigen.add_argument('--trace_samples', default=hessian.DEFAULT_TRACE_SAMPLES, type=int,
@@ -74,11 +79,11 @@ def value_names(args):
 def make_point_evaluator(run):
     """evaluate_point(k): move the model to grid point k, return its extreme eigenvalues.
 
-    One tracker per rank: each point warm-starts from the eigenvectors of the rank's previous point
-    (under MPI that is the point nranks before it, still a near neighbour)."""
+    One tracker per rank: with --warm_start each point starts from the eigenvectors of the rank's
+    previous point (under MPI that is the point nranks before it, still a near neighbour)."""
     args = run.args
     operator = hessian.MeanLossHessian(run.net, run.train_data, args.loss_name, args.batch_size)
-    tracker = hessian.EigenTracker(args.eig_tol, args.eig_maxiter, args.eig_ncv)
+    tracker = hessian.EigenTracker(args.eig_tol, args.eig_maxiter, args.eig_ncv, warm_start=args.warm_start)
 
     def evaluate_point(k):
         x, y = run.move_to(k)
@@ -132,8 +137,7 @@ def main(argv=None):
         plot_surface.report(summary, run)
         report_eigenvalues(run.surf_file)
         if args.plot:
-            for path in plot_results(args, run):
-                print('wrote', path)
+            plot_results(args, run)   # the plot modules say what they wrote
     return 0
 
 

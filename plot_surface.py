@@ -80,6 +80,8 @@ def get_args_parser(add_help=True):
     compute.add_argument('--mpi', action='store_true', help='run under mpiexec: ranks share the points, rank 0 writes')
     compute.add_argument('--cuda', action='store_true', help='evaluate on GPU (each rank takes GPU node-local-rank %% GPU count)')
     compute.add_argument('--ngpu', default=1, type=int, help='GPUs per rank (DataParallel when > 1)')
+    compute.add_argument('--channels_last', action='store_true', help='NHWC memory layout for the model and the '
+                         'resident images (faster convolutions on some CPUs and GPUs; see benchmarks/RESULTS.md)')
     compute.add_argument('--threads', default=None, type=int, help='CPU threads per rank (torch.set_num_threads)')
 
     plot = parser.add_argument_group('plot')

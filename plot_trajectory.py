@@ -33,6 +33,7 @@ import model_loader
 import net_plotter
 import projection
 from cli import ArgumentParser, UsageError, check_file_exists, run_main
+from mpi_comm import select_device
 
 PCA_FILE_NAME = 'directions.h5'
 
@@ -88,8 +89,7 @@ def validate_args(args):
             raise UsageError(f'--{flag} must be at least 1 (got {getattr(args, flag)})')
     if args.threads is not None and args.threads < 1:
         raise UsageError('--threads must be at least 1')
-    if args.cuda and not torch.cuda.is_available():
-        raise UsageError('--cuda was given but PyTorch sees no CUDA GPU on this machine')
+    select_device(args.cuda)   # UsageError without a GPU
     if args.dataset not in dataloader.BUILTIN_DATASETS and not dataloader.is_custom(args.dataset):
         raise UsageError(f'unknown --dataset {args.dataset!r}: use one of '
                          f'{", ".join(dataloader.BUILTIN_DATASETS)} or package.module:factory')
@@ -146,14 +146,13 @@ class CheckpointBases(collections.abc.Sequence):
 
 def training_data(args, device):
     """The training set, with the labels the run trained on when its folder holds them."""
-    from cifar10.main import TRAIN_LABELS_FILE, read_train_labels
     data = dataloader.load_dataset(args.dataset, args.datapath, True, args.raw_data,
                                    download=args.download, device=device)
-    labels_file = os.path.join(args.model_folder, TRAIN_LABELS_FILE)
+    labels_file = os.path.join(args.model_folder, dataloader.TRAIN_LABELS_FILE)
     if os.path.isfile(labels_file):
         # A --label_corrupt_prob run: its checkpoints' training loss is on the labels it saw.
         print(f'evaluating on the training labels of {labels_file}')
-        labels = read_train_labels(labels_file, len(data), 'label file')
+        labels = dataloader.read_labels(labels_file, len(data), 'label file')
         data = dataclasses.replace(data, targets=labels.to(device))
     return data
 
@@ -161,7 +160,7 @@ def training_data(args, device):
 def evaluate_checkpoints(args, paths, net):
     """Each checkpoint's own training loss and accuracy (%), in eval mode with its own BN statistics."""
     from tqdm import tqdm
-    device = torch.device('cuda' if args.cuda else 'cpu')
+    device = select_device(args.cuda)
     data = training_data(args, device)
     losses, accuracies = [], []
     for path in tqdm(paths, desc='evaluating checkpoints', unit='ckpt', dynamic_ncols=True):

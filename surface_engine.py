@@ -22,7 +22,7 @@ import model_loader
 import net_plotter
 from cli import UsageError
 from grid import Grid, parse_axis
-from mpi_comm import fail_all_ranks
+from mpi_comm import fail_all_ranks, select_device
 from scheduler import assign_points
 
 
@@ -106,15 +106,6 @@ class Run:
         return x, y
 
 
-def select_device(args, comm):
-    """'cpu', or the GPU of this rank: node-local rank modulo the node's GPU count."""
-    if not args.cuda:
-        return torch.device('cpu')
-    if not torch.cuda.is_available():
-        raise UsageError('--cuda was given but PyTorch sees no CUDA GPU on this machine')
-    return torch.device('cuda', comm.local_rank % torch.cuda.device_count())
-
-
 PATH_FIELDS = ('model_file', 'model_file2', 'model_file3', 'train_labels')
 
 
@@ -148,7 +139,7 @@ def prepare_run(args, comm, value_names):
     factory for the surface file writer. All arguments were validated before this is called."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = select_device(args, comm)
+    device = select_device(args.cuda, comm.local_rank)
     grid = Grid(parse_axis(args.x, '--x'), parse_axis(args.y, '--y') if args.y else None)
 
     def load_model(path, flag='--model_file'):
@@ -177,6 +168,9 @@ def prepare_run(args, comm, value_names):
     comm.root_only(check_then_make_directions)
 
     net.to(device)
+    if getattr(args, 'channels_last', False):
+        net.to(memory_format=torch.channels_last)
+        train_data, test_data = (d and d.channels_last() for d in (train_data, test_data))
     if args.cuda and args.ngpu > 1:
         net = torch.nn.DataParallel(net, device_ids=list(range(min(args.ngpu, torch.cuda.device_count()))))
     base = [t.to(device) for t in base_cpu]

@@ -45,6 +45,8 @@ def get_args_parser():
     parser.add_argument('--threads', default=None, type=int, help='torch threads (default: torch\'s choice)')
     parser.add_argument('--cuda', action='store_true', help='measure on the GPU')
     parser.add_argument('--mpi', action='store_true', help='also measure 1 rank x 1 thread against 2 ranks x 1 thread')
+    parser.add_argument('--suite_flags', default='', help='extra plot_surface.py flags for the suite path, e.g. '
+                        '"--channels_last" or "--batch_size 512" (a speed lever to compare)')
     parser.add_argument('--skip_naive', action='store_true', help='skip the (slow) naive baseline')
     parser.add_argument('--json', default=os.path.join(ROOT, 'benchmarks', 'out', 'bench_surface.json'),
                         help='where to write the results')
@@ -54,7 +56,8 @@ def get_args_parser():
 def surface_args(workdir, model_file, opts, extra=()):
     argv = ['--dataset', 'cifar10', '--datapath', workdir, '--model', opts.model, '--model_file', model_file,
             f'--x=-1:1:{opts.grid}', f'--y=-1:1:{opts.grid}', '--xnorm', 'filter', '--xignore', 'biasbn',
-            '--ynorm', 'filter', '--yignore', 'biasbn', '--batch_size', str(opts.batch_size), *extra]
+            '--ynorm', 'filter', '--yignore', 'biasbn', '--batch_size', str(opts.batch_size), *extra,
+            *opts.suite_flags.split()]
     if opts.cuda:
         argv.append('--cuda')
     return plot_surface.get_args_parser().parse_args(argv)
@@ -161,6 +164,7 @@ def main(argv=None):
                     'torch': torch.__version__, 'threads': torch.get_num_threads(),
                     'device': torch.cuda.get_device_name() if opts.cuda else 'cpu'},
         'model': opts.model, 'num_images': opts.num_images, 'grid': f'{opts.grid}x{opts.grid}',
+        'suite_flags': opts.suite_flags,
         'suite_s_per_point': statistics.median(suite),
         'floor_s_per_point': statistics.median(floor),
         'efficiency': statistics.median(floor) / statistics.median(suite),

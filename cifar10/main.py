@@ -46,12 +46,13 @@ import evaluation
 import model_loader
 from cifar10.model_loader import MODELS as CIFAR10_MODELS
 from cli import ArgumentParser, UsageError, check_file_exists, run_main
+from mpi_comm import select_device
 
 OPTIMIZERS = ('sgd', 'adam')
 DECAY_EPOCHS_OF_300 = (150, 225, 275)   # the original's schedule, scaled to other lengths
 AUGMENT_SIZE = (32, 32)                 # CIFAR-sized images are the ones augmented
 CROP_PADDING = 4
-TRAIN_LABELS_FILE = 'train_labels.pt'
+TRAIN_LABELS_FILE = dataloader.TRAIN_LABELS_FILE
 LOG_FILE = 'log.out'
 LABEL_SEED_STREAM = 1                   # the label noise gets its own stream of --rand_seed
 
@@ -125,8 +126,7 @@ def validate_args(args):
         raise UsageError('--threads must be at least 1')
     if args.ngpu > 1 and not args.cuda:
         raise UsageError('--ngpu > 1 needs --cuda')
-    if args.cuda and not torch.cuda.is_available():
-        raise UsageError('--cuda was given but PyTorch sees no CUDA GPU on this machine')
+    select_device(args.cuda)   # UsageError without a GPU
     if args.resume_opt and not args.resume_model:
         raise UsageError('--resume_opt needs --resume_model (the checkpoint it was saved with)')
     for flag in ('resume_model', 'resume_opt'):
@@ -191,20 +191,6 @@ def corrupt_labels(labels, prob, num_classes, seed):
     return torch.from_numpy(new.astype(np.int64)), replaced
 
 
-def read_train_labels(path, num_samples, flag='--train_labels'):
-    """The int64 label tensor saved by a --label_corrupt_prob run (UsageError if it is not one)."""
-    check_file_exists(path, flag)
-    try:
-        labels = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:  # torch raises many types for a bad file; all mean "not a label file"
-        raise UsageError(f'{flag} {path!r} is not a readable label tensor ({type(err).__name__})') from None
-    if not (torch.is_tensor(labels) and labels.dtype == torch.int64 and labels.dim() == 1):
-        raise UsageError(f'{flag} {path!r} does not hold a 1-D int64 label tensor')
-    if labels.numel() != num_samples:
-        raise UsageError(f'{flag} {path!r} holds {labels.numel()} labels; the training set has {num_samples}')
-    return labels
-
-
 def training_labels(args, train, folder):
     """The labels to train on: the data set's, or seeded random ones saved beside the checkpoints."""
     if args.label_corrupt_prob <= 0:
@@ -213,7 +199,7 @@ def training_labels(args, train, folder):
     path = os.path.join(folder, TRAIN_LABELS_FILE)
     if os.path.exists(path):
         # A resumed (or repeated) run must train on the labels its checkpoints were trained on.
-        saved = read_train_labels(path, len(labels), 'label file')
+        saved = dataloader.read_labels(path, len(labels), 'label file')
         if not torch.equal(saved, labels):
             raise UsageError(f'{path!r} holds other labels than --label_corrupt_prob '
                              f'{args.label_corrupt_prob:g} --rand_seed {args.rand_seed} make; '
@@ -364,7 +350,7 @@ def main(argv=None):
     validate_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device('cuda' if args.cuda else 'cpu')
+    device = select_device(args.cuda)
 
     load = lambda train: dataloader.load_dataset(args.dataset, args.datapath, train, args.raw_data,
                                                  download=args.download, device=device)

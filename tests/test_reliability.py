@@ -223,3 +223,68 @@ def test_point_numbering_is_the_meshgrid_convention(nx, ny, k):
     xx, yy = np.meshgrid(grid.xcoordinates, grid.ycoordinates)
     i, j = grid.index(index)
     assert (xx[i, j], yy[i, j]) == (x, y) and xx.shape == grid.shape
+
+
+# ----------------------------------------------------------------------------- the other writers
+
+def h5_datasets(path):
+    """Every dataset of an HDF5 file (attributes, which hold run ids and arguments, left out)."""
+    out = {}
+    with h5py.File(path, 'r') as f:
+        f.visititems(lambda name, node: out.__setitem__(name, node[()]) if isinstance(node, h5py.Dataset) else None)
+    return out
+
+
+def assert_same_datasets(a, b):
+    da, db = h5_datasets(a), h5_datasets(b)
+    assert sorted(da) == sorted(db)
+    for key in da:
+        np.testing.assert_array_equal(da[key], db[key], err_msg=key)
+
+
+def kill_then_rerun(script, argv, seconds, rng, wait_for=None):
+    cmd = [sys.executable, os.path.join(ROOT, script), *map(str, argv)]
+    kill_at_random_moment(cmd, seconds, rng, mpi=False, wait_for=wait_for)
+    rerun = run_script(script, *argv)
+    assert rerun.returncode == 0, rerun.stderr
+    return rerun
+
+
+@pytest.mark.parametrize('trial', [0, 1])
+def test_hessian_kill_and_rerun_gives_the_uninterrupted_result(tmp_path, checkpoints, trial):
+    model = tmp_path / 'model.t7'
+    shutil.copy(checkpoints['mlp'], model)
+    argv = ['--dataset', 'digits', '--model', 'mlp', '--model_file', model, '--x=-1:1:5', '--y=-1:1:3',
+            '--xnorm', 'filter', '--ynorm', 'filter', '--data_split', '4', '--threads', '1', '--eig_ncv', '8']
+    start = time.monotonic()
+    ref = run_script('plot_hessian_eigen.py', *argv, '--surf_file', tmp_path / 'ref.h5')
+    assert ref.returncode == 0, ref.stderr
+    seconds = time.monotonic() - start
+    surf = tmp_path / 'killed.h5'
+    kill_then_rerun('plot_hessian_eigen.py', [*argv, '--surf_file', surf], seconds, random.Random(2000 + trial),
+                    wait_for=str(surf) if trial else None)
+    expected, final = hdf5_layout.read_surface(str(tmp_path / 'ref.h5')), hdf5_layout.read_surface(str(surf))
+    for name in (hdf5_layout.MAX_EIG, hdf5_layout.MIN_EIG):
+        assert final.done[name].all()
+        np.testing.assert_array_equal(final.values[name], expected.values[name])
+
+
+def test_trajectory_kill_and_rerun_gives_the_uninterrupted_result(tmp_path, checkpoints):
+    """plot_trajectory.py writes its direction and projection files whole or not at all."""
+    from tests.conftest import train_briefly
+    import torch
+    for folder in ('ref', 'killed'):
+        (tmp_path / folder).mkdir()
+        for epoch in range(4):   # four checkpoints along a short training path
+            net = train_briefly('mlp', seed=0, steps=5 * (epoch + 1))
+            torch.save({'state_dict': net.state_dict(), 'epoch': epoch, 'acc': 0.0},
+                       tmp_path / folder / f'model_{epoch}.t7')
+    argv = ['--dataset', 'digits', '--model', 'mlp', '--max_epoch', '3', '--threads', '1', '--eval']
+    start = time.monotonic()
+    ref = run_script('plot_trajectory.py', *argv, '--model_folder', tmp_path / 'ref')
+    assert ref.returncode == 0, ref.stderr
+    kill_then_rerun('plot_trajectory.py', [*argv, '--model_folder', tmp_path / 'killed'],
+                    time.monotonic() - start, random.Random(3000))
+    pca = os.path.join('PCA_weights_save_epoch=1', 'directions.h5')
+    for name in (pca, pca + '_proj_cos.h5'):
+        assert_same_datasets(tmp_path / 'ref' / name, tmp_path / 'killed' / name)

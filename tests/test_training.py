@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import dataloader
 import model_loader
 from cifar10 import main as train_main
 from cli import UsageError
@@ -113,7 +114,7 @@ def test_label_corruption_saves_the_labels_trained_on(tmp_path):
     clean = dataloader.load_dataset('digits', '', train=True).targets
     assert labels.dtype == torch.int64 and labels.shape == clean.shape
     assert (labels != clean).float().mean().item() == pytest.approx(0.5 * 0.9, abs=0.06)
-    assert torch.equal(train_main.read_train_labels(os.path.join(folder, train_main.TRAIN_LABELS_FILE),
+    assert torch.equal(dataloader.read_labels(os.path.join(folder, train_main.TRAIN_LABELS_FILE),
                                                     len(clean)), labels)
 
 
