@@ -26,7 +26,8 @@ test: $(VENV)/.test-installed
 
 # Speed: ratios measured side by side in one run (never part of `make test`).
 bench: $(VENV)/.test-installed
-	$(PY) benchmarks/bench_surface.py
+	$(PY) benchmarks/bench_surface.py --levers "" "--channels_last --batch_size 32" --mpi
+	$(PY) benchmarks/bench_hessian.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -59,6 +59,9 @@ def validate_args(parser, args):
                      'compute test_loss with plot_surface.py (it can share the surface file)')
     if args.proj_file:
         parser.error('--proj_file: the eigenvalue plots draw no trajectory; use plot_2D.py for that')
+    if args.compile:
+        parser.error('--compile: torch.compile does not support the double back-propagation of '
+                     'Hessian-vector products')
     if not (np.isfinite(args.eig_tol) and 0 < args.eig_tol < 1):
         parser.error('--eig_tol must be in (0, 1)')
     if args.eig_maxiter < 1:

@@ -82,6 +82,8 @@ def get_args_parser(add_help=True):
     compute.add_argument('--ngpu', default=1, type=int, help='GPUs per rank (DataParallel when > 1)')
     compute.add_argument('--channels_last', action='store_true', help='NHWC memory layout for the model and the '
                          'resident images (faster convolutions on some CPUs and GPUs; see benchmarks/RESULTS.md)')
+    compute.add_argument('--compile', action='store_true', help='torch.compile the model once per rank (tens of '
+                         'seconds up front, then faster points: worth it on large grids; needs a C++ compiler)')
     compute.add_argument('--threads', default=None, type=int, help='CPU threads per rank (torch.set_num_threads)')
 
     plot = parser.add_argument_group('plot')

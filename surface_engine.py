@@ -173,6 +173,10 @@ def prepare_run(args, comm, value_names):
         train_data, test_data = (d and d.channels_last() for d in (train_data, test_data))
     if args.cuda and args.ngpu > 1:
         net = torch.nn.DataParallel(net, device_ids=list(range(min(args.ngpu, torch.cuda.device_count()))))
+    if getattr(args, 'compile', False):
+        # Parameters stay graph inputs (inductor's freezing is off by default), so moving the
+        # weights in place between points needs no recompilation.
+        net = torch.compile(net, dynamic=False)
     base = [t.to(device) for t in base_cpu]
     xdirection, ydirection = net_plotter.load_directions(dir_file, base_cpu, grid.is_2d, device)
 

@@ -9,7 +9,8 @@ Measured side by side in one run, on the same model, data and directions:
 Prints a table (median of --repeats) and writes it as JSON. Fake CIFAR-shaped data is used: the
 timing does not depend on the pixel values.
 
-    python benchmarks/bench_surface.py --model resnet20 --num_images 2000 --grid 5
+    python benchmarks/bench_surface.py --model resnet20 --num_images 2000 --grid 5 \
+        --levers "" "--channels_last" "--channels_last --batch_size 32" --mpi
 """
 import argparse
 import json
@@ -45,8 +46,8 @@ def get_args_parser():
     parser.add_argument('--threads', default=None, type=int, help='torch threads (default: torch\'s choice)')
     parser.add_argument('--cuda', action='store_true', help='measure on the GPU')
     parser.add_argument('--mpi', action='store_true', help='also measure 1 rank x 1 thread against 2 ranks x 1 thread')
-    parser.add_argument('--suite_flags', default='', help='extra plot_surface.py flags for the suite path, e.g. '
-                        '"--channels_last" or "--batch_size 512" (a speed lever to compare)')
+    parser.add_argument('--levers', nargs='*', default=[], help='extra plot_surface.py flags for the suite path, one '
+                        'quoted string per variant to compare side by side, e.g. "" "--channels_last --batch_size 32"')
     parser.add_argument('--skip_naive', action='store_true', help='skip the (slow) naive baseline')
     parser.add_argument('--json', default=os.path.join(ROOT, 'benchmarks', 'out', 'bench_surface.json'),
                         help='where to write the results')
@@ -56,16 +57,16 @@ def get_args_parser():
 def surface_args(workdir, model_file, opts, extra=()):
     argv = ['--dataset', 'cifar10', '--datapath', workdir, '--model', opts.model, '--model_file', model_file,
             f'--x=-1:1:{opts.grid}', f'--y=-1:1:{opts.grid}', '--xnorm', 'filter', '--xignore', 'biasbn',
-            '--ynorm', 'filter', '--yignore', 'biasbn', '--batch_size', str(opts.batch_size), *extra,
-            *opts.suite_flags.split()]
+            '--ynorm', 'filter', '--yignore', 'biasbn', '--batch_size', str(opts.batch_size), *extra]
     if opts.cuda:
         argv.append('--cuda')
     return plot_surface.get_args_parser().parse_args(argv)
 
 
-def time_suite(workdir, model_file, opts, repeat):
+def time_suite(workdir, model_file, opts, repeat, lever=''):
     """Seconds per point of the suite's own grid loop (a fresh surface file each repeat)."""
-    args = surface_args(workdir, model_file, opts, ['--surf_file', os.path.join(workdir, f'suite_{repeat}.h5')])
+    surf = os.path.join(workdir, f'suite_{repeat}_{abs(hash(lever))}.h5')
+    args = surface_args(workdir, model_file, opts, ['--surf_file', surf, *lever.split()])
     run = prepare_run(args, SerialComm(), plot_surface.surface_names(args))
     sync(opts)
     start = time.perf_counter()
@@ -106,8 +107,8 @@ def time_naive(workdir, run, opts):
 
 def time_floor(run, opts):
     """One forward pass over the already-normalised data: the cost a grid point cannot beat."""
-    data = run.train_data
-    prepared = [(data.normalize(data.inputs[i:i + opts.batch_size])) for i in range(0, len(data), opts.batch_size)]
+    data, batch_size = run.train_data, run.args.batch_size
+    prepared = [data.normalize(data.inputs[i:i + batch_size]) for i in range(0, len(data), batch_size)]
     run.net.eval()
     sync(opts)
     start = time.perf_counter()
@@ -152,32 +153,38 @@ def main(argv=None):
     model_file = os.path.join(workdir, 'model.t7')
     torch.save({'state_dict': MODELS[opts.model]().state_dict(), 'epoch': 0, 'acc': 0.0}, model_file)
 
-    suite, floor, naive, run = [], [], [], None
-    for r in range(opts.repeats):
-        seconds, run = time_suite(workdir, model_file, opts, r)
-        suite.append(seconds)
-        floor.append(time_floor(run, opts))
-        if not opts.skip_naive:
-            naive.append(time_naive(workdir, run, opts))
+    levers = opts.levers or ['']
+    suite, floor, naive, run = {lv: [] for lv in levers}, {lv: [] for lv in levers}, [], None
+    for r in range(opts.repeats):   # interleaved, so slow drifts of the machine hit every path alike
+        for lever in levers:
+            seconds, run = time_suite(workdir, model_file, opts, r, lever)
+            suite[lever].append(seconds)
+            floor[lever].append(time_floor(run, opts))
+            if lever == levers[0] and not opts.skip_naive:
+                naive.append(time_naive(workdir, run, opts))
     results = {
         'machine': {'platform': platform.platform(), 'processor': platform.processor(), 'cpus': os.cpu_count(),
                     'torch': torch.__version__, 'threads': torch.get_num_threads(),
                     'device': torch.cuda.get_device_name() if opts.cuda else 'cpu'},
         'model': opts.model, 'num_images': opts.num_images, 'grid': f'{opts.grid}x{opts.grid}',
-        'suite_flags': opts.suite_flags,
-        'suite_s_per_point': statistics.median(suite),
-        'floor_s_per_point': statistics.median(floor),
-        'efficiency': statistics.median(floor) / statistics.median(suite),
-        'suite_images_per_s': opts.num_images / statistics.median(suite),
+        'repeats': opts.repeats,
         'resident_data_mb': run.train_data.inputs.element_size() * run.train_data.inputs.nelement() / 2**20,
-        'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        'levers': {},
     }
     if naive:
         results['naive_s_per_point'] = statistics.median(naive)
-        results['speedup_over_naive'] = statistics.median(naive) / statistics.median(suite)
+    for lever in levers:
+        row = {'suite_s_per_point': statistics.median(suite[lever]),
+               'floor_s_per_point': statistics.median(floor[lever])}
+        row['efficiency'] = row['floor_s_per_point'] / row['suite_s_per_point']
+        row['suite_images_per_s'] = opts.num_images / row['suite_s_per_point']
+        if naive:
+            row['speedup_over_naive'] = results['naive_s_per_point'] / row['suite_s_per_point']
+        results['levers'][lever or 'default'] = row
     if opts.mpi:
         one, two = time_mpi(workdir, model_file, opts, 1), time_mpi(workdir, model_file, opts, 2)
         results.update(mpi_1rank_points_per_s=one, mpi_2ranks_points_per_s=two, mpi_scaling=two / one)
+    results['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print_table(results)
     os.makedirs(os.path.dirname(os.path.abspath(opts.json)), exist_ok=True)
     with open(opts.json, 'w') as fh:
@@ -187,19 +194,19 @@ def main(argv=None):
 
 def print_table(r):
     print(f"{r['model']}, {r['num_images']} images, {r['grid']} grid, {r['machine']['device']}, "
-          f"{r['machine']['threads']} threads")
-    print(f"{'path':<10}{'s/point':>10}{'images/s':>12}")
-    print(f"{'suite':<10}{r['suite_s_per_point']:>10.3f}{r['suite_images_per_s']:>12.0f}")
+          f"{r['machine']['threads']} threads, median of {r['repeats']}")
+    print(f"{'path':<44}{'s/point':>9}{'images/s':>10}{'vs naive':>10}{'efficiency':>12}")
     if 'naive_s_per_point' in r:
-        print(f"{'naive':<10}{r['naive_s_per_point']:>10.3f}{r['num_images'] / r['naive_s_per_point']:>12.0f}")
-    print(f"{'floor':<10}{r['floor_s_per_point']:>10.3f}{r['num_images'] / r['floor_s_per_point']:>12.0f}")
-    if 'speedup_over_naive' in r:
-        print(f"speed-up over naive: {r['speedup_over_naive']:.2f}x")
-    print(f"efficiency floor/suite: {r['efficiency']:.3f}")
+        n = r['naive_s_per_point']
+        print(f"{'naive (DataLoader, bs 128)':<44}{n:>9.3f}{r['num_images'] / n:>10.0f}{1:>9.2f}x{'':>12}")
+    for lever, row in r['levers'].items():
+        speed = f"{row['speedup_over_naive']:>9.2f}x" if 'speedup_over_naive' in row else f"{'':>10}"
+        print(f"{'suite ' + lever:<44}{row['suite_s_per_point']:>9.3f}{row['suite_images_per_s']:>10.0f}"
+              f"{speed}{row['efficiency']:>12.3f}")
     print(f"resident data: {r['resident_data_mb']:.1f} MB, peak RSS {r['peak_rss_mb']:.0f} MB")
     if 'mpi_scaling' in r:
-        print(f"MPI: 1 rank {r['mpi_1rank_points_per_s']:.3f} pt/s, 2 ranks {r['mpi_2ranks_points_per_s']:.3f} pt/s, "
-              f"scaling {r['mpi_scaling']:.2f}x")
+        print(f"MPI: 1 rank x 1 thread {r['mpi_1rank_points_per_s']:.3f} pt/s, 2 ranks x 1 thread "
+              f"{r['mpi_2ranks_points_per_s']:.3f} pt/s, scaling {r['mpi_scaling']:.2f}x")
 
 
 if __name__ == '__main__':

@@ -294,3 +294,17 @@ def test_original_nonsquare_file_is_read_in_grid_orientation(tmp_path):
         f['train_loss'] = truth.ravel().reshape(len(x), len(y))
     s = hdf5_layout.read_surface(str(tmp_path / 'old.h5'))
     np.testing.assert_array_equal(s.values['train_loss'], truth)
+
+
+@pytest.mark.parametrize('lever', [['--channels_last'], ['--compile'], ['--batch_size', '32']],
+                         ids=['channels_last', 'compile', 'small batches'])
+def test_speed_levers_give_the_same_surface(tmp_path, checkpoints, capsys, lever):
+    """The levers of benchmarks/RESULTS.md change only the speed (and float rounding)."""
+    model = local_copy(tmp_path, checkpoints['cnn_bn'])
+    common = ['--model', 'cnn_bn', '--model_file', model, '--x=-1:1:3', '--y=0:1:2', '--xnorm', 'filter',
+              '--ynorm', 'filter']
+    run(capsys, *common, '--surf_file', tmp_path / 'plain.h5')
+    run(capsys, *common, *lever, '--surf_file', tmp_path / 'lever.h5')
+    plain, fast = (hdf5_layout.read_surface(str(tmp_path / n)) for n in ('plain.h5', 'lever.h5'))
+    np.testing.assert_allclose(fast.values['train_loss'], plain.values['train_loss'], rtol=1e-4)
+    np.testing.assert_allclose(fast.values['train_acc'], plain.values['train_acc'], atol=0.6)   # a rounding flip of a sample or two
