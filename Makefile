@@ -22,7 +22,7 @@ demo: $(VENV)/.installed
 	PY=$(PY) bash demo.sh $(DEMO)
 
 test: $(VENV)/.test-installed
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -rs tests
 
 # Speed: ratios measured side by side in one run (never part of `make test`).
 bench: $(VENV)/.test-installed

@@ -4,6 +4,7 @@ Serial runs use ``SerialComm`` with the same interface, so callers never test fo
 There is no collective per grid point: workers send each result to rank 0 as a small point-to-point
 message, and rank 0 -- the only writer of the surface file -- collects them between its own points.
 """
+import os
 import sys
 import traceback
 
@@ -14,7 +15,7 @@ RESULT_TAG = 11
 
 class SerialComm:
     """The one-process stand-in for MPI."""
-    rank, size, local_rank = 0, 1, 0
+    rank, size, local_rank, local_size = 0, 1, 0, 1
 
     @property
     def is_root(self):
@@ -50,7 +51,8 @@ class MPIComm(SerialComm):
         self.MPI, self.comm = mpi, mpi.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         # Rank within the node: spreads GPUs evenly on multi-node jobs.
-        self.local_rank = self.comm.Split_type(mpi.COMM_TYPE_SHARED).Get_rank()
+        node = self.comm.Split_type(mpi.COMM_TYPE_SHARED)
+        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
 
     def bcast(self, obj):
         return self.comm.bcast(obj, root=0)
@@ -105,6 +107,13 @@ def select_device(use_cuda, local_rank=0):
     if not torch.cuda.is_available():
         raise UsageError('--cuda was given but PyTorch sees no CUDA GPU on this machine')
     return torch.device('cuda', local_rank % torch.cuda.device_count())
+
+
+def default_threads(comm):
+    """CPU threads for one rank when --threads is not given: the node's cores shared among the
+    ranks on it (torch would otherwise give every rank all cores, and oversubscribed cores make
+    its thread pools spin and slow down many times over)."""
+    return max(1, (os.cpu_count() or 1) // comm.local_size)
 
 
 def get_comm(use_mpi):

@@ -84,7 +84,8 @@ def get_args_parser(add_help=True):
                          'resident images (faster convolutions on some CPUs and GPUs; see benchmarks/RESULTS.md)')
     compute.add_argument('--compile', action='store_true', help='torch.compile the model once per rank (tens of '
                          'seconds up front, then faster points: worth it on large grids; needs a C++ compiler)')
-    compute.add_argument('--threads', default=None, type=int, help='CPU threads per rank (torch.set_num_threads)')
+    compute.add_argument('--threads', default=None, type=int, help='CPU threads per rank (torch.set_num_threads); '
+                         'default: the node\'s cores divided among its ranks')
 
     plot = parser.add_argument_group('plot')
     plot.add_argument('--plot', action='store_true', help='draw the surface when done (PNG and PDF beside it)')

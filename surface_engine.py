@@ -22,7 +22,7 @@ import model_loader
 import net_plotter
 from cli import UsageError
 from grid import Grid, parse_axis
-from mpi_comm import fail_all_ranks, select_device
+from mpi_comm import default_threads, fail_all_ranks, select_device
 from scheduler import assign_points
 
 
@@ -137,8 +137,7 @@ def library_versions(comm):
 def prepare_run(args, comm, value_names):
     """Build model, data and directions on this rank (rank 0 creates the direction file), and a
     factory for the surface file writer. All arguments were validated before this is called."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or default_threads(comm))
     device = select_device(args.cuda, comm.local_rank)
     grid = Grid(parse_axis(args.x, '--x'), parse_axis(args.y, '--y') if args.y else None)
 

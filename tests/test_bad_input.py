@@ -160,3 +160,32 @@ def test_help_documents_every_flag(module):
             assert flag in text
         if action.option_strings and action.dest != 'help':
             assert action.help, f'{module}: {action.option_strings} has no help'
+
+
+# The other scripts that write files: the same contract, against the same folder of results.
+OTHER_SCRIPT_CASES = [
+    ('plot_hessian_eigen', [*MODEL, '--eig_tol', '2'], ['--eig_tol']),
+    ('plot_hessian_eigen', [*MODEL, '--compile'], ['--compile']),
+    ('plot_hessian_eigen', [*MODEL, '--eval_test'], ['--eval_test']),
+    ('plot_hessian_eigen', [*MODEL, '--x=1:0:3'], ['--x', 'MIN must not exceed MAX']),
+    ('plot_hessian_eigen', [*MODEL, '--xnorm', 'filter', '--x=-1:1:5', '--surf_file', '{d}/surf.h5',
+                            '--data_split', '8'], ['another grid']),
+    ('plot_trajectory', ['--model', 'cnn_bn', '--model_folder', '{d}/nofolder'], ['--model_folder', 'not a folder']),
+    ('plot_trajectory', ['--model', 'cnn_bn', '--model_folder', '{d}', '--max_epoch', '2'], ['checkpoint']),
+    ('plot_trajectory', ['--model', 'cnn_bn', '--model_folder', '{d}', '--dir_type', 'weight'], ['invalid choice']),
+    ('cifar10.main', ['--model', 'cnn_bn', '--lr', '-1', '--save', '{d}'], ['--lr']),
+    ('cifar10.main', ['--model', 'cnn_bn', '--resume_model', '{d}/junk.t7', '--save', '{d}'], ['--resume_model']),
+    ('cifar10.main', ['--model', 'nosuch', '--save', '{d}'], ['unknown --model']),
+    ('cifar10.main', ['--model', 'cnn_bn', '--optimizer', 'adamw', '--save', '{d}'], ['invalid choice']),
+]
+
+
+@pytest.mark.parametrize('module,argv,words', OTHER_SCRIPT_CASES,
+                         ids=[f'{c[0]}: {" ".join(c[1][-2:])}' for c in OTHER_SCRIPT_CASES])
+def test_other_scripts_bad_input(workdir, capsys, module, argv, words):
+    import importlib
+    main = importlib.import_module(module).main
+    before = snapshot(workdir)
+    code, err = call_main(main, [*DIGITS, *fill(argv, workdir)], capsys)
+    assert_one_line_error(code, err, words)
+    assert snapshot(workdir) == before

@@ -159,7 +159,6 @@ def test_too_few_checkpoints_for_pca(run_folder):
 
 
 def test_quick_start_train_trajectory_surface(tmp_path):
-    import plot_2D
     import plot_surface
     folder = train(tmp_path, epochs=3)                                              # 1. train
     proj_file, dir_file = trajectory(folder, '--ignore', 'biasbn', max_epoch=3)     # 2. PCA + path
@@ -174,6 +173,4 @@ def test_quick_start_train_trajectory_surface(tmp_path):
     assert len(surf_files) == 1
     surface = hdf5_layout.read_surface(os.path.join(os.path.dirname(dir_file), surf_files[0]))
     assert surface.done[hdf5_layout.TRAIN_LOSS].all()
-    if not hasattr(plot_2D, 'plot_contour_trajectory'):
-        pytest.skip('plot_2D.plot_contour_trajectory does not exist yet')
     assert os.path.isfile(f'{proj_file}_{hdf5_layout.TRAIN_LOSS}_2dcontour_proj.png')
