@@ -30,8 +30,9 @@ run "$PY" plot_2D.py --surf_file "$SURF_2D" --html --vmax 5 --vlevel 0.25
 run "$PY" h52vtp.py --surf_file "$SURF_2D" --zmax 10 --log
 
 # 3. What lies between the two solutions: x = 0 is model A, x = 1 is model B.
+# --dir_type states moves the BatchNorm statistics too, so x = 1 is model B exactly.
 run "$PY" plot_surface.py "${COMMON[@]}" --model_file "$MODEL_A" --model_file2 "$MODEL_B" --x=-0.5:1.5:41 \
-    --eval_test --plot --loss_max 3
+    --dir_type states --eval_test --plot --loss_max 3
 
 # 4. The path the optimizer took, on the plane of the checkpoints' two principal directions.
 run "$PY" plot_trajectory.py "${COMMON[@]}" --model_folder "$RUN_A" --max_epoch $EPOCHS --ignore biasbn

@@ -43,6 +43,12 @@ def get_states(net):
     return [t.detach().clone() for t in net.state_dict().values()]
 
 
+def has_statistics(net):
+    """True when the model has floating buffers (BatchNorm running statistics) that 'weights'
+    directions leave where they are."""
+    return any(b.is_floating_point() for b in net.buffers())
+
+
 def get_base(net, dir_type):
     return get_weights(net) if dir_type == 'weights' else get_states(net)
 

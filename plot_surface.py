@@ -189,6 +189,10 @@ def main(argv=None):
     validate_args(parser, args)
     comm = get_comm(args.mpi)
     run = prepare_run(args, comm, surface_names(args))
+    if comm.is_root and (args.model_file2 or args.model_file3) and args.dir_type == 'weights' \
+            and net_plotter.has_statistics(run.net):
+        print('warning: --dir_type weights keeps the first model\'s BatchNorm statistics, so x = 1 is not the '
+              'second model; use --dir_type states to interpolate whole models', file=sys.stderr, flush=True)
     summary = run_grid(comm, run.grid, run.open_writer, make_point_evaluator(run), desc='loss surface')
     if comm.is_root:
         report(summary, run)

@@ -308,3 +308,10 @@ def test_speed_levers_give_the_same_surface(tmp_path, checkpoints, capsys, lever
     plain, fast = (hdf5_layout.read_surface(str(tmp_path / n)) for n in ('plain.h5', 'lever.h5'))
     np.testing.assert_allclose(fast.values['train_loss'], plain.values['train_loss'], rtol=1e-4)
     np.testing.assert_allclose(fast.values['train_acc'], plain.values['train_acc'], atol=0.6)   # a rounding flip of a sample or two
+
+
+def test_weights_interpolation_warns_about_batchnorm_statistics(tmp_path, checkpoints, capsys):
+    args = ['--model', 'cnn_bn', '--model_file', local_copy(tmp_path, checkpoints['cnn_bn']),
+            '--model_file2', local_copy(tmp_path, checkpoints['cnn_bn_b']), '--x=0:1:2']
+    assert 'use --dir_type states' in run(capsys, *args, '--surf_file', tmp_path / 'w.h5')
+    assert 'warning' not in run(capsys, *args, '--dir_type', 'states', '--surf_file', tmp_path / 's.h5')
