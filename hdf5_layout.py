@@ -232,15 +232,6 @@ def read_direction_file(path):
     return xdirection, ydirection, extras
 
 
-def is_complete_direction_file(path, need_y):
-    """True when ``path`` holds an x direction (and a y direction when ``need_y``)."""
-    try:
-        with h5py.File(path, 'r') as f:
-            return XDIRECTION in f and (not need_y or YDIRECTION in f)
-    except OSError:
-        return False
-
-
 # ----------------------------------------------------------------------------- surfaces
 
 class Surface:
