@@ -84,6 +84,17 @@ class CachedDataset:
         return CachedDataset(self.inputs[idx], self.targets[idx], self.num_classes, self.scale, self.shift)
 
 
+def add_data_arguments(group):
+    """The flags that say which data set to read and how (one declaration for every script)."""
+    group.add_argument('--dataset', default='cifar10', help='cifar10, digits (bundled with scikit-learn, no '
+                       'download), or package.module:factory with factory(root=..., train=...) -> Dataset; '
+                       'also picks the model zoo')
+    group.add_argument('--datapath', default='cifar10/data', help='folder of the data set '
+                       '(for cifar10: the folder holding cifar-10-batches-py/)')
+    group.add_argument('--download', action='store_true', help='download CIFAR-10 into --datapath if missing')
+    group.add_argument('--raw_data', action='store_true', help='no mean/std normalization of the inputs')
+
+
 def _affine(mean, std, raw_max, raw_data):
     """Per-channel (scale, shift) mapping stored values in [0, raw_max] to the network's input:
     (x / raw_max - mean) / std, or x / raw_max with ``raw_data``."""

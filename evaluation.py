@@ -9,6 +9,11 @@ import torch.nn.functional as F
 LOSS_NAMES = ('crossentropy', 'mse')
 
 
+def add_loss_argument(group):
+    group.add_argument('--loss_name', default='crossentropy', choices=LOSS_NAMES,
+                       help='crossentropy, or mse between softmax outputs and one-hot targets')
+
+
 def batch_loss_sum(outputs, targets, loss_name):
     """Sum over the batch of each sample's loss.
 

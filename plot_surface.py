@@ -33,8 +33,6 @@ def get_args_parser(add_help=True):
     grid.add_argument('--y', default=None, help='y range MIN:MAX:NUM for a 2D surface; omit for 1D')
 
     model = parser.add_argument_group('model')
-    model.add_argument('--dataset', default='cifar10', help='cifar10, digits (bundled with scikit-learn, '
-                       'no download), or package.module:factory with factory(root=..., train=...) -> Dataset')
     model.add_argument('--model', default='resnet56', help='a model of the dataset\'s zoo (e.g. resnet56, '
                        'vgg9; digits: mlp, cnn, cnn_bn) or package.module:factory returning an nn.Module')
     model.add_argument('--model_file', default='', help='checkpoint of the trained model (the surface centre, '
@@ -42,8 +40,7 @@ def get_args_parser(add_help=True):
     model.add_argument('--model_file2', default='', help='second checkpoint: x direction = model2 - model1, '
                        'a linear interpolation with the two minimizers at x=0 and x=1')
     model.add_argument('--model_file3', default='', help='third checkpoint: y direction = model3 - model1')
-    model.add_argument('--loss_name', default='crossentropy', choices=evaluation.LOSS_NAMES,
-                       help='crossentropy, or mse between softmax outputs and one-hot targets')
+    evaluation.add_loss_argument(model)
 
     directions = parser.add_argument_group('directions')
     directions.add_argument('--dir_file', default='', help='reuse this direction file instead of making one')
@@ -61,10 +58,7 @@ def get_args_parser(add_help=True):
                             'index draws different ones (seed = index) and gets its own file name')
 
     data = parser.add_argument_group('data')
-    data.add_argument('--datapath', default='cifar10/data', help='folder of the data set '
-                      '(for cifar10: the folder holding cifar-10-batches-py/)')
-    data.add_argument('--download', action='store_true', help='download CIFAR-10 into --datapath if missing')
-    data.add_argument('--raw_data', action='store_true', help='no mean/std normalization of the inputs')
+    dataloader.add_data_arguments(data)
     data.add_argument('--data_split', default=1, type=int, help='evaluate on a fixed, seeded 1/K part of the data')
     data.add_argument('--split_idx', default=0, type=int, help='which part (0..K-1) with --data_split K')
     data.add_argument('--batch_size', default=128, type=int, help='evaluation batch size')

@@ -41,8 +41,6 @@ PCA_FILE_NAME = 'directions.h5'
 def get_args_parser(add_help=True):
     parser = ArgumentParser('plot_trajectory.py', add_help=add_help, description=__doc__.split('\n\n')[0])
     models = parser.add_argument_group('checkpoints')
-    models.add_argument('--dataset', default='cifar10', help='cifar10, digits, or package.module:factory '
-                        '(picks the model zoo; with --eval also the data)')
     models.add_argument('--model', default='resnet56', help="a model of the dataset's zoo or package.module:factory")
     models.add_argument('--model_folder', default='', help='folder holding the checkpoints (python -m cifar10.main writes one)')
     models.add_argument('--prefix', default='model_', help='checkpoint file name before the epoch')
@@ -64,11 +62,8 @@ def get_args_parser(add_help=True):
     evaluate = parser.add_argument_group('evaluation (--eval)')
     evaluate.add_argument('--eval', action='store_true', help="store each checkpoint's own training loss and "
                           'accuracy in the projection file (it colours the path)')
-    evaluate.add_argument('--datapath', default='cifar10/data', help='folder of the data set')
-    evaluate.add_argument('--download', action='store_true', help='download CIFAR-10 into --datapath if missing')
-    evaluate.add_argument('--raw_data', action='store_true', help='no mean/std normalization (as the training run)')
-    evaluate.add_argument('--loss_name', default='crossentropy', choices=evaluation.LOSS_NAMES,
-                          help='crossentropy, or mse between softmax outputs and one-hot targets')
+    dataloader.add_data_arguments(evaluate)   # --dataset also picks the model zoo without --eval
+    evaluation.add_loss_argument(evaluate)
     evaluate.add_argument('--batch_size', default=128, type=int, help='evaluation batch size')
     evaluate.add_argument('--cuda', action='store_true', help='evaluate on the GPU')
     evaluate.add_argument('--threads', default=None, type=int, help='CPU threads (torch.set_num_threads)')

@@ -75,16 +75,10 @@ def get_args_parser(add_help=True):
     model = parser.add_argument_group('model')
     model.add_argument('--model', default='vgg9', help="a model of the dataset's zoo (e.g. vgg9, resnet56; "
                        'digits: mlp, cnn, cnn_bn) or package.module:factory returning an nn.Module')
-    model.add_argument('--loss_name', default='crossentropy', choices=evaluation.LOSS_NAMES,
-                       help='crossentropy, or mse between softmax outputs and one-hot targets')
+    evaluation.add_loss_argument(model)
 
     data = parser.add_argument_group('data')
-    data.add_argument('--dataset', default='cifar10', help='cifar10, digits (bundled with scikit-learn), '
-                      'or package.module:factory with factory(root=..., train=...) -> Dataset')
-    data.add_argument('--datapath', default='cifar10/data', help='folder of the data set '
-                      '(for cifar10: the folder holding cifar-10-batches-py/)')
-    data.add_argument('--download', action='store_true', help='download CIFAR-10 into --datapath if missing')
-    data.add_argument('--raw_data', action='store_true', help='no mean/std normalization of the inputs')
+    dataloader.add_data_arguments(data)
     data.add_argument('--noaug', action='store_true', help='no data augmentation (32x32 images are '
                       'otherwise randomly cropped and flipped; other sizes never are)')
     data.add_argument('--label_corrupt_prob', default=0.0, type=float, help='probability that a training '

@@ -155,7 +155,7 @@ def test_values_that_look_like_old_sentinels_are_results(tmp_path, checkpoints, 
     monkeypatch.setattr(evaluation, 'evaluate', lambda *a, **k: next(fake))
     args = ['--model', 'mlp', '--model_file', local_copy(tmp_path, checkpoints['mlp']), '--x=-1:1:5',
             '--surf_file', tmp_path / 's.h5']
-    out = run(capsys, *args)
+    run(capsys, *args)
     s = hdf5_layout.read_surface(str(tmp_path / 's.h5'))
     assert s.done['train_loss'].all()
     np.testing.assert_array_equal(s.values['train_loss'], [0.0, -1.0, np.nan, np.inf, 1.0])
