@@ -14,30 +14,37 @@ def add_loss_argument(group):
                        help='crossentropy, or mse between softmax outputs and one-hot targets')
 
 
-def batch_loss_sum(outputs, targets, loss_name):
-    """Sum over the batch of each sample's loss.
+def per_sample_loss(outputs, targets, loss_name):
+    """Each sample's loss.
 
     crossentropy: the usual softmax cross-entropy. mse: as the original code, the mean squared
     error between softmax probabilities and one-hot targets over the model's own number of outputs.
     """
     if loss_name == 'crossentropy':
-        return F.cross_entropy(outputs, targets, reduction='sum')
+        return F.cross_entropy(outputs, targets, reduction='none')
     if loss_name == 'mse':
         probs = F.softmax(outputs, dim=1)
         one_hot = F.one_hot(targets, num_classes=outputs.shape[1]).to(probs.dtype)
-        return ((probs - one_hot) ** 2).mean(dim=1).sum()
+        return ((probs - one_hot) ** 2).mean(dim=1)
     raise ValueError(f'unknown loss {loss_name!r}; expected one of {LOSS_NAMES}')
 
 
+def batch_loss_sum(outputs, targets, loss_name):
+    """Sum over the batch of each sample's loss."""
+    return per_sample_loss(outputs, targets, loss_name).sum()
+
+
 @torch.inference_mode()
-def evaluate(model, data, loss_name='crossentropy', batch_size=128):
+def evaluate(model, data, loss_name='crossentropy', batch_size=128, amp=False):
     """Return (mean loss, accuracy in percent) of ``model`` in eval mode over ``data``
-    (a dataloader.CachedDataset)."""
+    (a dataloader.CachedDataset). ``amp``: run the model under bfloat16 autocast (the loss itself
+    is always computed in float32 and summed in float64)."""
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=data.device)
     correct = torch.zeros((), dtype=torch.int64, device=data.device)
     for inputs, targets in data.batches(batch_size):
-        outputs = model(inputs)
+        with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=amp):
+            outputs = model(inputs)
         loss_sum += batch_loss_sum(outputs.float(), targets, loss_name).double()
         correct += (outputs.argmax(dim=1) == targets).sum()
     n = len(data)

@@ -62,6 +62,12 @@ def validate_args(parser, args):
     if args.compile:
         parser.error('--compile: torch.compile does not support the double back-propagation of '
                      'Hessian-vector products')
+    if args.points_per_call > 1:
+        parser.error('--points_per_call: Hessian eigenvalues are solved one point at a time')
+    if args.amp:
+        parser.error('--amp: Hessian-vector products need float32 (bfloat16 rounding swamps the small eigenvalues)')
+    if args.fold_bn:
+        parser.error('--fold_bn: the Hessian is taken with respect to the unfolded weights; run without it')
     if not (np.isfinite(args.eig_tol) and 0 < args.eig_tol < 1):
         parser.error('--eig_tol must be in (0, 1)')
     if args.eig_maxiter < 1:
@@ -85,7 +91,7 @@ def make_point_evaluator(run):
     One tracker per rank: with --warm_start each point starts from the eigenvectors of the rank's
     previous point (under MPI that is the point nranks before it, still a near neighbour)."""
     args = run.args
-    operator = hessian.MeanLossHessian(run.net, run.train_data, args.loss_name, args.batch_size)
+    operator = hessian.MeanLossHessian(run.eval_net, run.train_data, args.loss_name, args.batch_size)
     tracker = hessian.EigenTracker(args.eig_tol, args.eig_maxiter, args.eig_ncv, warm_start=args.warm_start)
 
     def evaluate_point(k):
@@ -135,7 +141,9 @@ def main(argv=None):
     validate_args(parser, args)
     comm = get_comm(args.mpi)
     run = prepare_run(args, comm, value_names(args))
-    summary = run_grid(comm, run.grid, run.open_writer, make_point_evaluator(run), desc='hessian eigenvalues')
+    evaluate_point = make_point_evaluator(run)
+    summary = run_grid(comm, run.grid, run.open_writer, lambda ks: [evaluate_point(k) for k in ks],
+                       desc='hessian eigenvalues')
     if comm.is_root:
         plot_surface.report(summary, run)
         report_eigenvalues(run.surf_file)

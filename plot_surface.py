@@ -18,6 +18,7 @@ import evaluation
 import hdf5_layout
 import model_loader
 import net_plotter
+import point_batching
 from cli import ArgumentParser, UsageError, check_file_exists, run_main
 from grid import parse_axis
 from mpi_comm import get_comm
@@ -76,6 +77,16 @@ def get_args_parser(add_help=True):
     compute.add_argument('--ngpu', default=1, type=int, help='GPUs per rank (DataParallel when > 1)')
     compute.add_argument('--channels_last', action='store_true', help='NHWC memory layout for the model and the '
                          'resident images (faster convolutions on some CPUs and GPUs; see benchmarks/RESULTS.md)')
+    compute.add_argument('--fold_bn', action='store_true', help='fold each BatchNorm into the convolution before it '
+                         '(the folded weights are recomputed at every point, so any --dir_type works; exact up to '
+                         'float rounding; the model must be traceable by torch.fx)')
+    compute.add_argument('--points_per_call', default=1, type=int, help='evaluate this many grid points in one '
+                         'batched forward pass (torch.vmap over stacked weights), meant for small models that leave a '
+                         'GPU idle; slower on CPU; K times the activation memory; may change float rounding '
+                         '(default %(default)s: one point at a time)')
+    compute.add_argument('--amp', action='store_true', help='bfloat16 autocast for the forward pass (the loss stays '
+                         'float32): faster on GPUs with bf16 tensor cores, slower on CPUs without bf16 instructions; '
+                         'moves the loss by about 1e-3 relative (benchmarks/RESULTS.md)')
     compute.add_argument('--compile', action='store_true', help='torch.compile the model once per rank (tens of '
                          'seconds up front, then faster points: worth it on large grids; needs a C++ compiler)')
     compute.add_argument('--threads', default=None, type=int, help='CPU threads per rank (torch.set_num_threads); '
@@ -104,9 +115,16 @@ def validate_args(parser, args):
         parser.error('--model_file3 sets the y direction, so it needs --y')
     if args.same_dir and args.model_file3:
         parser.error('--same_dir and --model_file3 both set the y direction; give one')
-    for flag in ('batch_size', 'data_split', 'ngpu'):
+    for flag in ('batch_size', 'data_split', 'ngpu', 'points_per_call'):
         if getattr(args, flag) < 1:
             parser.error(f'--{flag} must be at least 1')
+    if args.points_per_call > 1:
+        for flag in ('fold_bn', 'compile'):
+            if getattr(args, flag):
+                parser.error(f'--points_per_call evaluates the unfolded, uncompiled model; drop --{flag} or '
+                             '--points_per_call')
+        if args.ngpu > 1:
+            parser.error('--points_per_call and --ngpu > 1: batch points on one GPU per rank, or use DataParallel')
     if args.threads is not None and args.threads < 1:
         parser.error('--threads must be at least 1')
     if args.idx < 0:
@@ -139,19 +157,35 @@ def surface_names(args):
     return names
 
 
-def make_point_evaluator(run):
-    """evaluate_point(k): move the model to grid point k, return its losses and accuracies."""
+def make_points_evaluator(run):
+    """evaluate_points([k, ...]): the losses and accuracies at grid points k, one point at a time
+    (moving the model), or with --points_per_call > 1 all of them in one batched pass."""
     args = run.args
+    datasets = [(prefix, data) for prefix, data in (('train', run.train_data), ('test', run.test_data))
+                if data is not None]
 
     def evaluate_point(k):
         run.move_to(k)
         values = {}
-        for prefix, data in (('train', run.train_data), ('test', run.test_data)):
-            if data is not None:
-                loss, acc = evaluation.evaluate(run.net, data, args.loss_name, args.batch_size)
-                values[f'{prefix}_loss'], values[f'{prefix}_acc'] = loss, acc
+        for prefix, data in datasets:
+            loss, acc = evaluation.evaluate(run.eval_net, data, args.loss_name, args.batch_size, args.amp)
+            values[f'{prefix}_loss'], values[f'{prefix}_acc'] = loss, acc
         return values
-    return evaluate_point
+
+    if args.points_per_call == 1:
+        return lambda ks: [evaluate_point(k) for k in ks]
+    stack = point_batching.StackedPoints(run.net, args.dir_type, run.base, run.xdirection, run.ydirection)
+
+    def evaluate_points(ks):
+        coords = [run.grid.point(k) for k in ks]
+        tensors = stack.stacked([(x, 0.0 if y is None else y) for x, y in coords])
+        values = [{} for _ in ks]
+        for prefix, data in datasets:
+            results = point_batching.evaluate_stacked(run.net, tensors, data, args.loss_name, args.batch_size, args.amp)
+            for point, (loss, acc) in zip(values, results):
+                point[f'{prefix}_loss'], point[f'{prefix}_acc'] = loss, acc
+        return values
+    return evaluate_points
 
 
 def plot_results(args, run):
@@ -187,7 +221,8 @@ def main(argv=None):
             and net_plotter.has_statistics(run.net):
         print('warning: --dir_type weights keeps the first model\'s BatchNorm statistics, so x = 1 is not the '
               'second model; use --dir_type states to interpolate whole models', file=sys.stderr, flush=True)
-    summary = run_grid(comm, run.grid, run.open_writer, make_point_evaluator(run), desc='loss surface')
+    summary = run_grid(comm, run.grid, run.open_writer, make_points_evaluator(run), desc='loss surface',
+                       points_per_call=args.points_per_call)
     if comm.is_root:
         report(summary, run)
         if args.plot:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import bn_folding
 import dataloader
 import hdf5_layout
 import model_loader
@@ -26,8 +27,9 @@ from mpi_comm import default_threads, fail_all_ranks, select_device
 from scheduler import assign_points
 
 
-def run_grid(comm, grid, open_writer, evaluate_point, desc='grid points'):
-    """Evaluate ``evaluate_point(k) -> {name: float}`` at every missing point of ``grid``.
+def run_grid(comm, grid, open_writer, evaluate_points, desc='grid points', points_per_call=1):
+    """Evaluate ``evaluate_points([k, ...]) -> [{name: float}, ...]`` at every missing point of
+    ``grid``, handing it up to ``points_per_call`` of this rank's points at a time.
 
     ``open_writer()`` (called on rank 0 only) returns a hdf5_layout.SurfaceWriter. Returns a
     summary dict on rank 0 (None elsewhere)."""
@@ -40,13 +42,15 @@ def run_grid(comm, grid, open_writer, evaluate_point, desc='grid points'):
 
     pending = comm.root_only(open_and_list)
     mine = assign_points(pending, comm.rank, comm.size)
+    calls = [[int(k) for k in mine[i:i + points_per_call]] for i in range(0, len(mine), points_per_call)]
     started = time.perf_counter()
     try:
         if comm.is_root:
-            _root_loop(comm, grid, writer, evaluate_point, pending, mine, desc)
+            _root_loop(comm, grid, writer, evaluate_points, pending, calls, desc)
         else:
-            for k in mine:
-                comm.send_result(k, evaluate_point(int(k)))
+            for ks in calls:
+                for k, values in zip(ks, evaluate_points(ks)):
+                    comm.send_result(k, values)
     except Exception as err:
         fail_all_ranks(comm, err)
     finally:
@@ -57,7 +61,7 @@ def run_grid(comm, grid, open_writer, evaluate_point, desc='grid points'):
     return summarize(writer, len(pending), time.perf_counter() - started)
 
 
-def _root_loop(comm, grid, writer, evaluate_point, pending, mine, desc):
+def _root_loop(comm, grid, writer, evaluate_points, pending, calls, desc):
     done_before = grid.num_points - len(pending)
     with tqdm(total=grid.num_points, initial=done_before, desc=desc, unit='pt', dynamic_ncols=True,
               disable=False, mininterval=0.5) as bar:
@@ -67,12 +71,12 @@ def _root_loop(comm, grid, writer, evaluate_point, pending, mine, desc):
             writer.flush()
             bar.update(len(results))
 
-        remote_expected, received = len(pending) - len(mine), 0
-        for k in mine:
-            values = evaluate_point(int(k))
+        remote_expected, received = len(pending) - sum(len(ks) for ks in calls), 0
+        for ks in calls:
+            own = list(zip(ks, evaluate_points(ks)))
             arrived = comm.poll_results()
             received += len(arrived)
-            record([(k, values)] + arrived)
+            record(own + arrived)
         while received < remote_expected:
             arrived = [comm.recv_result()] + comm.poll_results()
             received += len(arrived)
@@ -103,6 +107,8 @@ class Run:
         x, y = self.grid.point(k)
         net_plotter.move(self.net, self.args.dir_type, self.base, self.xdirection, self.ydirection,
                          x, 0.0 if y is None else y)
+        if self.folding is not None:
+            self.folding.refresh()
         return x, y
 
 
@@ -153,6 +159,15 @@ def prepare_run(args, comm, value_names):
     # Data before any file is made: a data error must leave the folder as it was.
     train_data = load(True)
     test_data = load(False) if getattr(args, 'eval_test', False) else None
+    # `net` is what the grid moves; `eval_net` is what evaluates it (the same model, folded or wrapped).
+    # Folded before any file is made: a model torch.fx cannot trace must leave the folder as it was.
+    eval_net, folding = net, None
+    if getattr(args, 'fold_bn', False):
+        folding = bn_folding.BatchNormFolding(net)
+        eval_net = folding.module
+        if comm.is_root:
+            print(f'--fold_bn: {folding.num_folded} BatchNorm layers folded into convolutions'
+                  + ('' if folding.num_folded else ' (none follows a convolution directly)'), file=sys.stderr, flush=True)
 
     base_cpu = net_plotter.get_base(net, args.dir_type)
     dir_file = net_plotter.name_direction_file(args)
@@ -166,16 +181,18 @@ def prepare_run(args, comm, value_names):
         net_plotter.setup_direction_file(args, dir_file, net, base_cpu, load_model)
     comm.root_only(check_then_make_directions)
 
-    net.to(device)
+    for model in {id(net): net, id(eval_net): eval_net}.values():   # the folded convolutions live in eval_net only
+        model.to(device)
+        if getattr(args, 'channels_last', False):
+            model.to(memory_format=torch.channels_last)
     if getattr(args, 'channels_last', False):
-        net.to(memory_format=torch.channels_last)
         train_data, test_data = (d and d.channels_last() for d in (train_data, test_data))
     if args.cuda and args.ngpu > 1:
-        net = torch.nn.DataParallel(net, device_ids=list(range(min(args.ngpu, torch.cuda.device_count()))))
+        eval_net = torch.nn.DataParallel(eval_net, device_ids=list(range(min(args.ngpu, torch.cuda.device_count()))))
     if getattr(args, 'compile', False):
         # Parameters stay graph inputs (inductor's freezing is off by default), so moving the
         # weights in place between points needs no recompilation.
-        net = torch.compile(net, dynamic=False)
+        eval_net = torch.compile(eval_net, dynamic=False)
     base = [t.to(device) for t in base_cpu]
     xdirection, ydirection = net_plotter.load_directions(dir_file, base_cpu, grid.is_2d, device)
 
@@ -183,6 +200,6 @@ def prepare_run(args, comm, value_names):
         attrs = {hdf5_layout.ARGS_ATTR: vars(args), hdf5_layout.VERSIONS_ATTR: library_versions(comm)}
         return hdf5_layout.SurfaceWriter(surf_file, grid, dir_file, value_names, run_identity(args, dir_file), attrs)
 
-    return Run(args=args, comm=comm, device=device, grid=grid, net=net, base=base, dir_file=dir_file,
-               surf_file=surf_file, xdirection=xdirection, ydirection=ydirection,
+    return Run(args=args, comm=comm, device=device, grid=grid, net=net, eval_net=eval_net, folding=folding,
+               base=base, dir_file=dir_file, surf_file=surf_file, xdirection=xdirection, ydirection=ydirection,
                train_data=train_data, test_data=test_data, open_writer=open_writer)

@@ -51,3 +51,20 @@ def test_mpi_run_resumes_a_partial_serial_file(tmp_path, checkpoints):
     assert '4 points computed' in run.stdout
     np.testing.assert_array_equal(hdf5_layout.read_surface(str(tmp_path / 'ref.h5')).values['train_loss'],
                                   hdf5_layout.read_surface(str(tmp_path / 'part.h5')).values['train_loss'])
+
+
+def test_two_ranks_batching_points_match_serial_one_at_a_time(tmp_path, checkpoints):
+    """--points_per_call under MPI: each rank batches its own points; rank 0 still records every one."""
+    model = tmp_path / 'model.t7'
+    shutil.copy(checkpoints['cnn_bn'], model)
+    common = ['--dataset', 'digits', '--model', 'cnn_bn', '--model_file', model, '--x=-1:1:5', '--y=-1:0.5:3',
+              '--xnorm', 'filter', '--ynorm', 'filter', '--data_split', '3', '--threads', '1']
+    serial = run_script('plot_surface.py', *common, '--surf_file', tmp_path / 'serial.h5')
+    assert serial.returncode == 0, serial.stderr
+    parallel = run_script('plot_surface.py', *common, '--mpi', '--points_per_call', '3', '--surf_file',
+                          tmp_path / 'mpi.h5', launcher=(MPIEXEC, '-n', '2'))
+    assert parallel.returncode == 0, parallel.stderr
+    a, b = hdf5_layout.read_surface(str(tmp_path / 'serial.h5')), hdf5_layout.read_surface(str(tmp_path / 'mpi.h5'))
+    assert b.done['train_loss'].all() and '15 points computed' in parallel.stdout
+    np.testing.assert_allclose(b.values['train_loss'], a.values['train_loss'], rtol=1e-5)
+    np.testing.assert_allclose(b.values['train_acc'], a.values['train_acc'], atol=0.6)

@@ -296,18 +296,53 @@ def test_original_nonsquare_file_is_read_in_grid_orientation(tmp_path):
     np.testing.assert_array_equal(s.values['train_loss'], truth)
 
 
-@pytest.mark.parametrize('lever', [['--channels_last'], ['--compile'], ['--batch_size', '32']],
-                         ids=['channels_last', 'compile', 'small batches'])
+@pytest.mark.parametrize('lever', [['--channels_last'], ['--compile'], ['--batch_size', '32'], ['--fold_bn'],
+                                   ['--fold_bn', '--channels_last'], ['--fold_bn', '--dir_type', 'states']],
+                         ids=['channels_last', 'compile', 'small batches', 'fold_bn', 'fold_bn channels_last',
+                              'fold_bn states'])
 def test_speed_levers_give_the_same_surface(tmp_path, checkpoints, capsys, lever):
     """The levers of benchmarks/RESULTS.md change only the speed (and float rounding)."""
     model = local_copy(tmp_path, checkpoints['cnn_bn'])
     common = ['--model', 'cnn_bn', '--model_file', model, '--x=-1:1:3', '--y=0:1:2', '--xnorm', 'filter',
               '--ynorm', 'filter']
-    run(capsys, *common, '--surf_file', tmp_path / 'plain.h5')
+    states = ['--dir_type', 'states'] if 'states' in lever else []
+    run(capsys, *common, *states, '--surf_file', tmp_path / 'plain.h5')
     run(capsys, *common, *lever, '--surf_file', tmp_path / 'lever.h5')
     plain, fast = (hdf5_layout.read_surface(str(tmp_path / n)) for n in ('plain.h5', 'lever.h5'))
     np.testing.assert_allclose(fast.values['train_loss'], plain.values['train_loss'], rtol=1e-4)
     np.testing.assert_allclose(fast.values['train_acc'], plain.values['train_acc'], atol=0.6)   # a rounding flip of a sample or two
+
+
+@pytest.mark.parametrize('dir_type', ['weights', 'states'])
+@pytest.mark.parametrize('loss_name', ['crossentropy', 'mse'])
+def test_points_per_call_matches_one_point_at_a_time(tmp_path, checkpoints, capsys, monkeypatch, dir_type, loss_name):
+    model = local_copy(tmp_path, checkpoints['cnn_bn'])
+    common = ['--model', 'cnn_bn', '--model_file', model, '--x=-1:1:3', '--y=0:1:2', '--xnorm', 'filter',
+              '--xignore', 'biasbn', '--ynorm', 'filter', '--yignore', 'biasbn', '--dir_type', dir_type,
+              '--loss_name', loss_name, '--eval_test']
+    run(capsys, *common, '--surf_file', tmp_path / 'one.h5')
+    import point_batching
+    real, calls = point_batching.evaluate_stacked, []
+    monkeypatch.setattr(point_batching, 'evaluate_stacked',
+                        lambda net, tensors, *a: (calls.append(len(next(iter(tensors.values())))), real(net, tensors, *a))[1])
+    run(capsys, *common, '--points_per_call', '4', '--surf_file', tmp_path / 'four.h5')
+    assert calls == [4, 4, 2, 2]        # 6 points: 4 + 2, each on train and test data
+    one, four = (hdf5_layout.read_surface(str(tmp_path / n)) for n in ('one.h5', 'four.h5'))
+    for name in ('train_loss', 'test_loss'):
+        assert four.done[name].all()
+        np.testing.assert_allclose(four.values[name], one.values[name], rtol=1e-5)
+    for name in ('train_acc', 'test_acc'):
+        np.testing.assert_allclose(four.values[name], one.values[name], atol=0.6)
+
+
+def test_amp_evaluates_in_bfloat16_close_to_float32(tmp_path, checkpoints, capsys):
+    model = local_copy(tmp_path, checkpoints['cnn_bn'])
+    common = ['--model', 'cnn_bn', '--model_file', model, '--x=-1:1:3', '--xnorm', 'filter']
+    run(capsys, *common, '--surf_file', tmp_path / 'fp32.h5')
+    run(capsys, *common, '--amp', '--surf_file', tmp_path / 'bf16.h5')
+    fp32, bf16 = (hdf5_layout.read_surface(str(tmp_path / n)).values['train_loss'] for n in ('fp32.h5', 'bf16.h5'))
+    assert not np.array_equal(bf16, fp32)                  # autocast really ran in bfloat16 ...
+    np.testing.assert_allclose(bf16, fp32, rtol=3e-2)      # ... and bf16 keeps ~3 significant digits
 
 
 def test_weights_interpolation_warns_about_batchnorm_statistics(tmp_path, checkpoints, capsys):

@@ -1,0 +1,135 @@
+"""--fold_bn: BatchNorm folded into the convolution before it gives the same outputs as the model,
+at every grid point, and leaves the model itself alone."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import net_plotter
+from bn_folding import BatchNormFolding
+from cifar10.model_loader import build
+from cli import UsageError
+from tests.synthetic_weights import synthetic_state_dict
+from tests.test_model_zoo import LAYOUTS
+
+
+def randomize_statistics(net, seed=0):
+    """Non-trivial BatchNorm statistics and affine parameters (fresh ones are mean 0, var 1, identity)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                if m.affine:
+                    m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                    m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return net.eval()
+
+
+def outputs(model, x):
+    with torch.inference_mode():
+        return model(x)
+
+
+class Shapes(nn.Module):
+    """Every case the folding must tell apart."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_bias = nn.Conv2d(3, 4, 3, padding=1, bias=True)       # conv with bias -> BN: folds
+        self.bn_a = nn.BatchNorm2d(4)
+        self.shared = nn.Conv2d(4, 4, 1, bias=False)                    # called twice, each call -> own BN: both fold
+        self.bn_b, self.bn_c = nn.BatchNorm2d(4), nn.BatchNorm2d(4)
+        self.reused = nn.Conv2d(4, 4, 3, padding=1, bias=False)         # output also used unnormalised: no fold
+        self.bn_d = nn.BatchNorm2d(4)
+        self.conv1d = nn.Conv1d(4, 4, 1)
+        self.bn_plain = nn.BatchNorm1d(4, affine=False)                 # no gamma/beta: folds
+        self.bn_batch = nn.BatchNorm2d(4, track_running_stats=False)    # batch statistics: no fold
+        self.conv_e = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        x = self.bn_a(self.conv_bias(x)).relu()
+        x = self.bn_c(self.shared(self.bn_b(self.shared(x))))
+        r = self.reused(x)
+        x = self.bn_d(r) + r
+        x = self.bn_batch(self.conv_e(x))
+        v = self.bn_plain(self.conv1d(x.mean(dim=3)))
+        return v.flatten(1)
+
+
+def test_folds_exactly_the_foldable_pairs_and_matches_the_model():
+    net = randomize_statistics(Shapes())
+    x = torch.randn(5, 3, 6, 6)
+    before = copy.deepcopy(net.state_dict())
+    folding = BatchNormFolding(net)
+    assert folding.num_folded == 4   # bn_a, bn_b, bn_c, bn_plain
+    folded_bn = {id(bn) for _, _, bn in folding.pairs}
+    assert folded_bn == {id(net.bn_a), id(net.bn_b), id(net.bn_c), id(net.bn_plain)}
+    torch.testing.assert_close(outputs(folding.module, x), outputs(net, x), rtol=1e-5, atol=1e-5)
+    # The model is unchanged: same state, and it still runs its own BatchNorm layers.
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize('dir_type', net_plotter.DIR_TYPES)
+def test_refresh_follows_the_model_to_every_grid_point(dir_type):
+    """Without refresh() the folded weights would stay those of the first point."""
+    net = randomize_statistics(Shapes())
+    x = torch.randn(5, 3, 6, 6)
+    folding = BatchNormFolding(net)
+    base = net_plotter.get_base(net, dir_type)
+    g = torch.Generator().manual_seed(1)
+    xdir = net_plotter.make_random_direction(base, g, 'filter')
+    ydir = net_plotter.make_random_direction(base, g, 'filter')
+    for step in [(0.5, -0.25), (-1.0, 1.0)]:
+        net_plotter.move(net, dir_type, base, xdir, ydir, *step)
+        stale = outputs(folding.module, x)
+        folding.refresh()
+        expected = outputs(net, x)
+        assert not torch.allclose(stale, expected, rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(outputs(folding.module, x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('name', ['resnet20', 'resnet20_noshort', 'resnet50', 'vgg9', 'wrn56_2', 'densenet121'])
+def test_zoo_models_fold_to_the_same_logits(name):
+    net = build(name)
+    net.load_state_dict(synthetic_state_dict(LAYOUTS[name]['state_dict']))
+    randomize_statistics(net)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    expected = outputs(net, x)
+    folding = BatchNormFolding(net)
+    num_bn = sum(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    if name.startswith('densenet'):
+        assert 0 < folding.num_folded < num_bn   # pre-activation blocks: BN before the convolution stays
+    else:
+        assert folding.num_folded == num_bn
+    got = outputs(folding.module, x)
+    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+def test_channels_last_model_folds_in_its_layout():
+    net = randomize_statistics(build('resnet20')).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    folding = BatchNormFolding(net)
+    for folded, conv, _ in folding.pairs:
+        assert folded.weight.is_contiguous(memory_format=torch.channels_last) == \
+            conv.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(outputs(folding.module, x), outputs(net, x), rtol=1e-4, atol=1e-4)
+
+
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)
+
+    def forward(self, x):
+        if x.sum() > 0:            # control flow on values: torch.fx cannot trace it
+            return self.bn(self.conv(x))
+        return x
+
+
+def test_untraceable_model_is_a_usage_error():
+    with pytest.raises(UsageError, match='--fold_bn: torch.fx cannot trace'):
+        BatchNormFolding(DataDependent())
