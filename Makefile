@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 DEMO   ?= demo_out
 NP     ?= 2
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench bench-gpu clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,8 +26,13 @@ test: $(VENV)/.test-installed
 
 # Speed: ratios measured side by side in one run (never part of `make test`).
 bench: $(VENV)/.test-installed
-	$(PY) benchmarks/bench_surface.py --levers "" "--channels_last --batch_size 32" --mpi
+	$(PY) benchmarks/bench_surface.py --levers "" "--channels_last --batch_size 32" \
+		"--channels_last --batch_size 32 --fold_bn" --mpi_levers "--channels_last --batch_size 32 --fold_bn" --mpi
 	$(PY) benchmarks/bench_hessian.py
+
+# The GPU figures (needs a CUDA GPU; see benchmarks/gpu_check.sh).
+bench-gpu: $(VENV)/.test-installed
+	PYTHON=$(PY) bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

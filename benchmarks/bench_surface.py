@@ -219,14 +219,14 @@ def main(argv=None):
 def print_table(r):
     print(f"{r['model']}, {r['num_images']} images, {r['grid']} grid, {r['machine']['device']}, "
           f"{r['machine']['threads']} threads, median of {r['repeats']}")
-    print(f"{'path':<44}{'s/point':>9}{'images/s':>10}{'vs naive':>10}{'efficiency':>12}{'max rel. loss change':>22}")
+    print(f"{'path':<60}{'s/point':>9}{'images/s':>10}{'vs naive':>10}{'efficiency':>12}{'max rel. loss change':>22}")
     if 'naive_s_per_point' in r:
         n = r['naive_s_per_point']
-        print(f"{'naive (DataLoader, bs 128)':<44}{n:>9.3f}{r['num_images'] / n:>10.0f}{1:>9.2f}x{'':>12}")
+        print(f"{'naive (DataLoader, bs 128)':<60}{n:>9.3f}{r['num_images'] / n:>10.0f}{1:>9.2f}x{'':>12}")
     for lever, row in r['levers'].items():
         speed = f"{row['speedup_over_naive']:>9.2f}x" if 'speedup_over_naive' in row else f"{'':>10}"
         efficiency = f"{row['efficiency']:>12.3f}{row['max_rel_loss_change']:>22.2e}" if 'efficiency' in row else ''
-        print(f"{'suite ' + lever:<44}{row['suite_s_per_point']:>9.3f}{row['suite_images_per_s']:>10.0f}"
+        print(f"{'suite ' + lever:<60}{row['suite_s_per_point']:>9.3f}{row['suite_images_per_s']:>10.0f}"
               f"{speed}{efficiency}")
     print(f"resident data: {r['resident_data_mb']:.1f} MB, peak RSS {r['peak_rss_mb']:.0f} MB")
     if 'mpi_scaling' in r:

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The GPU figures of benchmarks/RESULTS.md, in one prepared call for a session lent a device machine
+# (DEVELOPERS.md): resnet56, 10,000 CIFAR-sized images, 5x5 grid, this suite against the naive
+# DataLoader loop, and each GPU lever side by side. About 5 minutes on one H100.
+#
+#   bash benchmarks/gpu_check.sh            # uses python3 (PyTorch, torchvision, h5py, tqdm installed)
+#   PYTHON=.venv/bin/python bash benchmarks/gpu_check.sh
+#
+# Writes bench_surface_gpu.json (and the printed table, gpu_check.log) to $OUT, or benchmarks/out.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+DEST=${OUT:-benchmarks/out}
+mkdir -p "$DEST"
+export PYTHONUNBUFFERED=1
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  # Levers: bigger batches suit a GPU; --amp is bf16 autocast; --points_per_call batches grid points
+  # with vmap; the row's "max rel. loss change" is what each lever does to the numbers.
+  "$PY" benchmarks/bench_surface.py --cuda --model resnet56 --num_images 10000 --grid 5 --repeats 2 \
+      --levers "" "--batch_size 1024" "--batch_size 1024 --channels_last" "--batch_size 1024 --channels_last --amp" \
+               "--batch_size 1024 --fold_bn" "--batch_size 256 --points_per_call 4" \
+      --json "$DEST/bench_surface_gpu.json"
+} 2>&1 | grep -v 'grid points' | tee "$DEST/gpu_check.log"
