@@ -82,8 +82,8 @@ def get_args_parser(add_help=True):
                          'float rounding; the model must be traceable by torch.fx)')
     compute.add_argument('--points_per_call', default=1, type=int, help='evaluate this many grid points in one '
                          'batched forward pass (torch.vmap over stacked weights), meant for small models that leave a '
-                         'GPU idle; slower on CPU; K times the activation memory; may change float rounding '
-                         '(default %(default)s: one point at a time)')
+                         'GPU idle; slower on CPU; K times the activation memory; a kill loses up to K points in flight; '
+                         'may change float rounding (default %(default)s: one point at a time)')
     compute.add_argument('--amp', action='store_true', help='bfloat16 autocast for the forward pass (the loss stays '
                          'float32): faster on GPUs with bf16 tensor cores, slower on CPUs without bf16 instructions; '
                          'moves the loss by about 1e-3 relative (benchmarks/RESULTS.md)')
