@@ -181,7 +181,8 @@ def prepare_run(args, comm, value_names):
         net_plotter.setup_direction_file(args, dir_file, net, base_cpu, load_model)
     comm.root_only(check_then_make_directions)
 
-    for model in {id(net): net, id(eval_net): eval_net}.values():   # the folded convolutions live in eval_net only
+    # The folded convolutions live in folding.module only; every other layer is net's own.
+    for model in [net] if folding is None else [net, folding.module]:
         model.to(device)
         if getattr(args, 'channels_last', False):
             model.to(memory_format=torch.channels_last)
