@@ -68,6 +68,8 @@ def surface_args(workdir, model_file, opts, extra=()):
             '--ynorm', 'filter', '--yignore', 'biasbn', '--batch_size', str(opts.batch_size), *extra]
     if opts.cuda:
         argv.append('--cuda')
+    if opts.threads:
+        argv += ['--threads', str(opts.threads)]   # else prepare_run picks the node's default
     return plot_surface.get_args_parser().parse_args(argv)
 
 
@@ -156,7 +158,18 @@ def main(argv=None):
     opts = get_args_parser().parse_args(argv)
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    workdir = tempfile.mkdtemp(prefix='bench_surface_')
+    with tempfile.TemporaryDirectory(prefix='bench_surface_') as workdir:
+        results = measure(opts, workdir)
+    print_table(results)
+    os.makedirs(os.path.dirname(os.path.abspath(opts.json)), exist_ok=True)
+    with open(opts.json, 'w') as fh:
+        json.dump(results, fh, indent=2)
+    print('wrote', opts.json)
+    return results
+
+
+def measure(opts, workdir):
+    """Every timing of the table, on fake data and a random model written to ``workdir``."""
     write_fake_cifar10(workdir, num_train=opts.num_images, num_test=10)
     from cifar10.model_loader import MODELS
     torch.manual_seed(0)
@@ -209,11 +222,7 @@ def main(argv=None):
         one, two = time_mpi(workdir, model_file, opts, 1), time_mpi(workdir, model_file, opts, 2)
         results.update(mpi_1rank_points_per_s=one, mpi_2ranks_points_per_s=two, mpi_scaling=two / one)
     results['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print_table(results)
-    os.makedirs(os.path.dirname(os.path.abspath(opts.json)), exist_ok=True)
-    with open(opts.json, 'w') as fh:
-        json.dump(results, fh, indent=2)
-    print('wrote', opts.json)
+    return results
 
 
 def print_table(r):

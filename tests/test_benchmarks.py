@@ -1,0 +1,46 @@
+"""The benchmark scripts still run and report consistent figures (on tiny inputs; no timing is asserted:
+speed is judged from `make bench` output, never by tests)."""
+import json
+import os
+import sys
+
+import pytest
+
+from benchmarks import bench_hessian, bench_surface
+
+MPIEXEC = os.path.join(os.path.dirname(sys.executable), 'mpiexec')
+
+
+@pytest.mark.parametrize('with_mpi', [False, pytest.param(True, marks=pytest.mark.skipif(
+    not os.path.exists(MPIEXEC), reason='mpiexec (pip package mpich) is not installed'))], ids=['serial', 'mpi'])
+def test_bench_surface_table(tmp_path, capsys, with_mpi):
+    out = tmp_path / 'bench.json'
+    argv = ['--model', 'resnet20', '--num_images', '24', '--grid', '2', '--repeats', '1', '--threads', '1',
+            '--batch_size', '16', '--levers', '', ' --fold_bn', '--json', str(out)]
+    if with_mpi:
+        argv += ['--skip_naive', '--mpi_levers', ' --fold_bn']
+    results = bench_surface.main(argv)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+    assert results['resident_data_mb'] == pytest.approx(24 * 3 * 32 * 32 / 2**20)   # uint8 images
+    default, folded = results['levers']['default'], results['levers']['--fold_bn']
+    for row in (default, folded):
+        assert row['efficiency'] == pytest.approx(row['floor_s_per_point'] / row['suite_s_per_point'])
+        if not with_mpi:
+            assert row['speedup_over_naive'] == pytest.approx(results['naive_s_per_point'] / row['suite_s_per_point'])
+    assert default['max_rel_loss_change'] == 0
+    assert 0 < folded['max_rel_loss_change'] < 1e-4      # folding moves only the rounding
+    if with_mpi:
+        assert results['levers']['mpiexec -n 2 --threads 1 --fold_bn']['suite_s_per_point'] > 0
+    table = capsys.readouterr().out
+    assert 'suite --fold_bn' in table and ('naive (DataLoader' in table) != with_mpi
+    assert results['machine']['threads'] == 1          # --threads reaches the suite's own runs
+
+
+def test_bench_hessian_reports_products_per_second(tmp_path):
+    result = bench_hessian.main(['--num_images', '8', '--batch_size', '8', '--repeats', '1', '--threads', '1',
+                                 '--points', '1', '--eig_ncv', '4', '--json', str(tmp_path / 'h.json')])
+    assert result['hvps_per_second'] == pytest.approx(1 / result['seconds_per_hvp'])
+    assert result['points_per_minute_source'] == 'measured' and result['hvp_counts'][0] >= 4
+    max_eig, min_eig = result['eigenvalues'][0]
+    assert max_eig >= min_eig
+    assert json.loads((tmp_path / 'h.json').read_text())['hvps_per_second'] == result['hvps_per_second']
