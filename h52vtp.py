@@ -13,7 +13,7 @@ import tempfile
 import numpy as np
 
 from cli import ArgumentParser, UsageError, run_main
-from plot_2D import SURF_NAME_CHOICES, describe_gaps, load_surface, surface_values
+from plot_common import SURF_NAME_CHOICES, describe_gaps, load_surface, surface_values
 
 LOG_OFFSET = 0.1   # --log plots log(z + 0.1), the original's choice
 

@@ -9,8 +9,8 @@ import numpy as np
 
 import hdf5_layout as layout
 from cli import ArgumentParser, UsageError, run_main
-from plot_2D import (describe_gaps, direction_label, finish, has_values, load_surface, masked,
-                     new_figure, save_figure, surface_values)
+from plot_common import (describe_gaps, direction_label, finish, has_values, load_surface, masked,
+                         new_figure, save_figure, surface_values)
 
 DEFAULT_XMIN, DEFAULT_XMAX = -1.0, 1.0   # the defaults mean "the surface's own x range"
 

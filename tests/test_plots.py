@@ -15,6 +15,7 @@ from cli import UsageError, run_main
 import h52vtp
 import plot_1D
 import plot_2D
+import plot_common
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM = '/usr/bin/chromium'
@@ -162,7 +163,7 @@ def test_trajectory_plots(tmp_path):
     surf = surface_2d(tmp_path)
     dirs = pca_direction_file(tmp_path / 'pca.h5')
     proj = projection_file(tmp_path / 'proj.h5')
-    assert plot_2D.pca_axis_labels(dirs) == ('1st PC: 84.23 %', '2nd PC: 10.12 %')
+    assert plot_common.pca_axis_labels(dirs) == ('1st PC: 84.23 %', '2nd PC: 10.12 %')
     written = plot_2D.plot_trajectory(proj, dirs)
     assert written == [proj + '.pdf', proj + '.png']
     assert_pictures(written)
@@ -216,7 +217,7 @@ def test_1d_gaps_eig_ratio_and_repeat(tmp_path):
 ], ids=['args-model_file2', 'original-interp-name', 'layer', 'unnormalized', 'original-filter-name'])
 def test_x_axis_label(tmp_path, args, dir_file, label):
     surf = surface_1d(tmp_path, legacy=args is None, dir_file=dir_file, args=args)
-    assert plot_2D.direction_label(layout.read_surface(surf), 'x') == label
+    assert plot_common.direction_label(layout.read_surface(surf), 'x') == label
 
 
 # ----------------------------------------------------------------------------- VTK

@@ -1,0 +1,230 @@
+"""Helpers the plot scripts share: reading a surface, derived values, axis labels, saving figures.
+
+Used by plot_1D.py, plot_2D.py and h52vtp.py (and, through plot_2D, by the --plot options of
+plot_surface.py, plot_trajectory.py and plot_hessian_eigen.py): one named surface with its
+not-computed points masked, the derived surfaces (errors, eigenvalue ratio), direction labels that
+also work for files of the original code, and figures written as PDF + PNG.
+"""
+import json
+import os
+import re
+
+import numpy as np
+
+import hdf5_layout as layout
+from cli import UsageError, check_file_exists
+
+# Surfaces derived from the stored ones (see surface_values).
+TRAIN_ERR, TEST_ERR, EIG_RATIO = 'train_err', 'test_err', 'eig_ratio'
+DERIVED_NAMES = (TRAIN_ERR, TEST_ERR, EIG_RATIO)
+SURF_NAME_CHOICES = layout.SURFACE_NAMES + DERIVED_NAMES
+PRETTY_NAMES = {
+    layout.TRAIN_LOSS: 'Training loss', layout.TEST_LOSS: 'Test loss',
+    layout.TRAIN_ACC: 'Training accuracy (%)', layout.TEST_ACC: 'Test accuracy (%)',
+    TRAIN_ERR: 'Training error (%)', TEST_ERR: 'Test error (%)',
+    layout.MAX_EIG: 'Largest Hessian eigenvalue', layout.MIN_EIG: 'Smallest Hessian eigenvalue',
+    layout.TRACE: 'Hessian trace', layout.HVP_COUNT: 'Hessian-vector products',
+    EIG_RATIO: '|min eig / max eig|', 'eig_signed_ratio': 'min eig / max eig',
+}
+# Checkpoint file name endings, to recognise the original code's interpolation direction files
+# (named after both checkpoints, e.g. 'a/model_300.t7_model_10.t7_states.h5').
+CHECKPOINT_NAME = re.compile(r'\.(t7|pth?|ckpt|tar)(?=[_.]|$)')
+PNG_DPI, PDF_DPI = 150, 300
+
+
+# ----------------------------------------------------------------------------- reading surfaces
+
+def load_surface(path, *, dims):
+    """Read a surface file and check it is ``dims``-dimensional (1 or 2), else UsageError."""
+    check_file_exists(path, '--surf_file')
+    surface = layout.read_surface(path)
+    found = 1 if surface.ycoordinates is None else 2
+    if found != dims:
+        script = 'plot_1D.py' if found == 1 else 'plot_2D.py or h52vtp.py'
+        raise UsageError(f'{path!r} holds a {found}D surface but this command needs a {dims}D one; '
+                         f'plot it with {script}')
+    return surface
+
+
+def available_names(surface):
+    """The surface names this file can plot: stored ones plus those derivable from them."""
+    stored = set(surface.values)
+    derived = {TRAIN_ERR} if layout.TRAIN_ACC in stored else set()
+    derived |= {TEST_ERR} if layout.TEST_ACC in stored else set()
+    derived |= {EIG_RATIO} if {layout.MIN_EIG, layout.MAX_EIG} <= stored else set()
+    return sorted(stored | derived)
+
+
+def has_values(surface, name):
+    return name in available_names(surface)
+
+
+def surface_values(surface, surf_name):
+    """The float64 array of ``surf_name`` with NaN wherever the point was not computed yet.
+
+    Computed values are returned as stored, NaN and +-inf (diverged points) included."""
+    if not has_values(surface, surf_name):
+        names = available_names(surface)
+        holds = ('it can plot: ' + ', '.join(names)) if names else \
+            f'it holds no value array of its grid shape {surface.shape}'
+        raise UsageError(f'surface file {surface.path!r} has no {surf_name!r}; {holds}')
+    if surf_name in (TRAIN_ERR, TEST_ERR):
+        return 100.0 - surface_values(surface, surf_name.replace('_err', '_acc'))
+    if surf_name == EIG_RATIO:
+        with np.errstate(divide='ignore', invalid='ignore'):
+            return np.abs(surface_values(surface, layout.MIN_EIG) / surface_values(surface, layout.MAX_EIG))
+    return np.where(surface.done[surf_name], surface.values[surf_name], np.nan)
+
+
+def describe_gaps(name, values):
+    """One line saying how many points are not computed / not finite, or '' when none."""
+    missing, bad = int(np.isnan(values).sum()), int(np.isinf(values).sum())
+    if not missing and not bad:
+        return ''
+    return (f'note: {name}: {missing} point(s) not computed or NaN, {bad} point(s) infinite '
+            '(diverged); they are left out of the plot')
+
+
+def require_finite_points(surface, name, values):
+    if not np.isfinite(values).any():
+        raise UsageError(f'surface file {surface.path!r} has no finite {name!r} value yet; '
+                         'compute the surface first')
+
+
+# ----------------------------------------------------------------------------- labels
+
+def _stored_setting(surface, key):
+    """A run setting from the surface's 'args' attribute, else its identity attribute, else None."""
+    args = _safe_args(surface)
+    if key in args:
+        return args[key]
+    if key in surface.attrs:
+        try:
+            return json.loads(surface.attrs[key])
+        except ValueError:
+            return surface.attrs[key]
+    return None
+
+
+def _safe_args(surface):
+    try:
+        args = surface.args()
+    except ValueError:
+        return {}  # unreadable args: fall back to what the file name tells
+    return args if isinstance(args, dict) else {}
+
+
+def is_interpolation(surface, axis='x'):
+    """True when the ``axis`` direction runs between two models rather than a random direction."""
+    key = 'model_file2' if axis == 'x' else 'model_file3'
+    target = _stored_setting(surface, key)
+    if target is not None:
+        return bool(target)
+    # Files from the original code carry no args: its interpolation direction files are named
+    # after both checkpoints (and a 2D one after three).
+    found = len(CHECKPOINT_NAME.findall(os.path.basename(surface.dir_file or '')))
+    return found >= (2 if axis == 'x' else 3)
+
+
+def direction_label(surface, axis='x'):
+    """Axis label for the ``axis`` ('x' or 'y') coordinate of a surface."""
+    if is_interpolation(surface, axis):
+        return 'interpolation coefficient'
+    norm = _stored_setting(surface, axis + 'norm')
+    if norm is None:
+        match = re.search(axis + r'norm=([A-Za-z]+)', os.path.basename(surface.dir_file or ''))
+        norm = match.group(1) if match else 'filter'  # the paper's default
+    return f'{norm}-normalized direction' if norm else 'unnormalized random direction'
+
+
+def pca_axis_labels(dir_file):
+    """('1st PC: 84.23 %', '2nd PC: ...') when ``dir_file`` holds PCA directions, else None."""
+    if not dir_file:
+        return None
+    check_file_exists(dir_file, '--dir_file')
+    with layout.open_h5(dir_file, 'direction file') as f:
+        if layout.XDIRECTION not in f:
+            raise UsageError(f'{dir_file!r} is not a direction file (it has no {layout.XDIRECTION!r})')
+        if layout.EXPLAINED_VARIANCE_RATIO not in f:
+            return None
+        ratio = np.asarray(f[layout.EXPLAINED_VARIANCE_RATIO][()], dtype=np.float64).ravel()
+    if ratio.size < 2:
+        return None
+    return f'1st PC: {ratio[0] * 100:.2f} %', f'2nd PC: {ratio[1] * 100:.2f} %'
+
+
+# ----------------------------------------------------------------------------- figures
+
+def new_figure(show, **kwargs):
+    """A pyplot figure when it is to be shown, else a detached Figure (headless, never leaked).
+
+    matplotlib is imported here, not at the top: h52vtp and the error paths never need it."""
+    if show:
+        from matplotlib import pyplot
+        return pyplot.figure(**kwargs)
+    from matplotlib.figure import Figure
+    return Figure(**kwargs)
+
+
+def save_figure(fig, base):
+    """Write ``base + '.pdf'`` and ``base + '.png'``; return both paths."""
+    paths = [base + '.pdf', base + '.png']
+    bbox = _tight_bbox(fig)
+    try:
+        # No creation date: the same data gives byte-identical files.
+        fig.savefig(paths[0], dpi=PDF_DPI, bbox_inches=bbox, format='pdf', metadata={'CreationDate': None})
+        fig.savefig(paths[1], dpi=PNG_DPI, bbox_inches=bbox, format='png')
+    except OSError as err:
+        raise UsageError(f'cannot write {base!r}.pdf/.png ({err.strerror or err})') from None
+    print(f'wrote {paths[0]} (+ .png)')
+    return paths
+
+
+def _tight_bbox(fig):
+    """The figure's tight bounding box, measured once for both files ('tight' in savefig would
+    draw the whole figure an extra time per file)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    if type(fig.canvas) is FigureCanvasBase:
+        FigureCanvasAgg(fig)  # a detached Figure: give it a renderer to measure with
+    if not isinstance(fig.canvas, FigureCanvasAgg):
+        return 'tight'
+    return fig.get_tightbbox(fig.canvas.get_renderer()).padded(0.1)
+
+
+def finish(show):
+    if show:
+        from matplotlib import pyplot
+        pyplot.show()
+
+
+def masked(values):
+    """Mask NaN (not computed) and +-inf (diverged) so matplotlib leaves them out."""
+    return np.ma.masked_invalid(values)
+
+
+def heat_values(values, vmin, vmax):
+    """Values for a heat map with a fixed vmin..vmax colour scale: +-inf become values just past
+    the scale so they take the colour bar's over/under colour; NaN stays masked (grey)."""
+    span = vmax - vmin
+    return masked(np.nan_to_num(values, nan=np.nan, posinf=vmax + span, neginf=vmin - span))
+
+
+def contour_levels(vmin, vmax, vlevel):
+    if not (np.isfinite(vmin) and np.isfinite(vmax) and vmin < vmax):
+        raise UsageError(f'--vmin {vmin:g} must be below --vmax {vmax:g}')
+    if not vlevel > 0:
+        raise UsageError(f'--vlevel must be positive (got {vlevel:g})')
+    return np.arange(vmin, vmax, vlevel)
+
+
+def grid_mesh(surface):
+    if len(surface.xcoordinates) < 2 or len(surface.ycoordinates) < 2:
+        raise UsageError(f'surface file {surface.path!r} has a {len(surface.ycoordinates)} x '
+                         f'{len(surface.xcoordinates)} grid; contours need at least 2 points on each axis')
+    return np.meshgrid(surface.xcoordinates, surface.ycoordinates)
+
+
+def label_axes(ax, surface):
+    ax.set_xlabel('x: ' + direction_label(surface, 'x'))
+    ax.set_ylabel('y: ' + direction_label(surface, 'y'))
