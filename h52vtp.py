@@ -37,7 +37,10 @@ def resample(x, y, Z, num):
     if not np.isfinite(Z).all():
         raise UsageError(f'--interp needs every point computed and finite, but {int((~np.isfinite(Z)).sum())} '
                          'are not; drop --interp (missing points become holes instead)')
-    spline = RectBivariateSpline(y, x, Z, ky=min(3, len(y) - 1), kx=min(3, len(x) - 1))
+    # Z[i, j] = f(x[j], y[i]), so y is the spline's first axis: kx is the degree along y and ky
+    # along x. Each must be below its own axis's point count (1 for a 2-point axis).
+    degree_along_y, degree_along_x = min(3, len(y) - 1), min(3, len(x) - 1)
+    spline = RectBivariateSpline(y, x, Z, kx=degree_along_y, ky=degree_along_x)
     new_x, new_y = np.linspace(x[0], x[-1], num), np.linspace(y[0], y[-1], num)
     return new_x, new_y, spline(new_y, new_x)
 

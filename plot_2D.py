@@ -9,58 +9,60 @@ import numpy as np
 
 import hdf5_layout as layout
 from cli import ArgumentParser, UsageError, check_file_exists, run_main
-from plot_common import (EIG_RATIO, PRETTY_NAMES, SURF_NAME_CHOICES, contour_levels, describe_gaps,
-                         direction_label, finish, grid_mesh, has_values, heat_values, label_axes,
+from plot_common import (EIG_RATIO, PRETTY_NAMES, SURF_NAME_CHOICES, axis_titles, contour_levels,
+                         describe_gaps, finish, grid_mesh, has_values, heat_values, label_axes,
                          load_surface, masked, new_figure, pca_axis_labels, require_finite_points,
                          save_figure, surface_values)
 
 
 # ----------------------------------------------------------------------------- 2D surface plots
 
-def plot_2d_contour(surf_file, *, surf_name='train_loss', vmin=0.1, vmax=10, vlevel=0.5, zlim=None,
-                    show=False):
+def plot_2d_contour(surf_file, *, dir_file='', surf_name='train_loss', vmin=0.1, vmax=10, vlevel=0.5,
+                    zlim=None, show=False):
     """Contour lines, filled contours, heat map and 3D surface of ``surf_name``; returns the files.
 
     NaN (not computed) and inf (diverged) points are left out: holes in contours and the 3D
-    surface, grey cells (NaN) or the colour bar's end colour (inf) in the heat map."""
+    surface, grey cells (NaN) or the colour bar's end colour (inf) in the heat map. ``dir_file``
+    (PCA directions, for the axis titles) defaults to the surface's own (plot_common.axis_titles)."""
     levels = contour_levels(vmin, vmax, vlevel)
     surface = load_surface(surf_file, dims=2)
     Z = surface_values(surface, surf_name)
     X, Y = grid_mesh(surface)
     require_finite_points(surface, surf_name, Z)
+    titles = axis_titles(surface, dir_file)   # a bad --dir_file is refused before any file is written
     gap_note = describe_gaps(surf_name, Z)
     if gap_note:
         print(gap_note)
     base = f'{surf_file}_{surf_name}'
     written = []
-    written += _plot_contour_lines(surface, X, Y, Z, levels, surf_name, base + '_2dcontour', show)
-    written += _plot_filled_contours(surface, X, Y, Z, levels, surf_name, base + '_2dcontourf', show)
-    written += _plot_heatmap(surface, Z, surf_name, vmin, vmax, base + '_2dheat', show)
-    written += _plot_3d_surface(surface, X, Y, Z, surf_name, zlim, base + '_3dsurface', show)
+    written += _plot_contour_lines(titles, X, Y, Z, levels, surf_name, base + '_2dcontour', show)
+    written += _plot_filled_contours(titles, X, Y, Z, levels, surf_name, base + '_2dcontourf', show)
+    written += _plot_heatmap(surface, titles, Z, surf_name, vmin, vmax, base + '_2dheat', show)
+    written += _plot_3d_surface(titles, X, Y, Z, surf_name, zlim, base + '_3dsurface', show)
     finish(show)
     return written
 
 
-def _plot_contour_lines(surface, X, Y, Z, levels, surf_name, base, show):
+def _plot_contour_lines(titles, X, Y, Z, levels, surf_name, base, show):
     fig = new_figure(show)
     ax = fig.add_subplot()
     lines = ax.contour(X, Y, masked(Z), levels=levels, cmap='summer')
     ax.clabel(lines, inline=True, fontsize=8)
-    label_axes(ax, surface)
+    label_axes(ax, titles)
     ax.set_title(PRETTY_NAMES.get(surf_name, surf_name))
     return save_figure(fig, base)
 
 
-def _plot_filled_contours(surface, X, Y, Z, levels, surf_name, base, show):
+def _plot_filled_contours(titles, X, Y, Z, levels, surf_name, base, show):
     fig = new_figure(show)
     ax = fig.add_subplot()
     filled = ax.contourf(X, Y, masked(Z), levels=levels, cmap='summer', extend='both')
     fig.colorbar(filled, ax=ax, label=PRETTY_NAMES.get(surf_name, surf_name))
-    label_axes(ax, surface)
+    label_axes(ax, titles)
     return save_figure(fig, base)
 
 
-def _plot_heatmap(surface, Z, surf_name, vmin, vmax, base, show, cmap='viridis'):
+def _plot_heatmap(surface, titles, Z, surf_name, vmin, vmax, base, show, cmap='viridis'):
     import matplotlib
     fig = new_figure(show)
     ax = fig.add_subplot()
@@ -68,11 +70,11 @@ def _plot_heatmap(surface, Z, surf_name, vmin, vmax, base, show, cmap='viridis')
     mesh = ax.pcolormesh(surface.xcoordinates, surface.ycoordinates, heat_values(Z, vmin, vmax),
                          shading='nearest', cmap=colours, vmin=vmin, vmax=vmax)
     fig.colorbar(mesh, ax=ax, extend='both', label=PRETTY_NAMES.get(surf_name, surf_name))
-    label_axes(ax, surface)
+    label_axes(ax, titles)
     return save_figure(fig, base)
 
 
-def _plot_3d_surface(surface, X, Y, Z, surf_name, zlim, base, show):
+def _plot_3d_surface(titles, X, Y, Z, surf_name, zlim, base, show):
     import mpl_toolkits.mplot3d  # noqa: F401  (registers the '3d' projection)
     shown = np.where(np.isfinite(Z), Z, np.nan)
     if zlim is not None:
@@ -86,14 +88,15 @@ def _plot_3d_surface(surface, X, Y, Z, surf_name, zlim, base, show):
                             vmin=finite.min(), vmax=finite.max(), rcount=min(ny, 200), ccount=min(nx, 200))
     if zlim is not None:
         ax.set_zlim(top=zlim)
-    fig.colorbar(drawn, ax=ax, shrink=0.5, aspect=5, label=PRETTY_NAMES.get(surf_name, surf_name))
-    ax.set_xlabel('x')
-    ax.set_ylabel('y')
+    # pad: room between the colour bar and the y axis title, which runs diagonally below the bar.
+    fig.colorbar(drawn, ax=ax, shrink=0.5, aspect=5, pad=0.12, label=PRETTY_NAMES.get(surf_name, surf_name))
+    label_axes(ax, titles, fontsize='small')
     return save_figure(fig, base)
 
 
-def plot_2d_eig_ratio(surf_file, *, show=False):
-    """Heat maps of |min_eig / max_eig| (scale 0..0.5) and of the signed ratio; returns the files."""
+def plot_2d_eig_ratio(surf_file, *, dir_file='', show=False):
+    """Heat maps of |min_eig / max_eig| (scale 0..0.5) and of the signed ratio; returns the files.
+    ``dir_file``: as in plot_2d_contour."""
     surface = load_surface(surf_file, dims=2)
     if not has_values(surface, EIG_RATIO):
         raise UsageError(f'surface file {surf_file!r} has no {layout.MIN_EIG!r} and {layout.MAX_EIG!r}; '
@@ -102,11 +105,14 @@ def plot_2d_eig_ratio(surf_file, *, show=False):
     with np.errstate(divide='ignore', invalid='ignore'):
         signed = surface_values(surface, layout.MIN_EIG) / surface_values(surface, layout.MAX_EIG)
     require_finite_points(surface, EIG_RATIO, signed)
+    titles = axis_titles(surface, dir_file)
     base = f'{surf_file}_{layout.MIN_EIG}_{layout.MAX_EIG}'
-    written = _plot_heatmap(surface, np.abs(signed), EIG_RATIO, 0.0, 0.5, base + '_abs_ratio_heat_sns', show)
+    written = _plot_heatmap(surface, titles, np.abs(signed), EIG_RATIO, 0.0, 0.5, base + '_abs_ratio_heat_sns',
+                            show)
     finite = signed[np.isfinite(signed)]
     low, high = (finite.min(), finite.max()) if finite.min() < finite.max() else (finite.min() - 1, finite.max() + 1)
-    written += _plot_heatmap(surface, signed, 'eig_signed_ratio', low, high, base + '_ratio_heat_sns', show)
+    written += _plot_heatmap(surface, titles, signed, 'eig_signed_ratio', low, high, base + '_ratio_heat_sns',
+                             show)
     finish(show)
     return written
 
@@ -166,9 +172,7 @@ def plot_contour_trajectory(surf_file, dir_file, proj_file, *, surf_name='train_
     Z = surface_values(surface, surf_name)
     X, Y = grid_mesh(surface)
     px, py, loss = read_trajectory(proj_file)
-    if not dir_file and surface.dir_file and os.path.isfile(surface.dir_file):
-        dir_file = surface.dir_file
-    labels = pca_axis_labels(dir_file)
+    titles = axis_titles(surface, dir_file)
     fig = new_figure(show)
     ax = fig.add_subplot()
     near = ax.contour(X, Y, masked(Z), levels=levels)
@@ -177,11 +181,7 @@ def plot_contour_trajectory(surf_file, dir_file, proj_file, *, surf_name='train_
     for lines in (near, far):
         ax.clabel(lines, inline=True, fontsize=6)
     _draw_path(fig, ax, px, py, loss)
-    if labels:
-        ax.set_xlabel(labels[0], fontsize='xx-large')
-        ax.set_ylabel(labels[1], fontsize='xx-large')
-    else:
-        label_axes(ax, surface)
+    label_axes(ax, titles)
     written = save_figure(fig, f'{proj_file}_{surf_name}_2dcontour_proj')
     finish(show)
     return written
@@ -189,11 +189,12 @@ def plot_contour_trajectory(surf_file, dir_file, proj_file, *, surf_name='train_
 
 # ----------------------------------------------------------------------------- HTML viewer
 
-def write_html_viewer(surf_file, *, surf_name='train_loss', proj_file=None, out_path=None):
+def write_html_viewer(surf_file, *, dir_file='', surf_name='train_loss', proj_file=None, out_path=None):
     """One self-contained HTML file (plotly.js embedded, works offline): a rotatable 3D surface
     beside its contour map, plus the projected trajectory when ``proj_file`` is given.
 
-    Not-computed and diverged points are holes. Default name: surf_file + '_<surf_name>_viewer.html'."""
+    Not-computed and diverged points are holes. Default name: surf_file + '_<surf_name>_viewer.html'.
+    ``dir_file``: as in plot_2d_contour."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -201,6 +202,7 @@ def write_html_viewer(surf_file, *, surf_name='train_loss', proj_file=None, out_
     Z = surface_values(surface, surf_name)
     grid_mesh(surface)
     require_finite_points(surface, surf_name, Z)
+    titles = axis_titles(surface, dir_file)
     Z = np.where(np.isfinite(Z), Z, np.nan)  # plotly draws NaN as a hole; inf would break the scale
     x, y, title = surface.xcoordinates, surface.ycoordinates, PRETTY_NAMES.get(surf_name, surf_name)
     fig = make_subplots(rows=1, cols=2, specs=[[{'type': 'scene'}, {'type': 'xy'}]], horizontal_spacing=0.16,
@@ -212,9 +214,9 @@ def write_html_viewer(surf_file, *, surf_name='train_loss', proj_file=None, out_
     if proj_file:
         _add_html_trajectory(fig, surface, Z, proj_file, surf_name)
     fig.update_layout(title=os.path.basename(surf_file), autosize=True, height=700,
-                      scene=dict(xaxis_title='x', yaxis_title='y', zaxis_title=surf_name))
-    fig.update_xaxes(title_text='x: ' + direction_label(surface, 'x'), row=1, col=2)
-    fig.update_yaxes(title_text='y: ' + direction_label(surface, 'y'), row=1, col=2)
+                      scene=dict(xaxis_title=titles[0], yaxis_title=titles[1], zaxis_title=surf_name))
+    fig.update_xaxes(title_text=titles[0], row=1, col=2)
+    fig.update_yaxes(title_text=titles[1], row=1, col=2)
     out_path = out_path or f'{surf_file}_{surf_name}_viewer.html'
     try:
         fig.write_html(out_path, include_plotlyjs=True, full_html=True)
@@ -297,12 +299,12 @@ def main(argv=None):
     elif args.proj_file:
         written += plot_trajectory(args.proj_file, args.dir_file, show=args.show)
     elif args.surf_name == EIG_RATIO:
-        written += plot_2d_eig_ratio(args.surf_file, show=args.show)
+        written += plot_2d_eig_ratio(args.surf_file, dir_file=args.dir_file, show=args.show)
     else:
-        written += plot_2d_contour(args.surf_file, surf_name=args.surf_name, zlim=args.zlim,
-                                   show=args.show, **levels)
+        written += plot_2d_contour(args.surf_file, dir_file=args.dir_file, surf_name=args.surf_name,
+                                   zlim=args.zlim, show=args.show, **levels)
     if args.html:
-        written.append(write_html_viewer(args.surf_file, surf_name=args.surf_name,
+        written.append(write_html_viewer(args.surf_file, dir_file=args.dir_file, surf_name=args.surf_name,
                                          proj_file=args.proj_file or None))
     return written
 

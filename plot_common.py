@@ -93,17 +93,103 @@ def require_finite_points(surface, name, values):
 
 # ----------------------------------------------------------------------------- labels
 
-def _stored_setting(surface, key):
-    """A run setting from the surface's 'args' attribute, else its identity attribute, else None."""
-    args = _safe_args(surface)
-    if key in args:
-        return args[key]
-    if key in surface.attrs:
+AXES = ('x', 'y')
+PC_NAMES = ('1st PC', '2nd PC')
+UNKNOWN_DIRECTION = 'direction (normalization unknown)'
+# A setting that no record holds, as opposed to one recorded as None or '' (no normalisation).
+_ABSENT = object()
+# The direction file names of the original code (net_plotter.name_direction_file keeps its scheme):
+# '<model file(s)>_<dir_type>[_xignore=..][_xnorm=..][_yignore=..][_ynorm=..][_same_dir][_idx=N].h5'.
+# Such a name records every setting that made the directions.
+ORIGINAL_DIRECTION_NAME = re.compile(r'_(weights|states)(_xignore=[A-Za-z]+)?(_xnorm=[A-Za-z]+)?'
+                                     r'(_yignore=[A-Za-z]+)?(_ynorm=[A-Za-z]+)?(_same_dir)?(_idx=\d+)?\.h5$')
+# plot_trajectory's (and the original's) PCA direction files: PCA_<dir_type>[...]/directions.h5.
+PCA_DIRECTION_PATH = re.compile(r'(^|/)PCA_(weights|states)[^/]*/directions\.h5$')
+
+
+def direction_label(surface, axis='x', dir_file=''):
+    """Axis label for the ``axis`` ('x' or 'y') coordinate of a surface, e.g. 'filter-normalized
+    direction' or, for PCA directions, '1st PC: 84.23 %'. ``dir_file``: see axis_titles."""
+    return _axis_labels(surface, (axis,), dir_file)[0][0]
+
+
+def axis_titles(surface, dir_file=''):
+    """The axis titles of the surface's plots, one per axis: 'x: <direction_label>' ..., or the
+    principal components as they are ('1st PC: 84.23 %', '2nd PC: 10.12 %'), which name their axis.
+
+    ``dir_file`` (the --dir_file flag) must be a direction file; by default the surface's own
+    direction file is read when it is there and readable (for PCA labels and the settings it
+    records), else the labels come from the surface's own records."""
+    axes = AXES[:1] if surface.ycoordinates is None else AXES
+    labels, named_by_pc = _axis_labels(surface, axes, dir_file)
+    return labels if named_by_pc else tuple(f'{axis}: {label}' for axis, label in zip(axes, labels))
+
+
+def _axis_labels(surface, axes, dir_file):
+    """(labels of ``axes``, whether they name principal components)."""
+    if dir_file:
+        pca_labels, made_with = _read_direction_facts(dir_file, '--dir_file')
+    else:
+        pca_labels, made_with = _own_direction_facts(surface)
+    if pca_labels:
+        return tuple(pca_labels[AXES.index(axis)] for axis in axes), True
+    records = [made_with]
+    run_args = _safe_args(surface)
+    if not run_args.get('dir_file'):
+        # The run made its directions from its own settings. A run given --dir_file reused a file
+        # made by other settings (PCA ones by none of them): its own --xnorm describes nothing.
+        records += [run_args, _identity_settings(surface)]
+    labels = tuple(_made_with_label(surface, records, axis) for axis in axes)
+    return labels, all(label in PC_NAMES for label in labels)
+
+
+def _own_direction_facts(surface):
+    """_read_direction_facts of the surface's own direction file, or (None, {}) when it is not
+    there or unreadable (moved, another machine): the labels then come from the surface alone."""
+    if surface.dir_file and os.path.isfile(surface.dir_file):
         try:
-            return json.loads(surface.attrs[key])
-        except ValueError:
-            return surface.attrs[key]
-    return None
+            return _read_direction_facts(surface.dir_file, 'direction file')
+        except UsageError:
+            pass
+    return None, {}
+
+
+def _read_direction_facts(dir_file, what):
+    """(PCA axis labels or None, the settings the file's attributes record) of a direction file."""
+    check_file_exists(dir_file, what)
+    with layout.open_h5(dir_file, what) as f:
+        if layout.XDIRECTION not in f:
+            raise UsageError(f'{what} {dir_file!r} is not a direction file (it has no {layout.XDIRECTION!r})')
+        try:
+            ratio = np.asarray(f[layout.EXPLAINED_VARIANCE_RATIO][()], dtype=np.float64).ravel() \
+                if layout.EXPLAINED_VARIANCE_RATIO in f else np.empty(0)
+            made_with = _decoded_attrs(f.attrs)
+        except (OSError, ValueError) as err:
+            raise UsageError(f'{what} {dir_file!r} is damaged ({err})') from None
+    if ratio.size < 2:
+        return None, made_with
+    return tuple(f'{name}: {share * 100:.2f} %' for name, share in zip(PC_NAMES, ratio)), made_with
+
+
+def _decoded_attrs(attrs):
+    decoded = {}
+    for key, value in attrs.items():
+        try:
+            decoded[key] = json.loads(value)
+        except (TypeError, ValueError):
+            continue  # not one of the JSON settings (a file someone else wrote)
+    return decoded
+
+
+def _identity_settings(surface):
+    settings = {}
+    for key in layout.IDENTITY_FIELDS:
+        if key in surface.attrs:
+            try:
+                settings[key] = json.loads(surface.attrs[key])
+            except ValueError:
+                settings[key] = surface.attrs[key]
+    return settings
 
 
 def _safe_args(surface):
@@ -114,43 +200,57 @@ def _safe_args(surface):
     return args if isinstance(args, dict) else {}
 
 
-def is_interpolation(surface, axis='x'):
+def _recorded(records, key):
+    """The first record's ``key``, or _ABSENT when none holds it."""
+    for record in records:
+        if key in record:
+            return record[key]
+    return _ABSENT
+
+
+def _made_with_label(surface, records, axis):
+    """What the settings that made the ``axis`` direction say of it."""
+    path = (surface.dir_file or '').replace(os.sep, '/')
+    name = os.path.basename(path)
+    same_dir = _recorded(records, 'same_dir')
+    if same_dir is _ABSENT:
+        match = ORIGINAL_DIRECTION_NAME.search(name)
+        same_dir = bool(match and match.group(6))
+    if axis == 'y' and same_dir:
+        axis = 'x'  # --same_dir: the y direction is a copy of the x direction
+    if _is_interpolation(name, records, axis):
+        return 'interpolation coefficient'
+    norm = _recorded(records, axis + 'norm')
+    if norm is _ABSENT and ORIGINAL_DIRECTION_NAME.search(name):
+        # The scheme writes '_xnorm=...' only when a normalisation was asked for, and the
+        # original's --xnorm defaulted to '' (none): a name without it is of unnormalised directions.
+        match = re.search('_' + axis + r'norm=([A-Za-z]+)', name)
+        norm = match.group(1) if match else ''
+    if norm is not _ABSENT:
+        return f'{norm}-normalized direction' if norm else 'unnormalized random direction'
+    if PCA_DIRECTION_PATH.search(path):
+        return PC_NAMES[AXES.index(axis)]  # its file (and so the variance) is not at hand
+    # A file named by its user, made we cannot tell how: no guess (the paper's filter
+    # normalisation would misdescribe PCA or unnormalised directions).
+    return UNKNOWN_DIRECTION
+
+
+def _is_interpolation(name, records, axis):
     """True when the ``axis`` direction runs between two models rather than a random direction."""
-    key = 'model_file2' if axis == 'x' else 'model_file3'
-    target = _stored_setting(surface, key)
-    if target is not None:
+    target = _recorded(records, 'model_file2' if axis == 'x' else 'model_file3')
+    if target is not _ABSENT:
         return bool(target)
     # Files from the original code carry no args: its interpolation direction files are named
     # after both checkpoints (and a 2D one after three).
-    found = len(CHECKPOINT_NAME.findall(os.path.basename(surface.dir_file or '')))
+    found = len(CHECKPOINT_NAME.findall(name))
     return found >= (2 if axis == 'x' else 3)
-
-
-def direction_label(surface, axis='x'):
-    """Axis label for the ``axis`` ('x' or 'y') coordinate of a surface."""
-    if is_interpolation(surface, axis):
-        return 'interpolation coefficient'
-    norm = _stored_setting(surface, axis + 'norm')
-    if norm is None:
-        match = re.search(axis + r'norm=([A-Za-z]+)', os.path.basename(surface.dir_file or ''))
-        norm = match.group(1) if match else 'filter'  # the paper's default
-    return f'{norm}-normalized direction' if norm else 'unnormalized random direction'
 
 
 def pca_axis_labels(dir_file):
     """('1st PC: 84.23 %', '2nd PC: ...') when ``dir_file`` holds PCA directions, else None."""
     if not dir_file:
         return None
-    check_file_exists(dir_file, '--dir_file')
-    with layout.open_h5(dir_file, 'direction file') as f:
-        if layout.XDIRECTION not in f:
-            raise UsageError(f'{dir_file!r} is not a direction file (it has no {layout.XDIRECTION!r})')
-        if layout.EXPLAINED_VARIANCE_RATIO not in f:
-            return None
-        ratio = np.asarray(f[layout.EXPLAINED_VARIANCE_RATIO][()], dtype=np.float64).ravel()
-    if ratio.size < 2:
-        return None
-    return f'1st PC: {ratio[0] * 100:.2f} %', f'2nd PC: {ratio[1] * 100:.2f} %'
+    return _read_direction_facts(dir_file, '--dir_file')[0]
 
 
 # ----------------------------------------------------------------------------- figures
@@ -225,6 +325,7 @@ def grid_mesh(surface):
     return np.meshgrid(surface.xcoordinates, surface.ycoordinates)
 
 
-def label_axes(ax, surface):
-    ax.set_xlabel('x: ' + direction_label(surface, 'x'))
-    ax.set_ylabel('y: ' + direction_label(surface, 'y'))
+def label_axes(ax, titles, **text):
+    """Set the (x, y) axis titles of axis_titles on ``ax``."""
+    ax.set_xlabel(titles[0], **text)
+    ax.set_ylabel(titles[1], **text)

@@ -208,16 +208,103 @@ def test_1d_gaps_eig_ratio_and_repeat(tmp_path):
     assert_pictures(written, min_colours=5)
 
 
+# plot_surface.py's defaults, as its 'args' attribute records them: no --xnorm/--ynorm is JSON null.
+DEFAULT_RUN_ARGS = {'xnorm': None, 'ynorm': None, 'model_file2': '', 'model_file3': '', 'same_dir': False,
+                    'dir_file': ''}
+
+
 @pytest.mark.parametrize('args, dir_file, label', [
     ({'model_file2': 'b/model_10.t7', 'xnorm': ''}, 'x.h5', 'interpolation coefficient'),
     (None, 'a/model_300.t7_model_10.t7_states.h5', 'interpolation coefficient'),
     ({'xnorm': 'layer', 'model_file2': ''}, 'x.h5', 'layer-normalized direction'),
     ({'xnorm': '', 'model_file2': ''}, 'x.h5', 'unnormalized random direction'),
+    (DEFAULT_RUN_ARGS, 'model_300.t7_weights.h5', 'unnormalized random direction'),
+    # A run given --dir_file reused directions made by other settings: its own --xnorm says nothing.
+    ({**DEFAULT_RUN_ARGS, 'dir_file': RANDOM_DIR_FILE}, RANDOM_DIR_FILE, 'filter-normalized direction'),
     (None, RANDOM_DIR_FILE, 'filter-normalized direction'),
-], ids=['args-model_file2', 'original-interp-name', 'layer', 'unnormalized', 'original-filter-name'])
+    (None, 'a/model_300.t7_weights_xignore=biasbn_idx=2.h5', 'unnormalized random direction'),
+    (None, 'a/model_300.t7_states_xnorm=dlayer.h5', 'dlayer-normalized direction'),
+    (None, 'a/PCA_weights_save_epoch=1/directions.h5', '1st PC'),
+    (None, 'my_directions.h5', 'direction (normalization unknown)'),
+], ids=['args-model_file2', 'original-interp-name', 'layer', 'unnormalized', 'unnormalized-null',
+        'reused-dir-file', 'original-filter-name', 'original-unnormalized-name', 'original-dlayer-name',
+        'original-pca-name', 'original-unknown-name'])
 def test_x_axis_label(tmp_path, args, dir_file, label):
     surf = surface_1d(tmp_path, legacy=args is None, dir_file=dir_file, args=args)
     assert plot_common.direction_label(layout.read_surface(surf), 'x') == label
+
+
+@pytest.mark.parametrize('dir_file, args, labels', [
+    ('model_300.t7_weights_xnorm=filter.h5', None, ('filter-normalized direction', 'unnormalized random direction')),
+    ('model_300.t7_weights_xnorm=layer_same_dir.h5', None, ('layer-normalized direction',) * 2),
+    ('x.h5', {**DEFAULT_RUN_ARGS, 'xnorm': 'filter'}, ('filter-normalized direction', 'unnormalized random direction')),
+    ('x.h5', {**DEFAULT_RUN_ARGS, 'xnorm': 'filter', 'same_dir': True}, ('filter-normalized direction',) * 2),
+    ('a/model_300.t7_model_10.t7_weights_ynorm=filter.h5', None, ('interpolation coefficient', 'filter-normalized direction')),
+], ids=['original-y-unnormalized', 'original-same-dir', 'args-y-null', 'args-same-dir', 'original-interp-and-random'])
+def test_y_axis_label(tmp_path, dir_file, args, labels):
+    surf = surface_2d(tmp_path, legacy=args is None, dir_file=dir_file, args=args)
+    surface = layout.read_surface(surf)
+    assert (plot_common.direction_label(surface, 'x'), plot_common.direction_label(surface, 'y')) == labels
+
+
+@pytest.mark.parametrize('legacy', [False, True], ids=['ours', 'original'])
+def test_pca_surface_is_labelled_by_its_direction_file(tmp_path, legacy):
+    """A surface along plot_trajectory's PCA directions (plot_surface.py --dir_file directions.h5 records
+    xnorm null and the dir_file): the axes are the principal components, while the file is there."""
+    pca = pca_direction_file(tmp_path / 'directions.h5')
+    args = None if legacy else {**DEFAULT_RUN_ARGS, 'dir_file': pca}
+    surface = layout.read_surface(surface_2d(tmp_path, dir_file=pca, args=args, legacy=legacy))
+    line = layout.read_surface(surface_1d(tmp_path, dir_file=pca, args=args, legacy=legacy))
+    assert plot_common.axis_titles(surface) == ('1st PC: 84.23 %', '2nd PC: 10.12 %')
+    assert plot_common.direction_label(surface, 'y') == '2nd PC: 10.12 %'
+    assert plot_common.direction_label(line, 'x') == '1st PC: 84.23 %'
+    os.remove(pca)   # moved away: no variance to show, and never a random direction
+    assert plot_common.axis_titles(surface) == ('x: direction (normalization unknown)', 'y: direction (normalization unknown)')
+    with open(pca, 'w') as f:
+        f.write('not HDF5')   # unreadable: the same, silently
+    assert plot_common.direction_label(line, 'x') == 'direction (normalization unknown)'
+
+
+def figure_labels(monkeypatch, module):
+    """Record (file name, x label, y label) of every figure ``module`` saves."""
+    saved = []
+
+    def recording_save_figure(fig, base):
+        for ax in fig.axes:
+            if ax.get_label() != '<colorbar>':
+                saved.append((os.path.basename(base), ax.get_xlabel(), ax.get_ylabel()))
+        return real_save_figure(fig, base)
+    real_save_figure = module.save_figure
+    monkeypatch.setattr(module, 'save_figure', recording_save_figure)
+    return saved
+
+
+@pytest.mark.parametrize('given', [True, False], ids=['--dir_file', 'own-dir_file'])
+def test_2d_plots_labelled_with_principal_components(tmp_path, monkeypatch, given):
+    """--dir_file (default: the surface's own direction file) labels every 2D plot and the viewer."""
+    pca = pca_direction_file(tmp_path / 'directions.h5')
+    surf = surface_2d(tmp_path, dir_file='elsewhere/directions.h5' if given else pca)
+    saved = figure_labels(monkeypatch, plot_2D)
+    written = plot_2D.main(['--surf_file', surf, '--html'] + (['--dir_file', pca] if given else []))
+    expected = ('1st PC: 84.23 %', '2nd PC: 10.12 %')
+    assert sorted(name for name, _, _ in saved) == \
+        sorted(f'surf.h5_train_loss_{kind}' for kind in ('2dcontour', '2dcontourf', '2dheat', '3dsurface'))
+    for name, *labels in saved:
+        assert tuple(labels) == expected, name
+    html = open(written[-1], encoding='utf-8').read()
+    assert html.count(expected[0]) >= 2 and html.count(expected[1]) >= 2   # contour map and 3D scene
+    saved.clear()
+    plot_2D.plot_2d_eig_ratio(surface_2d(tmp_path, name='eig.h5', with_eig=True), dir_file=pca)
+    assert [tuple(labels) for _, *labels in saved] == [expected, expected]
+
+
+def test_1d_plots_labelled_with_principal_component(tmp_path, monkeypatch):
+    pca = pca_direction_file(tmp_path / 'directions.h5')
+    surf = surface_1d(tmp_path, dir_file=pca, args={**DEFAULT_RUN_ARGS, 'dir_file': pca})
+    saved = figure_labels(monkeypatch, plot_1D)
+    plot_1D.main(['--surf_file', surf])
+    assert len(saved) == 4   # loss + accuracy (twin axes), training loss, training error
+    assert {x_label for _, x_label, _ in saved} == {'1st PC: 84.23 %', ''}   # the twin axes has no x label
 
 
 # ----------------------------------------------------------------------------- VTK
@@ -263,6 +350,36 @@ def test_vtp_interp_and_original_layout(tmp_path):
     corners = layout.read_surface(ours).values[layout.TRAIN_LOSS][[0, 0, -1, -1], [0, -1, 0, -1]]
     # The spline passes through the data, and the resampled grid keeps the corners.
     np.testing.assert_allclose(zvalue.reshape(9, 9)[[0, 0, -1, -1], [0, -1, 0, -1]], corners, rtol=1e-9)
+
+
+@pytest.mark.parametrize('nx, ny', [(5, 3), (3, 5), (5, 2), (2, 3), (2, 2), (7, 4)])
+def test_resample_small_and_non_square_grids(nx, ny):
+    """Each axis gets a spline degree its own point count allows (3 at most, 1 for 2 points)."""
+    x, y = np.linspace(-1, 1, nx), np.linspace(-0.5, 0.5, ny)
+    X, Y = np.meshgrid(x, y)
+    plane = 0.7 + 1.5 * X - 2.0 * Y
+    new_x, new_y, new_z = h52vtp.resample(x, y, plane, 13)
+    assert new_x.shape == new_y.shape == (13,) and new_z.shape == (13, 13)
+    np.testing.assert_allclose(new_x[[0, -1]], [-1, 1])
+    np.testing.assert_allclose(new_y[[0, -1]], [-0.5, 0.5])
+    new_X, new_Y = np.meshgrid(new_x, new_y)
+    np.testing.assert_allclose(new_z, 0.7 + 1.5 * new_X - 2.0 * new_Y, atol=1e-12)   # a plane, exactly
+    # 13 points span the range with the 2, 3, 4, 5 and 7 point grids' own nodes among them: there
+    # the spline passes through the data, whatever its shape.
+    curved, _ = bowl(x, y)
+    _, _, new_curved = h52vtp.resample(x, y, curved, 13)
+    rows = np.abs(new_y[:, None] - y[None, :]).argmin(axis=0)
+    cols = np.abs(new_x[:, None] - x[None, :]).argmin(axis=0)
+    np.testing.assert_allclose(new_y[rows], y, atol=1e-12)
+    np.testing.assert_allclose(new_x[cols], x, atol=1e-12)
+    np.testing.assert_allclose(new_curved[np.ix_(rows, cols)], curved, atol=1e-12)
+
+
+def test_vtp_interp_on_a_three_row_grid(tmp_path):
+    surf = surface_2d(tmp_path, nx=5, ny=3)
+    poly, points, _ = read_vtp(h52vtp.main(['--surf_file', surf, '--interp', '10']))
+    assert poly.GetNumberOfPoints() == 100 and poly.GetNumberOfPolys() == 81
+    assert points[:, 0].min() == -1 and points[:, 1].max() == 1
 
 
 def test_vtp_drops_non_finite_points(tmp_path):
@@ -329,6 +446,8 @@ BAD_INPUTS = [
     ('plot_2D.py', ['--surf_file', '{one_d}']),
     ('plot_2D.py', ['--surf_file', '{two_d}', '--vmin', '5', '--vmax', '1']),
     ('plot_2D.py', ['--proj_file', '{two_d}']),
+    ('plot_2D.py', ['--surf_file', '{two_d}', '--dir_file', '{missing}', '--html']),
+    ('plot_2D.py', ['--surf_file', '{two_d}', '--dir_file', '{other}']),
     ('plot_1D.py', ['--surf_file', '{two_d}']),
     ('plot_1D.py', ['--surf_file', '{not_hdf5}']),
     ('plot_1D.py', ['--prefix', '{missing}']),
@@ -337,7 +456,8 @@ BAD_INPUTS = [
     ('h52vtp.py', ['--surf_file', '{two_d}', '--interp', '1']),
 ]
 BAD_INPUT_IDS = ['2d-missing', '2d-no-surf-name', '2d-not-surface', '2d-given-1d', '2d-empty-levels',
-                 '2d-proj-not-projection', '1d-given-2d', '1d-not-hdf5', '1d-prefix-missing', 'vtp-given-1d',
+                 '2d-proj-not-projection', '2d-dir-file-missing', '2d-dir-file-not-directions',
+                 '1d-given-2d', '1d-not-hdf5', '1d-prefix-missing', 'vtp-given-1d',
                  'vtp-no-surf-name', 'vtp-interp-1']
 MAINS = {'plot_1D.py': plot_1D.main, 'plot_2D.py': plot_2D.main, 'h52vtp.py': h52vtp.main}
 
@@ -364,8 +484,8 @@ def test_bad_input_is_one_line_error(bad_inputs, capsys, script, args):
     assert folder_state(folder) == before, 'a failed run wrote or touched files'
 
 
-@pytest.mark.parametrize('script, args', [BAD_INPUTS[i] for i in (1, 3, 7, 9)],
-                         ids=[BAD_INPUT_IDS[i] for i in (1, 3, 7, 9)])
+@pytest.mark.parametrize('script, args', [BAD_INPUTS[i] for i in (1, 3, 6, 9, 11)],
+                         ids=[BAD_INPUT_IDS[i] for i in (1, 3, 6, 9, 11)])
 def test_bad_input_as_a_user_runs_it(bad_inputs, script, args):
     """The same contract from the real command line (subprocess, cwd = the repository)."""
     folder = os.path.dirname(bad_inputs['two_d'])
