@@ -14,6 +14,7 @@ import hashlib
 import importlib
 import os
 import pickle
+import sys
 import warnings
 
 import numpy as np
@@ -158,18 +159,58 @@ def load_digits(train=True, raw_data=False):
 
 
 def import_factory(spec, what):
-    """Resolve 'package.module:callable' or raise UsageError saying what is wrong."""
+    """Resolve 'package.module:callable' or raise UsageError saying what is wrong. The module is
+    looked for on sys.path and then in the working folder (see _import_user_module)."""
     module_name, _, attr = spec.partition(':')
-    if not module_name or not attr:
+    # A relative name ('.models') would make importlib raise TypeError, not ImportError.
+    if not module_name or not attr or module_name.startswith('.'):
         raise UsageError(f'{what} {spec!r}: expected package.module:factory')
     try:
-        module = importlib.import_module(module_name)
+        module = _import_user_module(module_name)
     except ImportError as err:
         raise UsageError(f'{what} {spec!r}: cannot import {module_name!r} ({err})') from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise UsageError(f'{what} {spec!r}: {module_name!r} has no callable {attr!r}')
     return factory
+
+
+def _import_user_module(module_name):
+    """importlib.import_module, retried with the working folder on sys.path when the package itself
+    was not found there.
+
+    `python script.py` puts the script's folder on sys.path, not the working folder, yet users keep
+    their packages in the working folder and expect them found, as `python -m` would. The working
+    folder is appended, not put first (where `python -m` puts it): last, it can only supply names
+    nothing else provides, so a file there named like one of the suite's modules or the standard
+    library's never replaces it. It stays on sys.path after a successful import, because the user's
+    module may import its own top-level siblings later, when the factory is called; after a failed
+    retry it is removed again, as it did not help."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        top_level = module_name.partition('.')[0]
+        cwd = os.getcwd()
+        # Retry only when the package itself is missing: a missing dependency inside the user's
+        # module, or a working folder already searched, would fail the same way again.
+        if err.name != top_level or _on_sys_path(cwd):
+            raise
+    sys.path.append(cwd)
+    importlib.invalidate_caches()   # finders may have cached the listing from before the append
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as err:
+        sys.path.remove(cwd)
+        if isinstance(err, ModuleNotFoundError) and err.name == top_level:
+            raise ModuleNotFoundError(f'No module named {top_level!r} on sys.path or in the working folder '
+                                      f'{cwd}', name=top_level) from None
+        raise
+
+
+def _on_sys_path(folder):
+    # '' in sys.path means the working folder (python -c, the interactive prompt).
+    real = os.path.realpath(folder)
+    return any(os.path.realpath(entry or os.curdir) == real for entry in sys.path if isinstance(entry, str))
 
 
 def load_custom(spec, datapath, train=True):

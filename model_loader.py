@@ -5,12 +5,10 @@ Names: the zoo of the dataset (cifar10/model_loader.py, digits/models.py), or
 Checkpoints: a dict holding 'state_dict' (the original code's format: also 'epoch', 'acc') or a
 bare state_dict; a DataParallel 'module.' prefix is stripped; always read with weights_only=True.
 """
-import os
-
 import torch
 
 from cli import UsageError, check_file_exists
-from dataloader import import_factory, is_custom
+from dataloader import import_factory
 
 DATAPARALLEL_PREFIX = 'module.'
 

@@ -87,19 +87,23 @@ def get_args_parser(add_help=True):
     output = parser.add_argument_group('checkpoints')
     output.add_argument('--save', default='trained_nets', help='folder in which the run folder is made')
     output.add_argument('--save_epoch', default=1, type=int, help='save a checkpoint every SAVE_EPOCH epochs')
-    output.add_argument('--resume_model', default='', help='checkpoint to continue from (its epoch + 1 is the next)')
-    output.add_argument('--resume_opt', default='', help='optimizer state saved with that checkpoint')
+    output.add_argument('--resume_model', default='', help='checkpoint to continue from (its epoch + 1 is the '
+                        'next; default: train from scratch)')
+    output.add_argument('--resume_opt', default='', help='optimizer state saved with that checkpoint (default: '
+                        'momentum starts afresh)')
     output.add_argument('--idx', default=0, type=int, help='index of a repeated experiment (in the folder name)')
 
     compute = parser.add_argument_group('compute')
     compute.add_argument('--cuda', action='store_true', help='train on the GPU')
     compute.add_argument('--ngpu', default=1, type=int, help='GPUs to use (DataParallel when > 1, needs --cuda)')
-    compute.add_argument('--threads', default=None, type=int, help='CPU threads (torch.set_num_threads)')
+    compute.add_argument('--threads', default=None, type=int, help="CPU threads (torch.set_num_threads; "
+                         "default: PyTorch's choice)")
     return parser
 
 
 def validate_args(args):
-    """Reject bad arguments before any data, model or folder is touched."""
+    """Reject bad arguments before any data, model or folder is touched (the checkpoints to resume
+    from are read, and checked, with the model: still before the run folder is made)."""
     positive = {'lr': args.lr, 'lr_decay': args.lr_decay}
     for flag, value in positive.items():
         if not (math.isfinite(value) and value > 0):
@@ -130,9 +134,47 @@ def validate_args(args):
         raise UsageError(f'unknown --dataset {args.dataset!r}: use one of '
                          f'{", ".join(dataloader.BUILTIN_DATASETS)} or package.module:factory')
     model_loader.check_model_name(args.dataset, args.model)
+    check_run_folder(args.save, run_folder(args))
+
+
+def check_run_folder(save, folder):
+    """Raise UsageError unless ``folder`` is a writable folder or can be made as one: its nearest
+    existing part must be a writable folder. Fails fast, before any data are read; make_run_folder
+    catches what only trying tells (root passes every permission check)."""
+    existing = os.path.abspath(folder)
+    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UsageError(f'--save {save!r}: {existing!r} is not a folder')
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f'--save {save!r}: {existing!r} is not writable')
+
+
+def make_run_folder(save, folder):
+    """os.makedirs(folder); on failure remove the parents it made and raise UsageError, so a
+    refused --save leaves nothing behind."""
+    missing = []   # the folders makedirs is to create, deepest first
+    path = os.path.abspath(folder)
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        for made in missing:
+            try:
+                os.rmdir(made)   # only empty folders go, so nothing of anyone else's is lost
+            except OSError:
+                pass
+        raise UsageError(f'--save {save!r}: cannot make the run folder {folder!r} '
+                         f'({err.strerror or err})') from None
 
 
 # ----------------------------------------------------------------------------- names and schedule
+
+def run_folder(args):
+    return os.path.join(args.save, name_save_folder(args))
+
 
 def name_save_folder(args):
     """The run folder's name, the original code's scheme (so its tools' paths carry over)."""
@@ -349,14 +391,6 @@ def main(argv=None):
     load = lambda train: dataloader.load_dataset(args.dataset, args.datapath, train, args.raw_data,
                                                  download=args.download, device=device)
     train, test = load(True), load(False)
-    folder = os.path.join(args.save, name_save_folder(args))
-    os.makedirs(folder, exist_ok=True)
-    labels = training_labels(args, train, folder)
-    train_as_trained = dataclasses.replace(train, targets=labels)
-    augmented = should_augment(args, train)
-    if not augmented and not args.noaug:
-        print(f'note: inputs of shape {tuple(train.inputs.shape[1:])} are not augmented '
-              f'(only {AUGMENT_SIZE[0]}x{AUGMENT_SIZE[1]} images are)')
 
     torch.manual_seed(args.rand_seed)
     net = model_loader.build(args.dataset, args.model)
@@ -364,7 +398,18 @@ def main(argv=None):
         init_params(net)
     net.to(device)
     optimizer = make_optimizer(args, net)
+    # Resuming reads and checks --resume_model/--resume_opt (epoch, fit to the model and optimizer):
+    # it runs before the run folder is made, so a refused checkpoint leaves no folder behind.
     start_epoch = resume(args, net, optimizer) if args.resume_model else 1
+
+    folder = run_folder(args)
+    make_run_folder(args.save, folder)
+    labels = training_labels(args, train, folder)
+    train_as_trained = dataclasses.replace(train, targets=labels)
+    augmented = should_augment(args, train)
+    if not augmented and not args.noaug:
+        print(f'note: inputs of shape {tuple(train.inputs.shape[1:])} are not augmented '
+              f'(only {AUGMENT_SIZE[0]}x{AUGMENT_SIZE[1]} images are)')
     model = nn.DataParallel(net, device_ids=list(range(min(args.ngpu, torch.cuda.device_count())))) \
         if args.ngpu > 1 else net
 

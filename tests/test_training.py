@@ -1,4 +1,5 @@
 """cifar10/main.py on the bundled digits: checkpoint folder, checkpoint format, schedule, labels, resume."""
+import argparse
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import dataloader
 import model_loader
 from cifar10 import main as train_main
 from cli import UsageError
+from tests.conftest import call_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_FOLDER = 'cnn_bn_sgd_lr=0.1_bs=128_wd=0.0005_mom=0.9_save_epoch=1'
@@ -107,7 +109,6 @@ def test_corrupt_labels_fraction_and_seed():
 
 
 def test_label_corruption_saves_the_labels_trained_on(tmp_path):
-    import dataloader
     folder = train(tmp_path, '--label_corrupt_prob', '0.5', model='mlp', epochs=1)
     assert os.path.basename(folder).endswith('_randlabel=0.5')
     labels = load(os.path.join(folder, train_main.TRAIN_LABELS_FILE))
@@ -176,6 +177,127 @@ def test_augment_is_a_padded_crop_or_its_mirror():
 
 
 def test_digits_are_not_augmented():
-    import dataloader
     args = train_main.get_args_parser().parse_args([])
     assert not train_main.should_augment(args, dataloader.load_dataset('digits', '', train=True))
+
+
+# ----------------------------------------------------------------------------- refusals leave no trace
+
+def folder_tree(root):
+    """Every folder and file under ``root`` with the files' bytes: equal trees, nothing touched."""
+    tree = {}
+    for folder, subfolders, files in os.walk(root):
+        for name in subfolders:
+            tree[os.path.relpath(os.path.join(folder, name), root)] = 'folder'
+        for name in files:
+            with open(os.path.join(folder, name), 'rb') as fh:
+                tree[os.path.relpath(os.path.join(folder, name), root)] = fh.read()
+    return tree
+
+
+def assert_refused(argv, message, root, capsys):
+    """main(argv) exits 2 with one line on stderr naming ``message``, and ``root`` is unchanged."""
+    before = folder_tree(root)
+    code, err = call_main(train_main.main, argv, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and message in lines[0] and 'Traceback' not in err, err
+    assert folder_tree(root) == before
+
+
+@pytest.mark.parametrize('resume, message', [
+    (['--resume_model', '{cnn_bn}'], 'does not fit the model'),                        # another model
+    (['--resume_model', '{mlp}'], 'leaves nothing to train'),                          # epoch 1 of --epochs 1
+    (['--resume_model', '{mlp}', '--epochs', '2', '--resume_opt', '{run}/opt_state_1.t7'],
+     'does not fit a sgd optimizer'),                                                  # cnn_bn's momentum
+    (['--resume_model', '{mlp}', '--epochs', '2', '--resume_opt', '{mlp}'], "without 'optimizer'"),
+])
+@pytest.mark.parametrize('save', ['given', 'default'])
+def test_a_refused_resume_makes_no_run_folder(checkpoints, run_folder, tmp_path, monkeypatch, capsys,
+                                              resume, message, save):
+    monkeypatch.chdir(tmp_path)   # without --save the run folder would go to ./trained_nets
+    paths = {'cnn_bn': checkpoints['cnn_bn'], 'mlp': checkpoints['mlp'], 'run': run_folder}
+    argv = ['--dataset', 'digits', '--model', 'mlp', '--epochs', '1', '--threads', '1',
+            *[arg.format(**paths) for arg in resume]]
+    if save == 'given':
+        argv += ['--save', str(tmp_path / 'fresh')]
+    assert_refused(argv, message, tmp_path, capsys)
+
+
+def save_target(kind, tmp_path):
+    """A --save that cannot hold the run folder, or None where this machine cannot make one."""
+    (tmp_path / 'file.t7').write_bytes(b'not a folder')
+    if kind == 'file':
+        return str(tmp_path / 'file.t7')
+    if kind == 'under a file':
+        return str(tmp_path / 'file.t7' / 'nets')
+    if kind == 'run folder is a file':
+        (tmp_path / 'nets').mkdir()
+        (tmp_path / 'nets' / 'mlp_sgd_lr=0.1_bs=128_wd=0.0005_mom=0.9_save_epoch=1').write_bytes(b'')
+        return str(tmp_path / 'nets')
+    if kind == 'read-only folder':
+        (tmp_path / 'locked').mkdir(mode=0o500)
+        return None if os.access(tmp_path / 'locked', os.W_OK) else str(tmp_path / 'locked' / 'nets')
+    if kind == '/proc':   # writable to the permission bits of root, yet no folder can be made there
+        return '/proc/no_such_folder' if os.path.isdir('/proc/self') else None
+
+
+@pytest.mark.parametrize('kind', ['file', 'under a file', 'run folder is a file', 'read-only folder', '/proc'])
+def test_an_unusable_save_folder_is_a_usage_error(tmp_path, capsys, kind):
+    save = save_target(kind, tmp_path)
+    if save is None:
+        pytest.skip(f'no {kind} --save on this machine (root writes anywhere)')
+    assert_refused(['--dataset', 'digits', '--model', 'mlp', '--epochs', '1', '--threads', '1', '--save', save],
+                   '--save', tmp_path, capsys)
+    assert not capsys.readouterr().out   # refused before training (or loading) started
+
+
+def test_a_half_made_run_folder_is_removed(tmp_path, monkeypatch):
+    """makedirs failing part way (a full disk, say) leaves none of the folders it made."""
+    real_makedirs = os.makedirs
+
+    def makedirs_until_the_disk_is_full(path, exist_ok=False):
+        real_makedirs(os.path.dirname(path), exist_ok=exist_ok)
+        raise OSError(28, 'No space left on device', path)
+
+    monkeypatch.setattr(os, 'makedirs', makedirs_until_the_disk_is_full)
+    with pytest.raises(UsageError, match="--save .*: cannot make the run folder .*No space left on device"):
+        train_main.make_run_folder(str(tmp_path / 'a' / 'b'), str(tmp_path / 'a' / 'b' / 'run'))
+    assert not os.listdir(tmp_path)
+
+
+def test_an_unusable_save_folder_exits_2_before_training(tmp_path):
+    (tmp_path / 'file.t7').write_bytes(b'not a folder')
+    result = subprocess.run([sys.executable, '-m', 'cifar10.main', '--dataset', 'digits', '--model', 'mlp',
+                             '--epochs', '1', '--save', str(tmp_path / 'file.t7')],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and 'Traceback' not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert f"--save '{tmp_path / 'file.t7'}'" in line and 'not a folder' in line
+    assert not result.stdout
+
+
+# ----------------------------------------------------------------------------- help
+
+def test_help_states_every_default():
+    parser = train_main.get_args_parser()
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if action.default in (None, False, '', argparse.SUPPRESS):
+            continue   # switches and unset options: their help says what happens without them
+        text = ' '.join(formatter._expand_help(action).split())
+        assert 'default' in text and str(action.default) in text, (action.dest, text)
+    for action in parser._actions:
+        if action.default in (None, '') and action.help:  # what happens without them, in words
+            assert 'default' in action.help, action.dest
+
+
+def test_help_output_names_the_defaults():
+    result = subprocess.run([sys.executable, '-m', 'cifar10.main', '--help'], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    text = ' '.join(result.stdout.split())
+    for expected in ('--lr LR initial learning rate (default: 0.1)', '(default: vgg9)',
+                     '--epochs EPOCHS number of training epochs (default: 300)', '(default: trained_nets)',
+                     '(default: cifar10)', '(default: crossentropy)'):
+        assert expected in text
