@@ -23,6 +23,17 @@ def check_file_exists(path, what):
         raise UsageError(f'{what} {path!r} is not a file')
 
 
+def check_output_folder(path, what, hint=''):
+    """Raise UsageError unless the folder that is to hold ``path`` exists and is writable.
+    ``what`` names the flag or file; ``hint`` (optional) says what to do instead."""
+    folder = os.path.dirname(os.path.abspath(path))
+    problem = 'is not a folder' if os.path.exists(folder) and not os.path.isdir(folder) else \
+        'does not exist' if not os.path.isdir(folder) else \
+        'is not writable' if not os.access(folder, os.W_OK | os.X_OK) else ''
+    if problem:
+        raise UsageError(f'{what} {path!r}: its folder {folder!r} {problem}' + (f'; {hint}' if hint else ''))
+
+
 def report_usage_error(prog, err, show=True):
     """Print the one-line error (only where ``show``: under MPI only rank 0 speaks)."""
     if show:
@@ -43,16 +54,41 @@ def run_main(main, argv=None):
         sys.exit(130)
 
 
+# What MPI launchers put in each rank's environment: MPICH/Hydra and Intel MPI, Open MPI, PMIx, Slurm.
+LAUNCHER_RANK_VARIABLES = ('PMI_RANK', 'OMPI_COMM_WORLD_RANK', 'PMIX_RANK', 'SLURM_PROCID')
+
+
 def _is_mpi_root():
-    # Only consult MPI when the script already imported it; never start MPI just to print an error.
+    """Whether this process speaks: rank 0, or not under MPI. Never starts MPI just to print an
+    error; before the script has started it (bad arguments), the launcher's variables tell."""
     mpi = sys.modules.get('mpi4py.MPI')
-    if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized():
-        return True
-    return mpi.COMM_WORLD.Get_rank() == 0
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        return mpi.COMM_WORLD.Get_rank() == 0
+    for variable in LAUNCHER_RANK_VARIABLES:
+        if os.environ.get(variable, '0').strip() not in ('', '0'):
+            return False
+    return True
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Ends each option's help with its default, unless the help already speaks of it or there is
+    none worth stating (flags that are off, empty strings, None)."""
+
+    def _get_help_string(self, action):
+        text, default = action.help or '', action.default
+        if not action.option_strings or 'default' in text or default is None or default is False \
+                or default == '' or default is argparse.SUPPRESS:
+            return text
+        return text + ' (default: %(default)s)'
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with a one-line error (no usage dump): 'prog: error: ...', exit status 2."""
+    """argparse with a one-line error (no usage dump): 'prog: error: ...', exit status 2; under MPI
+    only rank 0 prints it. Every option's help states its default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault('formatter_class', DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
-        self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
+        self.exit(2, f'{self.prog}: error: {message} (see --help)\n' if _is_mpi_root() else None)

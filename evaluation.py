@@ -34,6 +34,20 @@ def batch_loss_sum(outputs, targets, loss_name):
     return per_sample_loss(outputs, targets, loss_name).sum()
 
 
+def prediction_counts(outputs, targets):
+    """(correct, undefined) counts over the last-but-one dimension: a sample whose outputs hold a
+    NaN has no prediction (argmax would pick the NaN's class), so it is counted as undefined."""
+    undefined = torch.isnan(outputs).any(dim=-1)
+    correct = (outputs.argmax(dim=-1) == targets) & ~undefined
+    return correct.sum(dim=-1), undefined.sum(dim=-1)
+
+
+def accuracy_percent(correct, undefined, n):
+    """Accuracy in percent; NaN where a sample had no prediction (a diverged point, whose loss
+    is NaN too), so plots leave a gap there instead of drawing the share of one class."""
+    return float('nan') if undefined else 100.0 * correct / n
+
+
 @torch.inference_mode()
 def evaluate(model, data, loss_name='crossentropy', batch_size=128, amp=False):
     """Return (mean loss, accuracy in percent) of ``model`` in eval mode over ``data``
@@ -42,10 +56,13 @@ def evaluate(model, data, loss_name='crossentropy', batch_size=128, amp=False):
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=data.device)
     correct = torch.zeros((), dtype=torch.int64, device=data.device)
+    undefined = torch.zeros((), dtype=torch.int64, device=data.device)
     for inputs, targets in data.batches(batch_size):
         with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=amp):
             outputs = model(inputs)
         loss_sum += batch_loss_sum(outputs.float(), targets, loss_name).double()
-        correct += (outputs.argmax(dim=1) == targets).sum()
+        hits, misses = prediction_counts(outputs, targets)
+        correct += hits
+        undefined += misses
     n = len(data)
-    return loss_sum.item() / n, 100.0 * correct.item() / n
+    return loss_sum.item() / n, accuracy_percent(correct.item(), undefined.item(), n)

@@ -8,10 +8,12 @@ Direction file (written by net_plotter / plot_trajectory, read by everything):
     ydirection/0 .. ydirection/N-1   present for 2D surfaces
     explained_variance_ratio_, singular_values_, explained_variance_
                                      PCA directions only (plot_trajectory), length 2 each
-    attrs                            how the directions were made (JSON strings; absent in old files),
-                                     and DIRECTION_ID, a random id given at creation, which every
-                                     surface computed along them records: recreating directions under
-                                     the same name can then never mix old and new surface values
+    attrs                            how the directions were made (JSON strings; absent in old files).
+                                     Every surface records the DIRECTION_ID of the directions it was
+                                     computed along: a hash of their values (direction_content_id),
+                                     so a file recreated under the same name with other values (PCA
+                                     of new checkpoints, a retrained --model_file3) is never mixed
+                                     with old surface values, while an identical one is accepted
 
 Surface file (written by plot_surface / plot_hessian_eigen, read by the plot scripts):
     dir_file       string: the direction file the surface was computed along
@@ -41,8 +43,8 @@ import fcntl
 import json
 import os
 import shutil
+import hashlib
 import tempfile
-import uuid
 
 import h5py
 import numpy as np
@@ -198,9 +200,8 @@ def _read_tensor_list(group):
     return [group[k][()] for k in sorted(group.keys(), key=int)]
 
 
-def write_direction_file(path, xdirection, ydirection=None, extras=None, attrs=None, direction_id=None):
-    """Write a direction file atomically. ``extras``: extra datasets (e.g. the PCA arrays).
-    ``direction_id``: keep this id (when only adding a y direction to existing x directions)."""
+def write_direction_file(path, xdirection, ydirection=None, extras=None, attrs=None):
+    """Write a direction file atomically. ``extras``: extra datasets (e.g. the PCA arrays)."""
     with atomic_h5(path) as f:
         _write_tensor_list(f, XDIRECTION, xdirection)
         if ydirection is not None:
@@ -209,11 +210,28 @@ def write_direction_file(path, xdirection, ydirection=None, extras=None, attrs=N
             f[key] = np.asarray(value)
         for key, value in (attrs or {}).items():
             f.attrs[key] = json.dumps(value)
-        f.attrs[DIRECTION_ID] = json.dumps(direction_id or uuid.uuid4().hex)
 
 
-def read_direction_id(path):
-    """The id given to a direction file at creation, or None (files from the original code)."""
+def direction_content_id(path, with_y):
+    """The DIRECTION_ID a surface along ``path`` records: a hash of the x direction's values (and
+    the y direction's, for a 2D surface). A 1D surface keeps its id when a y direction is added to
+    its file later; the same values written again give the same id."""
+    xdirection, ydirection, _ = read_direction_file(path)
+    digest = hashlib.sha256()
+    for axis, direction in (('x', xdirection), ('y', ydirection if with_y else None)):
+        if direction is None:
+            continue
+        digest.update(axis.encode())
+        for array in direction:
+            array = np.ascontiguousarray(array, dtype=np.float32)
+            digest.update(repr(array.shape).encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()[:32]
+
+
+def read_creation_tag(path):
+    """The random DIRECTION_ID that direction files of this suite's first versions were given at
+    creation (None for every other file): surfaces made then recorded it instead of the hash."""
     with open_h5(path, 'direction file') as f:
         return json.loads(f.attrs[DIRECTION_ID]) if DIRECTION_ID in f.attrs else None
 
@@ -388,10 +406,12 @@ def check_surface_matches(surface, grid, dir_file, identity):
     for key, wanted in identity.items():
         if key in surface.attrs:
             stored = json.loads(surface.attrs[key])
-            if stored != wanted and key == DIRECTION_ID:
-                raise UsageError(f'surface file {path!r} was computed along an earlier version of direction file '
-                                 f'{dir_file!r} (recreated since); pass another --surf_file')
-            if stored != wanted:
+            if key == DIRECTION_ID:
+                if stored != wanted and stored != read_creation_tag(dir_file):
+                    raise UsageError(f'surface file {path!r} was computed along other directions than those now '
+                                     f'in direction file {dir_file!r} (recreated since with other values); '
+                                     'pass another --surf_file')
+            elif stored != wanted:
                 raise UsageError(f'surface file {path!r} was made with {key}={stored!r}, not {wanted!r}; '
                                  'pass another --surf_file')
 

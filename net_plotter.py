@@ -146,19 +146,34 @@ def move(net, dir_type, base, xdirection, ydirection=None, x=0.0, y=0.0):
 
 # ----------------------------------------------------------------------------- file names
 
+def _flattened(folder):
+    """A folder path as one file-name part ('runs/b' -> 'runs_b'), so a name built from several
+    checkpoints' paths always lands in an existing folder. The original code kept the separators,
+    which only worked when the checkpoints sat in the working folder."""
+    return folder.strip(os.sep).replace(os.sep, '_')
+
+
 def _pair_name(file1, file2):
     """How the original names a direction between two checkpoints."""
     folder1, folder2 = os.path.dirname(file1), os.path.dirname(file2)
     if folder1 == folder2:
         return file1 + '_' + os.path.basename(file2)
-    prefix = os.path.dirname(commonprefix([file1, file2]) + 'x')  # the shared folder
-    sub2 = os.path.dirname(file2[len(prefix) + 1:]) if prefix else folder2
-    return folder1 + '_' + os.path.basename(file1) + '_' + sub2 + '_' + os.path.basename(file2)
+    shared = os.path.dirname(commonprefix([file1, file2]) + 'x')  # the shared folder ('' or '/' when none)
+    sub2 = os.path.relpath(folder2, shared) if shared else folder2
+    return folder1 + '_' + os.path.basename(file1) + '_' + _flattened(sub2) + '_' + os.path.basename(file2)
+
+
+def _third_name(file1, file3):
+    """What the original appends for the y direction towards a third checkpoint."""
+    if os.path.dirname(file1) == os.path.dirname(file3):
+        return os.path.basename(file3)
+    return _flattened(os.path.dirname(file3)) + '_' + os.path.basename(file3)
 
 
 def name_direction_file(args):
     """Default direction file name, the original's scheme: model_file (or the pair of models),
-    dir_type, then the x and y normalisation options, then idx."""
+    dir_type, then the x and y normalisation options, then idx. It lies in the folder of
+    --model_file (or of its folder, for models in different folders)."""
     if args.dir_file:
         return args.dir_file
     name = _pair_name(args.model_file, args.model_file2) if args.model_file2 else args.model_file
@@ -169,10 +184,7 @@ def name_direction_file(args):
         name += '_xnorm=' + args.xnorm
     if args.y:
         if args.model_file3:
-            if os.path.dirname(args.model_file) == os.path.dirname(args.model_file3):
-                name += args.model_file3
-            else:
-                name += os.path.dirname(args.model_file3) + '_' + os.path.basename(args.model_file3)
+            name += _third_name(args.model_file, args.model_file3)
         else:
             if args.yignore:
                 name += '_yignore=' + args.yignore
@@ -243,8 +255,11 @@ def setup_direction_file(args, dir_file, net, base, load_model):
         if not all(torch.equal(torch.as_tensor(a), b) for a, b in zip(xdirection, new_x)):
             raise UsageError(f'direction file {dir_file!r} has no y direction and its x direction is not '
                              'the one these options make; remove it or pass --dir_file')
-        hdf5_layout.write_direction_file(dir_file, new_x, new_y, attrs=direction_attrs(args),
-                                         direction_id=hdf5_layout.read_direction_id(dir_file))
+        attrs = direction_attrs(args)
+        creation_tag = hdf5_layout.read_creation_tag(dir_file)
+        if creation_tag is not None:   # keeps 1D surfaces of the suite's first versions valid
+            attrs[hdf5_layout.DIRECTION_ID] = creation_tag
+        hdf5_layout.write_direction_file(dir_file, new_x, new_y, attrs=attrs)
         return
     if args.dir_file:
         raise UsageError(f'--dir_file {dir_file!r} does not exist')

@@ -24,7 +24,7 @@ from surface_engine import prepare_run, run_grid
 
 def get_args_parser():
     parser = ArgumentParser('plot_hessian_eigen.py', description=__doc__.split('\n\n')[0],
-                            parents=[plot_surface.get_args_parser(add_help=False)])
+                            parents=[plot_surface.get_args_parser(add_help=False, loss_plot_options=False)])
     eigen = parser.add_argument_group('hessian')
     eigen.add_argument('--eig_tol', default=hessian.DEFAULT_EIG_TOL, type=float,
                        help='ARPACK stopping tolerance of each Lanczos solve: residual <= tol x Ritz value '
@@ -57,8 +57,6 @@ def validate_args(parser, args):
     if args.eval_test:
         parser.error('--eval_test: eigenvalues are of the training loss only; '
                      'compute test_loss with plot_surface.py (it can share the surface file)')
-    if args.proj_file:
-        parser.error('--proj_file: the eigenvalue plots draw no trajectory; use plot_2D.py for that')
     if args.compile:
         parser.error('--compile: torch.compile does not support the double back-propagation of '
                      'Hessian-vector products')

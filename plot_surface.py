@@ -10,6 +10,7 @@ trained models. Serial, or in parallel under MPI:
 Rerunning the same command resumes: only missing points are computed. The file layout is
 documented in hdf5_layout.py.
 """
+import math
 import os
 import sys
 
@@ -18,19 +19,23 @@ import evaluation
 import hdf5_layout
 import model_loader
 import net_plotter
+import plot_common
 import point_batching
-from cli import ArgumentParser, UsageError, check_file_exists, run_main
+from cli import ArgumentParser, UsageError, check_file_exists, check_output_folder, run_main
 from grid import parse_axis
 from mpi_comm import get_comm
 from surface_engine import prepare_run, run_grid
 
 
-def get_args_parser(add_help=True):
+def get_args_parser(add_help=True, loss_plot_options=True):
+    """The parser; plot_hessian_eigen.py reuses it without the loss plots' options
+    (``loss_plot_options=False``), which its own plots do not use."""
     parser = ArgumentParser('plot_surface.py', add_help=add_help, description=__doc__.split('\n\n')[0])
 
     grid = parser.add_argument_group('grid')
     grid.add_argument('--x', default='-1:1:51', help='x range and resolution MIN:MAX:NUM, e.g. --x=-1:1:51 '
-                      '(write --x=-1:1:51 with "=" when MIN is negative)')
+                      '(write --x=-1:1:51 with "=" when MIN is negative; NUM 1 is the point MIN alone, '
+                      'as in the original)')
     grid.add_argument('--y', default=None, help='y range MIN:MAX:NUM for a 2D surface; omit for 1D')
 
     model = parser.add_argument_group('model')
@@ -94,12 +99,13 @@ def get_args_parser(add_help=True):
 
     plot = parser.add_argument_group('plot')
     plot.add_argument('--plot', action='store_true', help='draw the surface when done (PNG and PDF beside it)')
-    plot.add_argument('--proj_file', default='', help='trajectory projection file to draw on the 2D contour')
-    plot.add_argument('--vmin', default=0.1, type=float, help='lowest contour level')
-    plot.add_argument('--vmax', default=10, type=float, help='highest contour level')
-    plot.add_argument('--vlevel', default=0.5, type=float, help='spacing of contour levels')
-    plot.add_argument('--loss_max', default=5, type=float, help='upper limit of the loss axis (1D)')
-    plot.add_argument('--log', action='store_true', help='logarithmic loss axis (1D)')
+    if loss_plot_options:
+        plot.add_argument('--proj_file', default='', help='trajectory projection file to draw on the 2D contour')
+        plot.add_argument('--vmin', default=0.1, type=float, help='lowest contour level')
+        plot.add_argument('--vmax', default=10, type=float, help='contour levels stop below this value')
+        plot.add_argument('--vlevel', default=0.5, type=float, help='spacing of contour levels')
+        plot.add_argument('--loss_max', default=5, type=float, help='upper limit of the loss axis (1D)')
+        plot.add_argument('--log', action='store_true', help='logarithmic loss axis (1D)')
     plot.add_argument('--show', action='store_true', help='open the figures in a window')
     return parser
 
@@ -138,16 +144,36 @@ def validate_args(parser, args):
     if not args.model_file:
         parser.error('--model_file is required: the checkpoint at the centre of the surface')
     for flag in ('model_file', 'model_file2', 'model_file3', 'dir_file', 'proj_file', 'train_labels'):
-        if getattr(args, flag):
+        if getattr(args, flag, ''):
             check_file_exists(getattr(args, flag), f'--{flag}')
-    if args.proj_file:
+    if getattr(args, 'proj_file', ''):
         hdf5_layout.read_projection_file(args.proj_file)
     if args.dataset == 'cifar10' and not args.download:
         folder = dataloader.cifar10_folder(args.datapath)
         if not os.path.isdir(folder):
             raise UsageError(f'--datapath {args.datapath!r} does not exist (add --download to fetch CIFAR-10)')
-    if args.surf_file and os.path.exists(args.surf_file):
-        hdf5_layout.read_surface(args.surf_file)  # a damaged or foreign file is refused, untouched
+    if args.surf_file:
+        check_output_folder(args.surf_file, '--surf_file')
+        if os.path.exists(args.surf_file):
+            hdf5_layout.read_surface(args.surf_file)  # a damaged or foreign file is refused, untouched
+    if args.plot:
+        validate_plot_args(parser, args)
+
+
+def validate_plot_args(parser, args):
+    """What --plot will draw must be drawable: found out now, not after hours of grid points."""
+    xaxis, yaxis = parse_axis(args.x, '--x'), parse_axis(args.y, '--y') if args.y else None
+    if yaxis is None and xaxis.num < 2:
+        parser.error(f'--plot draws a curve, which needs at least 2 points: --x has {xaxis.num}')
+    if yaxis is not None and min(xaxis.num, yaxis.num) < 2:
+        parser.error(f'--plot draws contours, which need at least 2 points on each axis: '
+                     f'--x has {xaxis.num}, --y {yaxis.num}')
+    if not hasattr(args, 'vmin'):
+        return   # plot_hessian_eigen.py: its plots take no loss-plot options
+    if yaxis is not None:
+        plot_common.contour_levels(args.vmin, args.vmax, args.vlevel)
+    elif not (math.isfinite(args.loss_max) and args.loss_max > 0):
+        parser.error(f'--loss_max must be a positive number (got {args.loss_max:g})')
 
 
 def surface_names(args):

@@ -12,7 +12,7 @@ the same order), so only the forward pass's rounding differs from evaluating poi
 import torch
 from torch.func import functional_call
 
-from evaluation import per_sample_loss
+from evaluation import accuracy_percent, per_sample_loss, prediction_counts
 
 
 class StackedPoints:
@@ -54,11 +54,15 @@ def evaluate_stacked(model, tensors, data, loss_name='crossentropy', batch_size=
 
     loss_sum = torch.zeros(num_points, dtype=torch.float64, device=data.device)
     correct = torch.zeros(num_points, dtype=torch.int64, device=data.device)
+    undefined = torch.zeros(num_points, dtype=torch.int64, device=data.device)
     for inputs, targets in data.batches(batch_size):
         with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=amp):
             outputs = forward_all([tensors[n] for n in names], inputs)          # (K, batch, classes)
         losses = per_sample_loss(outputs.float().flatten(0, 1), targets.repeat(num_points), loss_name)
         loss_sum += losses.view(num_points, -1).sum(dim=1).double()   # as evaluation.evaluate: float32 per batch
-        correct += (outputs.argmax(dim=2) == targets).sum(dim=1)
+        hits, misses = prediction_counts(outputs, targets)
+        correct += hits
+        undefined += misses
     n = len(data)
-    return [(loss / n, 100.0 * hits / n) for loss, hits in zip(loss_sum.tolist(), correct.tolist())]
+    return [(loss / n, accuracy_percent(hits, misses, n))
+            for loss, hits, misses in zip(loss_sum.tolist(), correct.tolist(), undefined.tolist())]

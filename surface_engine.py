@@ -21,7 +21,7 @@ import dataloader
 import hdf5_layout
 import model_loader
 import net_plotter
-from cli import UsageError
+from cli import check_output_folder
 from grid import Grid, parse_axis
 from mpi_comm import default_threads, fail_all_ranks, select_device
 from scheduler import assign_points
@@ -115,13 +115,12 @@ class Run:
 PATH_FIELDS = ('model_file', 'model_file2', 'model_file3', 'train_labels')
 
 
-def run_identity(args, dir_file):
-    """The identity fields of a run (hdf5_layout.IDENTITY_FIELDS), paths made absolute, and the id
-    of its direction file (when the file has one)."""
+def run_identity(args, dir_file, is_2d):
+    """The identity fields of a run (hdf5_layout.IDENTITY_FIELDS), paths made absolute, and the
+    content id of the directions it uses (once its direction file exists)."""
     identity = {}
-    direction_id = hdf5_layout.read_direction_id(dir_file) if os.path.exists(dir_file) else None
-    if direction_id is not None:
-        identity[hdf5_layout.DIRECTION_ID] = direction_id
+    if os.path.exists(dir_file):
+        identity[hdf5_layout.DIRECTION_ID] = hdf5_layout.direction_content_id(dir_file, with_y=is_2d)
     for key in hdf5_layout.IDENTITY_FIELDS:
         if hasattr(args, key):
             value = getattr(args, key)
@@ -146,6 +145,15 @@ def prepare_run(args, comm, value_names):
     torch.set_num_threads(args.threads or default_threads(comm))
     device = select_device(args.cuda, comm.local_rank)
     grid = Grid(parse_axis(args.x, '--x'), parse_axis(args.y, '--y') if args.y else None)
+    dir_file = net_plotter.name_direction_file(args)
+    surf_file = net_plotter.name_surface_file(args, dir_file, grid)
+
+    def check_output_folders():
+        # Default names lie beside --model_file, whose folder may be read-only: say so before any work.
+        if not os.path.exists(dir_file):
+            check_output_folder(dir_file, 'direction file', 'pass --dir_file to use one from elsewhere')
+        check_output_folder(surf_file, 'surface file', 'pass --surf_file to write it elsewhere')
+    comm.root_only(check_output_folders)
 
     def load_model(path, flag='--model_file'):
         return model_loader.load(args.dataset, args.model, path, flag)
@@ -170,14 +178,12 @@ def prepare_run(args, comm, value_names):
                   + ('' if folding.num_folded else ' (none follows a convolution directly)'), file=sys.stderr, flush=True)
 
     base_cpu = net_plotter.get_base(net, args.dir_type)
-    dir_file = net_plotter.name_direction_file(args)
-    surf_file = net_plotter.name_surface_file(args, dir_file, grid)
 
     def check_then_make_directions():
         # Refuse a surface file made for another run before writing a direction file for it.
         if os.path.exists(surf_file):
             hdf5_layout.check_surface_matches(hdf5_layout.read_surface(surf_file), grid, dir_file,
-                                              run_identity(args, dir_file))
+                                              run_identity(args, dir_file, grid.is_2d))
         net_plotter.setup_direction_file(args, dir_file, net, base_cpu, load_model)
     comm.root_only(check_then_make_directions)
 
@@ -199,7 +205,8 @@ def prepare_run(args, comm, value_names):
 
     def open_writer():
         attrs = {hdf5_layout.ARGS_ATTR: vars(args), hdf5_layout.VERSIONS_ATTR: library_versions(comm)}
-        return hdf5_layout.SurfaceWriter(surf_file, grid, dir_file, value_names, run_identity(args, dir_file), attrs)
+        return hdf5_layout.SurfaceWriter(surf_file, grid, dir_file, value_names,
+                                         run_identity(args, dir_file, grid.is_2d), attrs)
 
     return Run(args=args, comm=comm, device=device, grid=grid, net=net, eval_net=eval_net, folding=folding,
                base=base, dir_file=dir_file, surf_file=surf_file, xdirection=xdirection, ydirection=ydirection,

@@ -89,6 +89,16 @@ PLOT_SURFACE_CASES = [
     ('batch size zero', [*MODEL, '--batch_size', '0'], ['--batch_size']),
     ('projection file that is not one', [*MODEL, '--proj_file', '{d}/proj_like.h5'], ['not a projection file']),
     ('labels of another length', [*MODEL, '--x=-1:1:3', '--train_labels', '{d}/labels.pt'], ['--train_labels', '5 labels']),
+    ('surface file in a missing folder', [*MODEL, '--x=-1:1:3', '--surf_file', '{d}/nofolder/s.h5'],
+     ['--surf_file', 'does not exist']),
+    ('surface file under a file', [*MODEL, '--x=-1:1:3', '--surf_file', '{d}/cnn.t7/s.h5'],
+     ['--surf_file', 'is not a folder']),
+    ('plot contours vmin above vmax', [*MODEL, '--x=-1:1:3', '--y=-1:1:3', '--plot', '--vmin', '5', '--vmax', '1'],
+     ['--vmin', 'below --vmax']),
+    ('plot contours vlevel zero', [*MODEL, '--x=-1:1:3', '--y=-1:1:3', '--plot', '--vlevel', '0'], ['--vlevel']),
+    ('plot curve loss_max negative', [*MODEL, '--x=-1:1:3', '--plot', '--loss_max', '-1'], ['--loss_max']),
+    ('plot curve of one point', [*MODEL, '--x=0:0:1', '--plot'], ['--plot', 'at least 2 points']),
+    ('plot contours of one row', [*MODEL, '--x=-1:1:3', '--y=0:0:1', '--plot'], ['--plot', 'each axis']),
     ('cifar10 folder missing', ['--dataset', 'cifar10', '--datapath', '{d}/nodata', '--model', 'resnet20',
                                 '--model_file', '{d}/cnn.t7'], ['--datapath', 'does not exist']),
 ]
@@ -113,6 +123,21 @@ def test_plot_surface_bad_input(workdir, capsys, name, argv, words):
     before = snapshot(workdir)
     code, err = call_main(plot_surface.main, [*DIGITS, *fill(argv, workdir)], capsys)
     assert_one_line_error(code, err, words)
+    assert snapshot(workdir) == before
+
+
+def test_read_only_checkpoint_folder(workdir, capsys, monkeypatch):
+    """Default file names lie beside --model_file: a folder the user cannot write to is reported
+    before any work. (Tests may run as root, who can write anywhere: the check is what is faked.)"""
+    real_access = os.access
+    monkeypatch.setattr(os, 'access', lambda path, mode: False if os.path.abspath(path) == str(workdir)
+                        else real_access(path, mode))
+    before = snapshot(workdir)
+    code, err = call_main(plot_surface.main, [*DIGITS, *fill(MODEL, workdir), '--x=-1:1:3', '--idx', '3'], capsys)
+    assert_one_line_error(code, err, ['direction file', 'is not writable', '--dir_file'])
+    code, err = call_main(plot_surface.main, [*DIGITS, *fill(MODEL, workdir), '--x=-1:1:3', '--xnorm', 'filter',
+                                              '--data_split', '8', '--dir_file', fill([DIR], workdir)[0]], capsys)
+    assert_one_line_error(code, err, ['surface file', 'is not writable', '--surf_file'])
     assert snapshot(workdir) == before
 
 

@@ -68,3 +68,20 @@ def test_two_ranks_batching_points_match_serial_one_at_a_time(tmp_path, checkpoi
     assert b.done['train_loss'].all() and '15 points computed' in parallel.stdout
     np.testing.assert_allclose(b.values['train_loss'], a.values['train_loss'], rtol=1e-5)
     np.testing.assert_allclose(b.values['train_acc'], a.values['train_acc'], atol=0.6)
+
+
+@pytest.mark.parametrize('argv,words', [
+    (['--x=-1:1'], ['--x', 'MIN:MAX:NUM']),                   # found by the script, before MPI starts
+    (['--x=-1:1:3', '--bogus', '1'], ['unrecognized arguments']),   # found by argparse
+    (['--x=-1:1:3', '--surf_file', '{d}/nofolder/s.h5'], ['--surf_file', 'does not exist']),
+], ids=['malformed grid', 'unknown flag', 'missing output folder'])
+def test_bad_arguments_are_reported_once(tmp_path, checkpoints, argv, words):
+    """Under mpiexec every rank finds the same mistake; only rank 0 says so."""
+    model = tmp_path / 'model.t7'
+    shutil.copy(checkpoints['mlp'], model)
+    run = run_script('plot_surface.py', '--mpi', '--dataset', 'digits', '--model', 'mlp', '--model_file', model,
+                     *[a.format(d=tmp_path) for a in argv], launcher=(MPIEXEC, '-n', '2'))
+    assert run.returncode == 2
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and 'Traceback' not in run.stderr, run.stderr
+    assert all(word in lines[0] for word in words), lines[0]

@@ -98,6 +98,28 @@ def test_interpolation_endpoints_are_the_two_models(tmp_path, checkpoints, capsy
         assert s.values['train_acc'][x_index] == pytest.approx(own_acc)
 
 
+@pytest.mark.parametrize('folders', [('a', 'a', 'a'), ('a', 'b', 'c/deep')], ids=['one-folder', 'three-folders'])
+def test_plane_through_three_models_with_absolute_paths(tmp_path, checkpoints, capsys, folders):
+    """(0, 0), (1, 0) and (0, 1) are the three models; the default direction file name is valid
+    wherever the checkpoints lie (absolute paths, different and nested folders)."""
+    paths = []
+    for key, folder in zip(('cnn_bn', 'cnn_bn_b', 'cnn_bn_c'), folders):
+        os.makedirs(tmp_path / folder, exist_ok=True)
+        paths.append(local_copy(tmp_path / folder, checkpoints[key]))
+    surf = tmp_path / 'plane.h5'
+    run(capsys, '--model', 'cnn_bn', '--model_file', paths[0], '--model_file2', paths[1], '--model_file3', paths[2],
+        '--x=0:1:2', '--y=0:1:2', '--dir_type', 'states', '--surf_file', surf)
+    dir_file = net_plotter.name_direction_file(plot_surface.get_args_parser().parse_args(
+        ['--model_file', paths[0], '--model_file2', paths[1], '--model_file3', paths[2], '--y=0:1:2',
+         '--dir_type', 'states']))
+    assert os.path.isfile(dir_file) and os.path.dirname(dir_file) in (str(tmp_path), str(tmp_path / 'a'))
+    loss = hdf5_layout.read_surface(str(surf)).values['train_loss']
+    data = dataloader.load_dataset('digits', '', True, False, 4, 1)
+    for key, (i, j) in (('cnn_bn', (0, 0)), ('cnn_bn_b', (0, 1)), ('cnn_bn_c', (1, 0))):   # Z[i, j] = f(x[j], y[i])
+        own_loss, _ = evaluation.evaluate(model_loader.load('digits', 'cnn_bn', checkpoints[key]), data)
+        assert loss[i, j] == pytest.approx(own_loss, rel=1e-5)
+
+
 def test_weights_keep_bn_statistics_states_move_them(tmp_path, checkpoints, capsys):
     model = local_copy(tmp_path, checkpoints['cnn_bn'], 'm')
     common = ['--model', 'cnn_bn', '--model_file', model, '--x=-1:1:3', '--xnorm', 'filter']
@@ -272,15 +294,50 @@ def test_recreated_direction_file_is_not_mixed_with_old_surface(tmp_path, checkp
     args = ['--model', 'mlp', '--model_file', model, '--x=-1:1:3', '--xnorm', 'filter', '--surf_file', tmp_path / 's.h5']
     run(capsys, *args)
     dir_file = model + '_weights_xnorm=filter.h5'
-    # Adding a y direction to a 1D direction file keeps its identity: the 1D surface stays valid.
+    # Adding a y direction to a 1D direction file keeps the x values: the 1D surface stays valid.
     run(capsys, *args[:-2], '--y=-1:1:2')   # same direction file name: no y options
-    assert hdf5_layout.read_direction_file(dir_file)[1] is not None
-    run(capsys, *args)
-    # Recreating it (e.g. PCA directions from new checkpoints) gives a new identity: refused.
+    xdirection, ydirection, _ = hdf5_layout.read_direction_file(dir_file)
+    assert ydirection is not None
+    run(capsys, *args, '--eval_test')       # resumed: the 1D surface gains test values
+    # Recreated with the same values (e.g. plot_trajectory rerun on the same checkpoints): accepted.
     os.remove(dir_file)
-    run(capsys, *args[:-2], '--surf_file', tmp_path / 'other.h5')
+    run(capsys, *args[:-2], '--y=-1:1:2')
+    run(capsys, *args)
+    # Recreated with other values (e.g. PCA of new checkpoints): refused, for 1D and 2D surfaces.
+    hdf5_layout.write_direction_file(dir_file, [2 * a for a in xdirection], ydirection)
+    for argv in (args, [*args[:-2], '--y=-1:1:2']):
+        code, err = call_main(plot_surface.main, [*DATA, *argv], capsys)
+        assert code == 2 and 'recreated since with other values' in err
+    # Only the y direction changed (a retrained --model_file3): the 2D surface is refused, the 1D one is not.
+    hdf5_layout.write_direction_file(dir_file, xdirection, [2 * a for a in ydirection])
+    run(capsys, *args)
+    code, err = call_main(plot_surface.main, [*DATA, *args[:-2], '--y=-1:1:2'], capsys)
+    assert code == 2 and 'recreated since with other values' in err
+
+
+def test_surface_of_first_versions_keeps_resuming(tmp_path, checkpoints, capsys):
+    """Direction files of the suite's first versions carried a random id at creation, which their
+    surfaces recorded instead of the content hash: they stay valid, also after adding a y direction."""
+    model = local_copy(tmp_path, checkpoints['mlp'])
+    args = ['--model', 'mlp', '--model_file', model, '--x=-1:1:3', '--xnorm', 'filter', '--surf_file', tmp_path / 's.h5']
+    run(capsys, *args)
+    dir_file = model + '_weights_xnorm=filter.h5'
+    tag = '"0123456789abcdef0123456789abcdef"'
+    for path in (dir_file, str(tmp_path / 's.h5')):   # as the first versions wrote them
+        with h5py.File(path, 'a') as f:
+            f.attrs[hdf5_layout.DIRECTION_ID] = tag
+    run(capsys, *args[:-2], '--y=-1:1:2')
+    with h5py.File(dir_file, 'r') as f:
+        assert f.attrs[hdf5_layout.DIRECTION_ID] == tag
+    run(capsys, *args, '--eval_test')
+    assert hdf5_layout.read_surface(str(tmp_path / 's.h5')).done['test_loss'].all()
+    # A different tag is another file's: refused.
+    with h5py.File(dir_file, 'a') as f:
+        f.attrs[hdf5_layout.DIRECTION_ID] = '"ffffffffffffffffffffffffffffffff"'
+    with h5py.File(str(tmp_path / 's.h5'), 'a') as f:
+        f.attrs[hdf5_layout.DIRECTION_ID] = tag
     code, err = call_main(plot_surface.main, [*DATA, *args], capsys)
-    assert code == 2 and 'earlier version of direction file' in err
+    assert code == 2 and 'recreated since' in err
 
 
 def test_original_nonsquare_file_is_read_in_grid_orientation(tmp_path):
@@ -350,3 +407,31 @@ def test_weights_interpolation_warns_about_batchnorm_statistics(tmp_path, checkp
             '--model_file2', local_copy(tmp_path, checkpoints['cnn_bn_b']), '--x=0:1:2']
     assert 'use --dir_type states' in run(capsys, *args, '--surf_file', tmp_path / 'w.h5')
     assert 'warning' not in run(capsys, *args, '--dir_type', 'states', '--surf_file', tmp_path / 's.h5')
+
+
+class _NaNForClassZeroInputs(torch.nn.Module):
+    """Outputs NaN logits for some samples (as a diverged network would) and perfect ones otherwise."""
+
+    def __init__(self, nan_rows):
+        super().__init__()
+        self.nan_rows, self.scale = nan_rows, torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, inputs):
+        logits = torch.zeros(len(inputs), 10)
+        logits[:, 0] = 1.0   # class 0 everywhere: argmax of a NaN row would also say 0 on some backends
+        if self.nan_rows:
+            logits[: self.nan_rows] = float('nan')
+        return logits * self.scale
+
+
+@pytest.mark.parametrize('nan_rows', [0, 1])
+def test_accuracy_is_nan_where_outputs_are_nan(nan_rows):
+    """A point whose outputs hold NaN has a NaN loss; its accuracy must not be the share of the
+    class argmax happens to pick for NaN rows."""
+    data = dataloader.load_dataset('digits', '', True, False, 4, 1)
+    share_of_class_0 = 100.0 * (data.targets == 0).sum().item() / len(data)
+    loss, acc = evaluation.evaluate(_NaNForClassZeroInputs(nan_rows), data)
+    if nan_rows:
+        assert np.isnan(loss) and np.isnan(acc)
+    else:
+        assert np.isfinite(loss) and acc == pytest.approx(share_of_class_0)

@@ -171,7 +171,9 @@ def test_diverging_points_are_results(tmp_path, checkpoints):
     s = hdf5_layout.read_surface(str(tmp_path / 's.h5'))
     assert s.done['train_loss'].all()
     assert np.isfinite(s.values['train_loss'][0]) and not np.isfinite(s.values['train_loss'][1:]).any()
-    assert 'diverged' in run.stdout and 'train_loss: 2' in run.stdout
+    # NaN outputs have no prediction: the accuracy there is NaN too, not the share of one class.
+    assert np.isfinite(s.values['train_acc'][0]) and np.isnan(s.values['train_acc'][1:]).all()
+    assert 'diverged' in run.stdout and 'train_loss: 2, train_acc: 2' in run.stdout
     again = run_script('plot_surface.py', '--dataset', 'digits', '--model', 'mlp', '--model_file', model,
                        '--x=0:1e30:3', '--surf_file', tmp_path / 's.h5', '--threads', '1')
     assert '0 points computed' in again.stdout
