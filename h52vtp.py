@@ -30,7 +30,7 @@ def vtp_path(surf_file, surf_name, zmax=-1, log=False):
 
 def resample(x, y, Z, num):
     """Z on a num x num grid spanning the same ranges, by a bicubic spline (lower order on axes
-    with fewer than 4 points). Returns (x, y, Z)."""
+    with fewer than 4 points), never below Z's smallest value. Returns (x, y, Z)."""
     from scipy.interpolate import RectBivariateSpline
     if len(x) < 2 or len(y) < 2:
         raise UsageError(f'--interp needs at least 2 points on each axis (the grid is {len(y)} x {len(x)})')
@@ -42,20 +42,28 @@ def resample(x, y, Z, num):
     degree_along_y, degree_along_x = min(3, len(y) - 1), min(3, len(x) - 1)
     spline = RectBivariateSpline(y, x, Z, kx=degree_along_y, ky=degree_along_x)
     new_x, new_y = np.linspace(x[0], x[-1], num), np.linspace(y[0], y[-1], num)
-    return new_x, new_y, spline(new_y, new_x)
+    # A cubic spline overshoots beside steep walls: below a narrow valley's floor it can dip far
+    # under every computed value (to -0.47 where the grid's lowest loss is 0.238), and --log then
+    # turns those points into holes. A spline must not invent a lower value than any computed
+    # point, so it is clamped at the grid's minimum (the overshoot above needs no such care).
+    return new_x, new_y, np.maximum(spline(new_y, new_x), Z.min())
 
 
 def surface_heights(x, y, Z, *, zmax=-1, log=False, interp=-1):
-    """(x, y, z grid) as written to the .vtp: resampled, clipped at zmax, then log(z + 0.1)."""
+    """(x, y, z grid, log_dropped) as written to the .vtp: resampled, clipped at zmax, then
+    log(z + 0.1). ``log_dropped``: how many finite values the log made NaN (values <= -0.1)."""
     if interp > 0:
         x, y, Z = resample(x, y, Z, interp)
     Z = np.array(Z, dtype=np.float64)
     if zmax > 0:
         Z = np.minimum(Z, zmax)  # NaN stays NaN; +inf becomes zmax
+    log_dropped = 0
     if log:
+        finite_before_log = np.isfinite(Z)
         with np.errstate(divide='ignore', invalid='ignore'):
             Z = np.log(Z + LOG_OFFSET)
-    return x, y, Z
+        log_dropped = int((finite_before_log & ~np.isfinite(Z)).sum())
+    return x, y, Z, log_dropped
 
 
 def grid_polydata(x, y, Z):
@@ -126,7 +134,12 @@ def h5_to_vtp(surf_file, *, surf_name='train_loss', zmax=-1, log=False, interp=-
     note = describe_gaps(surf_name, Z)
     if note and interp <= 0:
         print(note.replace('left out of the plot', 'dropped with the quads touching them'))
-    x, y, Z = surface_heights(surface.xcoordinates, surface.ycoordinates, Z, zmax=zmax, log=log, interp=interp)
+    x, y, Z, log_dropped = surface_heights(surface.xcoordinates, surface.ycoordinates, Z, zmax=zmax, log=log,
+                                           interp=interp)
+    if log_dropped:
+        # Said like the note above: points that vanish from the .vtp are never dropped silently.
+        print(f'note: {surf_name}: {log_dropped} point(s) <= -{LOG_OFFSET:g} have no log(value + {LOG_OFFSET:g}); '
+              'dropped with the quads touching them')
     poly = grid_polydata(x, y, Z)
     if poly.GetNumberOfPoints() == 0:
         raise UsageError(f'surface file {surf_file!r} has no finite {surf_name!r} value to write')
@@ -155,7 +168,8 @@ def get_args_parser():
                         help="write log(value + 0.1) instead of the value (applied after --zmax); adds '_log' to the name")
     parser.add_argument('--interp', default=-1, type=int,
                         help='resample to INTERP x INTERP points with a bicubic spline before clipping '
-                             '(e.g. 1000 for a smooth render); needs every point computed and finite. '
+                             '(e.g. 1000 for a smooth render), never below the lowest computed value; '
+                             'needs every point computed and finite. '
                              '<= 0 (default -1): write the grid as computed')
     parser.add_argument('--output', '-o', default=None,
                         help='output path (default: SURF_FILE_<surf_name>[_zmax=ZMAX][_log].vtp beside the surface file)')

@@ -189,12 +189,49 @@ def plot_contour_trajectory(surf_file, dir_file, proj_file, *, surf_name='train_
 
 # ----------------------------------------------------------------------------- HTML viewer
 
+# The viewer's layout. The figure is as wide as the browser window, so the panels are fractions
+# of it while the margins are pixels: the colour bar (with its title turned on its side, so a long
+# name such as 'Smallest Hessian eigenvalue' only runs along the bar) sits in the right margin,
+# clear of the contour panel's axis titles, and the legend and the 3D panel's direction labels sit
+# in the bottom margin. Checked in headless Chromium at 1000x800 and 1600x900: nothing overlaps.
+VIEWER_HEIGHT = 700
+VIEWER_MARGIN = dict(l=60, r=130, t=100, b=130)
+VIEWER_PANEL_GAP = 0.12          # paper fraction between the 3D scene and the contour panel
+# The scene gets the wider share: a 3D box needs room on both sides for its tick labels and the
+# z-axis title beside it, while the contour panel's labels sit in the margins and the gap.
+VIEWER_PANEL_WIDTHS = [0.55, 0.45]
+VIEWER_COLORBAR_X = 1.03         # paper fraction: just right of the contour panel, in the margin
+# The 3D scene clips what it draws at its panel's edges, and with plotly's default camera a half-
+# window panel cut off the axis titles. The panel is taller than wide, and plotly sizes the box by
+# the height, so the camera stands farther off (the box is drawn smaller). The z-axis tick labels
+# and title stand left of the box, only an 'x' to its right: the camera looks at a point shifted
+# along the screen's left (world +x, -y), which moves the box right, into the panel's middle. A
+# fixed box shape keeps this framing for every surface (plotly's 'auto' switches between the
+# data's proportions and a cube).
+VIEWER_SCENE_ASPECT = dict(x=1, y=1, z=0.85)
+VIEWER_CAMERA_SHIFT = 0.12     # how far (scene units) the look-at point moves left
+VIEWER_CAMERA_CENTER = dict(x=VIEWER_CAMERA_SHIFT, y=-VIEWER_CAMERA_SHIFT, z=0)
+VIEWER_CAMERA_EYE = dict(x=2.1 + VIEWER_CAMERA_SHIFT, y=2.1 - VIEWER_CAMERA_SHIFT, z=1.43)
+
+
 def write_html_viewer(surf_file, *, dir_file='', surf_name='train_loss', proj_file=None, out_path=None):
     """One self-contained HTML file (plotly.js embedded, works offline): a rotatable 3D surface
     beside its contour map, plus the projected trajectory when ``proj_file`` is given.
 
     Not-computed and diverged points are holes. Default name: surf_file + '_<surf_name>_viewer.html'.
     ``dir_file``: as in plot_2d_contour."""
+    fig = html_viewer_figure(surf_file, dir_file=dir_file, surf_name=surf_name, proj_file=proj_file)
+    out_path = out_path or f'{surf_file}_{surf_name}_viewer.html'
+    try:
+        fig.write_html(out_path, include_plotlyjs=True, full_html=True)
+    except OSError as err:
+        raise UsageError(f'cannot write {out_path!r} ({err.strerror or err})') from None
+    print(f'wrote {out_path}')
+    return out_path
+
+
+def html_viewer_figure(surf_file, *, dir_file='', surf_name='train_loss', proj_file=None):
+    """The plotly figure write_html_viewer writes (arguments as there)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -205,25 +242,40 @@ def write_html_viewer(surf_file, *, dir_file='', surf_name='train_loss', proj_fi
     titles = axis_titles(surface, dir_file)
     Z = np.where(np.isfinite(Z), Z, np.nan)  # plotly draws NaN as a hole; inf would break the scale
     x, y, title = surface.xcoordinates, surface.ycoordinates, PRETTY_NAMES.get(surf_name, surf_name)
-    fig = make_subplots(rows=1, cols=2, specs=[[{'type': 'scene'}, {'type': 'xy'}]], horizontal_spacing=0.16,
+    fig = make_subplots(rows=1, cols=2, specs=[[{'type': 'scene'}, {'type': 'xy'}]],
+                        horizontal_spacing=VIEWER_PANEL_GAP, column_widths=VIEWER_PANEL_WIDTHS,
                         subplot_titles=(f'{title}: 3D surface (drag to rotate)', f'{title}: contours'))
-    fig.add_trace(go.Surface(x=x, y=y, z=Z, colorscale='Viridis', colorbar=dict(title=title, x=0.43, len=0.9),
-                             name=surf_name), row=1, col=1)
+    # Both panels share one colour scale, so one colour bar serves both.
+    colorbar = dict(title=dict(text=title, side='right'), x=VIEWER_COLORBAR_X, xanchor='left', len=1.0)
+    hover = f'{titles[0]}: %{{x:.4g}}<br>{titles[1]}: %{{y:.4g}}<br>{title}: %{{z:.4g}}<extra></extra>'
+    fig.add_trace(go.Surface(x=x, y=y, z=Z, colorscale='Viridis', colorbar=colorbar, name=surf_name,
+                             hovertemplate=hover), row=1, col=1)
     fig.add_trace(go.Contour(x=x, y=y, z=Z, colorscale='Viridis', showscale=False,
-                             contours=dict(showlabels=True), name=surf_name), row=1, col=2)
+                             contours=dict(showlabels=True), name=surf_name, hovertemplate=hover), row=1, col=2)
     if proj_file:
         _add_html_trajectory(fig, surface, Z, proj_file, surf_name)
-    fig.update_layout(title=os.path.basename(surf_file), autosize=True, height=700,
-                      scene=dict(xaxis_title=titles[0], yaxis_title=titles[1], zaxis_title=surf_name))
+    # The scene's axis titles are drawn inside its panel, where a direction label such as
+    # 'x: filter-normalized direction' does not fit: the scene says 'x' / 'y' (or '1st PC'), and
+    # the full labels stand below it, in the hover and on the contour panel's axes.
+    short_titles = [_short_axis_title(text) for text in titles]
+    scene_left, scene_right = fig.layout.scene.domain.x
+    fig.add_annotation(text='<br>'.join(titles), showarrow=False, xref='paper', yref='paper',
+                       x=(scene_left + scene_right) / 2, y=-0.06, xanchor='center', yanchor='top',
+                       font=dict(size=12))
+    fig.update_layout(title=os.path.basename(surf_file), autosize=True, height=VIEWER_HEIGHT,
+                      margin=VIEWER_MARGIN,
+                      legend=dict(orientation='h', x=1.0, xanchor='right', y=-0.14, yanchor='top'),
+                      scene=dict(xaxis_title=short_titles[0], yaxis_title=short_titles[1], zaxis_title=title,
+                                 aspectmode='manual', aspectratio=VIEWER_SCENE_ASPECT,
+                                 camera=dict(eye=VIEWER_CAMERA_EYE, center=VIEWER_CAMERA_CENTER)))
     fig.update_xaxes(title_text=titles[0], row=1, col=2)
     fig.update_yaxes(title_text=titles[1], row=1, col=2)
-    out_path = out_path or f'{surf_file}_{surf_name}_viewer.html'
-    try:
-        fig.write_html(out_path, include_plotlyjs=True, full_html=True)
-    except OSError as err:
-        raise UsageError(f'cannot write {out_path!r} ({err.strerror or err})') from None
-    print(f'wrote {out_path}')
-    return out_path
+    return fig
+
+
+def _short_axis_title(text):
+    """'x' of 'x: filter-normalized direction', '1st PC' of '1st PC: 84.23 %' (axis_titles's forms)."""
+    return text.split(':', 1)[0]
 
 
 def _add_html_trajectory(fig, surface, Z, proj_file, surf_name):

@@ -396,6 +396,42 @@ def test_vtp_drops_non_finite_points(tmp_path):
     assert clipped.GetNumberOfPoints() == 19 and zclipped.max() == 3.0   # inf clipped, corner dropped
 
 
+def sharp_valley(tmp_path):
+    """A 4x4 surface with a narrow valley (lowest loss 0.238) between steep walls, where the
+    bicubic spline through the points dips far below every computed value (to about -0.47)."""
+    x = y = np.linspace(-1, 1, 4)
+    loss = np.array([[3.0, 3.0, 3.0, 3.0], [0.3, 0.238, 0.3, 0.3], [6.0, 6.0, 6.0, 6.0], [6.5, 6.5, 6.5, 6.5]])
+    return write_surface(tmp_path / 'valley.h5', x, y, {layout.TRAIN_LOSS: loss}), x, y, loss
+
+
+def test_vtp_interp_log_keeps_every_point_of_an_overshooting_spline(tmp_path, capsys):
+    """The spline must not invent a loss below the grid's lowest: with --log such values
+    (<= -0.1) became NaN and their points vanished from the .vtp."""
+    from scipy.interpolate import RectBivariateSpline
+    surf, x, y, loss = sharp_valley(tmp_path)
+    fine = np.linspace(-1, 1, 25)
+    assert RectBivariateSpline(y, x, loss)(fine, fine).min() < -h52vtp.LOG_OFFSET   # the raw spline overshoots
+    _, _, resampled = h52vtp.resample(x, y, loss, 25)
+    assert resampled.min() == loss.min()
+    poly, _, zvalue = read_vtp(h52vtp.main(['--surf_file', surf, '--interp', '25', '--log']))
+    assert poly.GetNumberOfPoints() == 25 * 25 and poly.GetNumberOfPolys() == 24 * 24
+    assert np.isfinite(zvalue).all() and zvalue.min() >= np.log(loss.min() + h52vtp.LOG_OFFSET) - 1e-12
+    assert 'note' not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('interp', [-1, 9], ids=['as-computed', 'interp'])
+def test_vtp_log_notes_points_it_drops(tmp_path, capsys, interp):
+    """Values <= -0.1 in the data itself have no log(value + 0.1): they are dropped, with a note."""
+    surf = surface_2d(tmp_path, nx=5, ny=5, with_eig=True)
+    poly, _, _ = read_vtp(h52vtp.h5_to_vtp(surf, surf_name=layout.MIN_EIG, log=True, interp=interp))
+    values, grid = layout.read_surface(surf).values[layout.MIN_EIG], np.linspace(-1, 1, 5)
+    heights = h52vtp.resample(grid, grid, values, interp)[2] if interp > 0 else values
+    dropped = int((heights <= -h52vtp.LOG_OFFSET).sum())
+    assert 0 < dropped < heights.size
+    assert poly.GetNumberOfPoints() == heights.size - dropped
+    assert f'note: {layout.MIN_EIG}: {dropped} point(s) <= -0.1 have no log(value + 0.1); dropped' in capsys.readouterr().out
+
+
 # ----------------------------------------------------------------------------- HTML viewer
 
 def test_html_viewer_is_self_contained(tmp_path):
@@ -406,6 +442,48 @@ def test_html_viewer_is_self_contained(tmp_path):
     html = open(html_path, encoding='utf-8').read()
     assert not re.search(r'<script[^>]*\bsrc\s*=\s*["\']?(https?:)?//', html, re.IGNORECASE)
     assert 'Plotly.newPlot' in html and 'trajectory' in html
+
+
+def viewer_figure_spec(html_path):
+    """(data, layout) of the figure a viewer file draws: the JSON arguments of its Plotly.newPlot call."""
+    html = open(html_path, encoding='utf-8').read()
+    decoder, position = json.JSONDecoder(), html.index('Plotly.newPlot(') + len('Plotly.newPlot(')
+    arguments = []
+    for _ in range(3):   # the element id, the traces, the layout
+        position += len(re.match(r'[\s,]*', html[position:]).group())
+        value, position = decoder.raw_decode(html, position)
+        arguments.append(value)
+    return arguments[1], arguments[2]
+
+
+@pytest.mark.parametrize('surf_name', [layout.TRAIN_LOSS, layout.MIN_EIG])
+def test_html_viewer_layout_leaves_room_for_every_label(tmp_path, surf_name):
+    """What overlapped or was clipped at 1000x800: the colour bar stood between the panels, on the
+    contour map's y-axis title, with its long title running into the map; the 3D scene's axis
+    titles were whole direction labels (clipped) and its z title the raw key."""
+    surf = surface_2d(tmp_path, nx=9, ny=7, with_eig=True)
+    proj = projection_file(tmp_path / 'proj.h5')
+    data, spec = viewer_figure_spec(plot_2D.write_html_viewer(surf, surf_name=surf_name, proj_file=proj))
+    pretty = plot_common.PRETTY_NAMES[surf_name]
+    titles = plot_common.axis_titles(layout.read_surface(surf))
+    scene, contour_x = spec['scene'], spec['xaxis']
+    assert scene['zaxis']['title']['text'] == pretty
+    assert (scene['xaxis']['title']['text'], scene['yaxis']['title']['text']) == ('x', 'y')
+    # The full direction labels are still there: under the scene and on the contour map's axes.
+    assert any(all(t in note['text'] for t in titles) for note in spec['annotations'])
+    assert (contour_x['title']['text'], spec['yaxis']['title']['text']) == titles
+    assert scene['domain']['x'][1] < contour_x['domain'][0]
+    # One colour bar, right of the contour map (in the right margin), its title along the bar.
+    bars = [trace['colorbar'] for trace in data if trace.get('showscale', True) and 'colorbar' in trace]
+    assert len(bars) == 1
+    assert bars[0]['title'] == {'text': pretty, 'side': 'right'}
+    assert bars[0]['x'] >= contour_x['domain'][1] and bars[0]['xanchor'] == 'left'
+    assert spec['margin']['r'] >= 100
+    # The legend sits below the panels, not over the colour bar or the map.
+    assert spec['legend']['orientation'] == 'h' and spec['legend']['y'] < 0 and spec['margin']['b'] >= 100
+    # The camera stands farther off than plotly's default (1.25, 1.25, 1.25), so the box fits its panel.
+    eye, center = scene['camera']['eye'], scene['camera']['center']
+    assert np.linalg.norm([eye[a] - center[a] for a in 'xyz']) > np.linalg.norm([1.25] * 3)
 
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f'{CHROMIUM} is not installed (apt-get install chromium)')
