@@ -308,10 +308,15 @@ class SurfaceWriter:
     memory, and rewrites the file atomically on ``flush``.
 
     Opening validates an existing file against the requested grid, direction file and identity,
-    and adds any value arrays it lacks (NaN, not done) -- e.g. test_loss or max_eig later on."""
+    and adds any value arrays it lacks (NaN, not done) -- e.g. test_loss or max_eig later on.
+    A value already stored is never replaced: a point is evaluated for its missing values only
+    (``missing``), and ``record`` keeps what was there. ``by_products`` (among ``value_names``) are
+    recorded when their point is computed but never make a point pending (hvp_count, which files of
+    the original code lack, counts the products of eigenvalues computed now)."""
 
-    def __init__(self, path, grid, dir_file, value_names, identity, attrs):
+    def __init__(self, path, grid, dir_file, value_names, identity, attrs, by_products=()):
         self.path, self.grid, self.value_names = path, grid, tuple(value_names)
+        self.required_names = tuple(n for n in self.value_names if n not in by_products)
         self.lock = FileLock(path).acquire()
         self.dirty = False
         remove_stale_temporaries(path)   # a killed writer's leftovers; we hold the lock now
@@ -340,15 +345,24 @@ class SurfaceWriter:
             self.flush(force=True)
 
     def pending(self):
-        """Flat indices of the points where any value is still missing, in order."""
+        """Flat indices of the points where any (required) value is still missing, in order."""
         missing = np.zeros(self.grid.shape, dtype=bool)
-        for n in self.value_names:
+        for n in self.required_names:
             missing |= ~self.done[n]
         return np.flatnonzero(missing.ravel())
 
+    def missing(self, k):
+        """The required value names not yet stored at flat point ``k``."""
+        index = self.grid.index(k)
+        return tuple(n for n in self.required_names if not self.done[n][index])
+
     def record(self, k, results):
+        """Store the values of point ``k`` that are still missing; ``results`` must hold every
+        missing required one (it may hold more: those already stored are kept)."""
         index = self.grid.index(k)
         for n in self.value_names:
+            if self.done[n][index] or (n not in results and n not in self.required_names):
+                continue
             self.values[n][index] = results[n]
             self.done[n][index] = True
         self.dirty = True

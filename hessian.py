@@ -199,7 +199,8 @@ class EigenTracker:
         self.max_vec = self.min_vec = None
         # Without warm starts every point starts from the same seeded vector, so a point's result
         # does not depend on which points this rank solved before it: resumed and MPI runs then
-        # give bit for bit the values of an uninterrupted serial run.
+        # give bit for bit the values of an uninterrupted serial run with the same --threads
+        # (a different thread count may sum the products in another order).
         self.warm_start = warm_start
 
     def solve(self, hessian):

@@ -41,7 +41,8 @@ def get_args_parser():
                        help='start each point\'s solver from the eigenvectors of the rank\'s previous point '
                        '(fewer products with a small --eig_ncv on fine grids; the values then depend on '
                        'the order of the points, so a resumed or MPI run agrees with a serial one only '
-                       'within --eig_tol instead of bit for bit)')
+                       'within --eig_tol instead of bit for bit, which holds without it for runs with the '
+                       'same --threads per rank)')
     eigen.add_argument('--trace', action='store_true',
                        help='also store a Hutchinson estimate of the Hessian trace at every point')
     eigen.add_argument('--trace_samples', default=hessian.DEFAULT_TRACE_SAMPLES, type=int,
@@ -78,8 +79,13 @@ def validate_args(parser, args):
         parser.error('--ratio_max must be a positive number')
 
 
+EIGEN_NAMES = (hdf5_layout.MAX_EIG, hdf5_layout.MIN_EIG)
+# Recorded with the eigenvalues, but never a reason to solve again: files of the original code lack it.
+BY_PRODUCTS = (hdf5_layout.HVP_COUNT,)
+
+
 def value_names(args):
-    names = [hdf5_layout.MAX_EIG, hdf5_layout.MIN_EIG, hdf5_layout.HVP_COUNT]
+    names = [*EIGEN_NAMES, *BY_PRODUCTS]
     return names + [hdf5_layout.TRACE] if args.trace else names
 
 
@@ -92,16 +98,21 @@ def make_point_evaluator(run):
     operator = hessian.MeanLossHessian(run.eval_net, run.train_data, args.loss_name, args.batch_size)
     tracker = hessian.EigenTracker(args.eig_tol, args.eig_maxiter, args.eig_ncv, warm_start=args.warm_start)
 
-    def evaluate_point(k):
+    def evaluate_point(k, names):
+        """The values ``names`` (those point k misses) at point k: the eigenvalue solves run only
+        when an eigenvalue is missing, the trace only when the trace is (adding --trace to a
+        finished file costs the trace alone)."""
         x, y = run.move_to(k)
-        result = tracker.solve(operator)
-        if result.failure:
-            where = f'x={x:g}' + ('' if y is None else f', y={y:g}')
-            print(f'warning: point {k} ({where}): {result.failure}; stored NaN', file=sys.stderr, flush=True)
-        # hvp_count: the products of the two eigenvalue solves (not the trace samples).
-        values = {hdf5_layout.MAX_EIG: result.max_eig, hdf5_layout.MIN_EIG: result.min_eig,
-                  hdf5_layout.HVP_COUNT: float(result.hvp_count)}
-        if args.trace:
+        values = {}
+        if set(EIGEN_NAMES) & set(names):
+            result = tracker.solve(operator)
+            if result.failure:
+                where = f'x={x:g}' + ('' if y is None else f', y={y:g}')
+                print(f'warning: point {k} ({where}): {result.failure}; stored NaN', file=sys.stderr, flush=True)
+            # hvp_count: the products of the two eigenvalue solves (not the trace samples).
+            values = {hdf5_layout.MAX_EIG: result.max_eig, hdf5_layout.MIN_EIG: result.min_eig,
+                      hdf5_layout.HVP_COUNT: float(result.hvp_count)}
+        if hdf5_layout.TRACE in names:
             rng = np.random.default_rng((hessian.TRACE_SEED, int(k)))
             values[hdf5_layout.TRACE] = operator.trace(args.trace_samples, rng)
         return values
@@ -118,9 +129,11 @@ def report_eigenvalues(surf_file):
         return
     ratio = np.abs(min_eig[finite] / max_eig[finite])
     products = surface.values[hdf5_layout.HVP_COUNT][surface.done[hdf5_layout.HVP_COUNT]]
+    # Points from a file of the original code have no count.
+    cost = f'; {products.mean():.1f} Hessian-vector products per point' if products.size else ''
     print(f'max_eig {max_eig[finite].min():.4g} .. {max_eig[finite].max():.4g}, min_eig '
-          f'{min_eig[finite].min():.4g} .. {min_eig[finite].max():.4g}, |min/max| <= {ratio.max():.3g}; '
-          f'{products.mean():.1f} Hessian-vector products per point', flush=True)
+          f'{min_eig[finite].min():.4g} .. {min_eig[finite].max():.4g}, |min/max| <= {ratio.max():.3g}'
+          + cost, flush=True)
 
 
 def plot_results(args, run):
@@ -138,9 +151,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     validate_args(parser, args)
     comm = get_comm(args.mpi)
-    run = prepare_run(args, comm, value_names(args))
+    run = prepare_run(args, comm, value_names(args), BY_PRODUCTS)
     evaluate_point = make_point_evaluator(run)
-    summary = run_grid(comm, run.grid, run.open_writer, lambda ks: [evaluate_point(k) for k in ks],
+    summary = run_grid(comm, run.grid, run.open_writer,
+                       lambda points: [evaluate_point(k, names) for k, names in points],
                        desc='hessian eigenvalues')
     if comm.is_root:
         plot_surface.report(summary, run)

@@ -133,6 +133,11 @@ def validate_args(parser, args):
             parser.error('--points_per_call and --ngpu > 1: batch points on one GPU per rank, or use DataParallel')
     if args.threads is not None and args.threads < 1:
         parser.error('--threads must be at least 1')
+    if args.ngpu > 1 and not args.cuda:
+        parser.error('--ngpu > 1 needs --cuda')
+    if getattr(args, 'proj_file', '') and not (args.plot and args.y):
+        parser.error('--proj_file is drawn on the contours that --plot draws for a 2D grid: add --plot and --y, '
+                     'or draw it later with plot_2D.py --proj_file')
     if args.idx < 0:
         parser.error('--idx must be 0 or more')
     if not 0 <= args.split_idx < args.data_split:
@@ -184,29 +189,35 @@ def surface_names(args):
 
 
 def make_points_evaluator(run):
-    """evaluate_points([k, ...]): the losses and accuracies at grid points k, one point at a time
-    (moving the model), or with --points_per_call > 1 all of them in one batched pass."""
+    """evaluate_points([(k, names), ...]): the losses and accuracies at grid points k (at least
+    ``names``, the values each point misses), one point at a time (moving the model), or with
+    --points_per_call > 1 all of them in one batched pass."""
     args = run.args
     datasets = [(prefix, data) for prefix, data in (('train', run.train_data), ('test', run.test_data))
                 if data is not None]
 
-    def evaluate_point(k):
+    def needed_datasets(names):
+        # A data set is evaluated when any of its two values is missing (they come from one pass).
+        return [(prefix, data) for prefix, data in datasets
+                if {f'{prefix}_loss', f'{prefix}_acc'} & set(names)]
+
+    def evaluate_point(k, names):
         run.move_to(k)
         values = {}
-        for prefix, data in datasets:
+        for prefix, data in needed_datasets(names):
             loss, acc = evaluation.evaluate(run.eval_net, data, args.loss_name, args.batch_size, args.amp)
             values[f'{prefix}_loss'], values[f'{prefix}_acc'] = loss, acc
         return values
 
     if args.points_per_call == 1:
-        return lambda ks: [evaluate_point(k) for k in ks]
+        return lambda points: [evaluate_point(k, names) for k, names in points]
     stack = point_batching.StackedPoints(run.net, args.dir_type, run.base, run.xdirection, run.ydirection)
 
-    def evaluate_points(ks):
-        coords = [run.grid.point(k) for k in ks]
+    def evaluate_points(points):
+        coords = [run.grid.point(k) for k, _ in points]
         tensors = stack.stacked([(x, 0.0 if y is None else y) for x, y in coords])
-        values = [{} for _ in ks]
-        for prefix, data in datasets:
+        values = [{} for _ in points]
+        for prefix, data in needed_datasets([n for _, names in points for n in names]):
             results = point_batching.evaluate_stacked(run.net, tensors, data, args.loss_name, args.batch_size, args.amp)
             for point, (loss, acc) in zip(values, results):
                 point[f'{prefix}_loss'], point[f'{prefix}_acc'] = loss, acc
@@ -231,10 +242,13 @@ def plot_results(args, run):
 
 
 def report(summary, run):
-    diverged = ', '.join(f'{n}: {c}' for n, c in summary['diverged'].items())
+    counts = ', '.join(f'{n}: {c}' for n, c in summary['diverged'].items())
     state = 'complete' if summary['complete'] else 'incomplete'
+    # With 'states' directions a point can also be NaN without any divergence: extrapolating past a
+    # model (x > 1 between two models, say) can drive BatchNorm running variances negative.
+    why = 'diverged, or a BatchNorm running variance went negative' if run.args.dir_type == 'states' else 'diverged'
     print(f'{run.surf_file}: {summary["computed"]} points computed in {summary["seconds"]:.1f} s, '
-          f'surface {state}' + (f'; diverged (inf/NaN) points: {diverged}' if diverged else ''), flush=True)
+          f'surface {state}' + (f'; inf/NaN points ({why}): {counts}' if counts else ''), flush=True)
 
 
 def main(argv=None):

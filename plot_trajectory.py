@@ -73,6 +73,9 @@ def get_args_parser(add_help=True):
 def validate_args(args):
     if not args.model_folder:
         raise UsageError('--model_folder is required: the folder holding the checkpoints')
+    if args.dir_file and args.ignore:
+        raise UsageError('--ignore shapes the PCA directions, but --dir_file gives the directions as they are; '
+                         'drop one of them')
     if not os.path.isdir(args.model_folder):
         raise UsageError(f'--model_folder {args.model_folder!r} is not a folder')
     if args.start_epoch < 0:
@@ -110,6 +113,25 @@ def checkpoint_files(args):
             raise UsageError(f'checkpoint {path!r} does not exist (check --model_folder, --prefix, --suffix, '
                              '--start_epoch, --max_epoch, --save_epoch)')
     return epochs, paths
+
+
+def surface_command(args, final_model, dir_file, proj_file, proj_x, proj_y):
+    """The plot_surface.py command whose contours lie under the projected path: same model, data
+    and labels as the path (a --label_corrupt_prob run's saved labels, which --eval used too)."""
+    q = shlex.quote
+    command = (f'python plot_surface.py --dataset {q(args.dataset)} --model {q(args.model)} '
+               f'--model_file {q(final_model)} --dir_type {args.dir_type} --dir_file {q(dir_file)} '
+               f'{suggest_grid(proj_x, proj_y)} --proj_file {q(proj_file)} --plot')
+    if args.datapath != get_args_parser().get_default('datapath'):
+        command += f' --datapath {q(args.datapath)}'
+    if args.raw_data:
+        command += ' --raw_data'
+    if args.loss_name != get_args_parser().get_default('loss_name'):
+        command += f' --loss_name {args.loss_name}'
+    labels_file = os.path.join(args.model_folder, dataloader.TRAIN_LABELS_FILE)
+    if os.path.isfile(labels_file):
+        command += f' --train_labels {q(labels_file)}'
+    return command
 
 
 def name_pca_dir_file(args):
@@ -208,10 +230,7 @@ def main(argv=None):
                                              'dir_type': args.dir_type, 'epochs': epochs, 'checkpoints': paths})
     print(f'projected path: {proj_file}; x in [{proj_x.min():.4g}, {proj_x.max():.4g}], '
           f'y in [{proj_y.min():.4g}, {proj_y.max():.4g}]')
-    q = shlex.quote
-    print(f'contours under it: python plot_surface.py --dataset {q(args.dataset)} --model {q(args.model)} '
-          f'--model_file {q(paths[-1])} --dir_type {args.dir_type} --dir_file {q(dir_file)} '
-          f'{suggest_grid(proj_x, proj_y)} --proj_file {q(proj_file)} --plot')
+    print('contours under it: ' + surface_command(args, paths[-1], dir_file, proj_file, proj_x, proj_y))
 
     import plot_2D
     plot_2D.plot_trajectory(proj_file, dir_file, show=False)

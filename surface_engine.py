@@ -28,8 +28,10 @@ from scheduler import assign_points
 
 
 def run_grid(comm, grid, open_writer, evaluate_points, desc='grid points', points_per_call=1):
-    """Evaluate ``evaluate_points([k, ...]) -> [{name: float}, ...]`` at every missing point of
-    ``grid``, handing it up to ``points_per_call`` of this rank's points at a time.
+    """Evaluate ``evaluate_points([(k, names), ...]) -> [{name: float}, ...]`` at every point k of
+    ``grid`` that misses a value, handing it up to ``points_per_call`` of this rank's points at a
+    time. ``names`` are the values point k misses: the evaluator computes at least those (a file
+    that has train_loss and now gets test_loss does not pay for train_loss again).
 
     ``open_writer()`` (called on rank 0 only) returns a hdf5_layout.SurfaceWriter. Returns a
     summary dict on rank 0 (None elsewhere)."""
@@ -38,18 +40,20 @@ def run_grid(comm, grid, open_writer, evaluate_points, desc='grid points', point
     def open_and_list():
         nonlocal writer
         writer = open_writer()
-        return writer.pending().tolist()
+        return [(int(k), writer.missing(k)) for k in writer.pending()]
 
-    pending = comm.root_only(open_and_list)
+    missing = dict(comm.root_only(open_and_list))   # the run's one collective
+    pending = list(missing)
     mine = assign_points(pending, comm.rank, comm.size)
-    calls = [[int(k) for k in mine[i:i + points_per_call]] for i in range(0, len(mine), points_per_call)]
+    calls = [[(int(k), missing[int(k)]) for k in mine[i:i + points_per_call]]
+             for i in range(0, len(mine), points_per_call)]
     started = time.perf_counter()
     try:
         if comm.is_root:
             _root_loop(comm, grid, writer, evaluate_points, pending, calls, desc)
         else:
-            for ks in calls:
-                for k, values in zip(ks, evaluate_points(ks)):
+            for points in calls:
+                for (k, _), values in zip(points, evaluate_points(points)):
                     comm.send_result(k, values)
     except Exception as err:
         fail_all_ranks(comm, err)
@@ -71,9 +75,9 @@ def _root_loop(comm, grid, writer, evaluate_points, pending, calls, desc):
             writer.flush()
             bar.update(len(results))
 
-        remote_expected, received = len(pending) - sum(len(ks) for ks in calls), 0
-        for ks in calls:
-            own = list(zip(ks, evaluate_points(ks)))
+        remote_expected, received = len(pending) - sum(len(points) for points in calls), 0
+        for points in calls:
+            own = [(k, values) for (k, _), values in zip(points, evaluate_points(points))]
             arrived = comm.poll_results()
             received += len(arrived)
             record(own + arrived)
@@ -139,9 +143,10 @@ def library_versions(comm):
     return versions
 
 
-def prepare_run(args, comm, value_names):
+def prepare_run(args, comm, value_names, by_products=()):
     """Build model, data and directions on this rank (rank 0 creates the direction file), and a
-    factory for the surface file writer. All arguments were validated before this is called."""
+    factory for the surface file writer (``value_names``, ``by_products``: see SurfaceWriter).
+    All arguments were validated before this is called."""
     torch.set_num_threads(args.threads or default_threads(comm))
     device = select_device(args.cuda, comm.local_rank)
     grid = Grid(parse_axis(args.x, '--x'), parse_axis(args.y, '--y') if args.y else None)
@@ -206,7 +211,7 @@ def prepare_run(args, comm, value_names):
     def open_writer():
         attrs = {hdf5_layout.ARGS_ATTR: vars(args), hdf5_layout.VERSIONS_ATTR: library_versions(comm)}
         return hdf5_layout.SurfaceWriter(surf_file, grid, dir_file, value_names,
-                                         run_identity(args, dir_file, grid.is_2d), attrs)
+                                         run_identity(args, dir_file, grid.is_2d), attrs, by_products)
 
     return Run(args=args, comm=comm, device=device, grid=grid, net=net, eval_net=eval_net, folding=folding,
                base=base, dir_file=dir_file, surf_file=surf_file, xdirection=xdirection, ydirection=ydirection,

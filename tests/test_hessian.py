@@ -4,6 +4,7 @@ import os
 import shutil
 import sys
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -282,3 +283,33 @@ def test_two_mpi_ranks_fill_the_grid_like_serial(tmp_path, checkpoints, capsys):
     np.testing.assert_allclose(parallel.values[hdf5_layout.MAX_EIG], max_eig, rtol=1e-3)
     bound = 2 * hessian.DEFAULT_EIG_TOL * ((1 + hessian.SHIFT_MARGIN) * max_eig - min_eig)
     assert (np.abs(parallel.values[hdf5_layout.MIN_EIG] - min_eig) <= bound).all()
+
+
+def test_original_eigenvalue_file_resumes_its_missing_points_only(tmp_path, checkpoints, capsys, monkeypatch):
+    """Files of the original code hold max_eig/min_eig with -1 where not computed, and no hvp_count:
+    only the -1 points are solved, and the stored values stay as they are."""
+    common = ['--model', 'mlp', '--model_file', local_copy(tmp_path, checkpoints['mlp']), '--x=-1:1:3',
+              '--y=-1:1:2', '--xnorm', 'filter', '--ynorm', 'filter']
+    fresh = run_eigen(capsys, *common, '--surf_file', tmp_path / 'fresh.h5')
+    legacy = tmp_path / 'legacy.h5'
+    with h5py.File(legacy, 'w') as f:   # the original's layout: (nx, ny) arrays, no done/ group
+        f[hdf5_layout.DIR_FILE] = fresh.dir_file
+        f[hdf5_layout.XCOORDINATES], f[hdf5_layout.YCOORDINATES] = fresh.xcoordinates, fresh.ycoordinates
+        for name in (hdf5_layout.MAX_EIG, hdf5_layout.MIN_EIG):
+            stored = fresh.values[name].copy()
+            stored[0, 0] = 99.5                                   # a marker: must survive
+            stored[1, 2] = hdf5_layout.LEGACY_MISSING             # not computed yet
+            f[name] = stored.reshape(3, 2)
+    real_solve, calls = hessian.EigenTracker.solve, []
+    monkeypatch.setattr(hessian.EigenTracker, 'solve', lambda self, op: (calls.append(1), real_solve(self, op))[1])
+    s = run_eigen(capsys, *common, '--surf_file', legacy)
+    assert len(calls) == 1
+    for name in (hdf5_layout.MAX_EIG, hdf5_layout.MIN_EIG):
+        assert s.values[name][0, 0] == 99.5
+        assert s.values[name][1, 2] == fresh.values[name][1, 2]
+        assert s.done[name].all()
+    assert s.done[hdf5_layout.HVP_COUNT].tolist() == [[False] * 3, [False, False, True]]
+    # Adding --trace to the finished file computes the trace alone.
+    calls.clear()
+    s = run_eigen(capsys, *common, '--surf_file', legacy, '--trace', '--trace_samples', '2')
+    assert not calls and s.done[hdf5_layout.TRACE].all() and s.values[hdf5_layout.MAX_EIG][0, 0] == 99.5

@@ -13,6 +13,7 @@ import hdf5_layout
 import model_loader
 import net_plotter
 import plot_surface
+import point_batching
 from cli import UsageError
 from tests.conftest import call_main
 
@@ -435,3 +436,32 @@ def test_accuracy_is_nan_where_outputs_are_nan(nan_rows):
         assert np.isnan(loss) and np.isnan(acc)
     else:
         assert np.isfinite(loss) and acc == pytest.approx(share_of_class_0)
+
+
+@pytest.mark.parametrize('points_per_call', [1, 3])
+def test_adding_test_values_keeps_and_skips_the_training_values(tmp_path, checkpoints, capsys, monkeypatch,
+                                                                points_per_call):
+    """--eval_test on a finished train-only surface evaluates the test set alone; stored training
+    values (a marker here) stay, and the result equals a run that did both from the start."""
+    model = local_copy(tmp_path, checkpoints['cnn_bn'])
+    common = ['--model', 'cnn_bn', '--model_file', model, '--x=-1:1:3', '--y=-1:1:2', '--xnorm', 'filter',
+              '--ynorm', 'filter', '--points_per_call', str(points_per_call)]
+    both = tmp_path / 'both.h5'
+    run(capsys, *common, '--eval_test', '--surf_file', both)
+    later = tmp_path / 'later.h5'
+    run(capsys, *common, '--surf_file', later)
+    with h5py.File(later, 'a') as f:
+        f['train_loss'][0, 0] = 99.5
+    evaluated = []   # the number of samples of each data set evaluated
+    real_evaluate, real_stacked = evaluation.evaluate, point_batching.evaluate_stacked
+    monkeypatch.setattr(evaluation, 'evaluate', lambda net, data, *a: (evaluated.append(len(data)),
+                                                                      real_evaluate(net, data, *a))[1])
+    monkeypatch.setattr(point_batching, 'evaluate_stacked', lambda net, t, data, *a: (
+        evaluated.append(len(data)), real_stacked(net, t, data, *a))[1])
+    run(capsys, *common, '--eval_test', '--surf_file', later)
+    test_size = len(dataloader.load_dataset('digits', '', False, False, 4, 1))
+    assert evaluated and set(evaluated) == {test_size}
+    a, b = hdf5_layout.read_surface(str(both)), hdf5_layout.read_surface(str(later))
+    assert b.values['train_loss'][0, 0] == 99.5
+    for name in ('test_loss', 'test_acc', 'train_acc'):
+        np.testing.assert_array_equal(a.values[name], b.values[name])

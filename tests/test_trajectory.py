@@ -174,3 +174,32 @@ def test_quick_start_train_trajectory_surface(tmp_path):
     surface = hdf5_layout.read_surface(os.path.join(os.path.dirname(dir_file), surf_files[0]))
     assert surface.done[hdf5_layout.TRAIN_LOSS].all()
     assert os.path.isfile(f'{proj_file}_{hdf5_layout.TRAIN_LOSS}_2dcontour_proj.png')
+
+
+def test_printed_surface_command_uses_the_labels_the_path_was_evaluated_on(tmp_path, capsys):
+    """A --label_corrupt_prob run trains on its saved labels; the contours plot_trajectory suggests
+    must be of the same loss as the --eval colours of the path: at the final model they agree."""
+    import shlex
+    import plot_surface
+    folder = train_main.main(['--dataset', 'digits', '--model', 'mlp', '--epochs', '3', '--save', str(tmp_path),
+                              '--threads', '1', '--label_corrupt_prob', '0.5'])
+    capsys.readouterr()
+    proj_file, _ = trajectory(folder, '--eval', model='mlp', max_epoch=3)
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith('contours under it: ')]
+    assert len(printed) == 1
+    argv = shlex.split(printed[0].split(': ', 1)[1])
+    assert argv[:2] == ['python', 'plot_surface.py'] and '--train_labels' in argv
+    argv = [a for a in argv[2:] if not a.startswith(('--x=', '--y='))]
+    for flag in ('--proj_file', '--plot'):   # one point, at the final model: nothing to draw
+        i = argv.index(flag)
+        del argv[i:i + (2 if flag == '--proj_file' else 1)]
+    surf = str(tmp_path / 'centre.h5')
+    plot_surface.main([*argv, '--x=0:0:1', '--y=0:0:1', '--surf_file', surf, '--threads', '1'])
+    centre = hdf5_layout.read_surface(surf).values[hdf5_layout.TRAIN_LOSS][0, 0]
+    assert centre == pytest.approx(hdf5_layout.read_projection_file(proj_file)[hdf5_layout.TRAIN_LOSS][-1], rel=1e-6)
+
+
+def test_ignore_with_a_given_dir_file_is_refused(run_folder, tmp_path):
+    from cli import UsageError
+    with pytest.raises(UsageError, match='--ignore'):
+        trajectory(run_folder, '--dir_file', str(tmp_path / 'any.h5'), '--ignore', 'biasbn')
