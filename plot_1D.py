@@ -207,7 +207,9 @@ def get_args_parser():
                         help='open the figures in a window too (default: write files only, headless)')
     parser.add_argument('--prefix', default='',
                         help="overlay several surfaces named PREFIX_IDX.h5 (e.g. --prefix runs/dir gives "
-                             "runs/dir_1.h5 ...); writes PREFIX_1d_loss_err_repeat.pdf; replaces --surf_file")
+                             "runs/dir_1.h5 ...); writes PREFIX_1d_loss_err_repeat.pdf; replaces --surf_file. "
+                             "Make them with plot_surface.py --idx IDX --surf_file PREFIX_IDX.h5 (each --idx "
+                             "draws other random directions)")
     parser.add_argument('--idx_min', default=1, type=int, help='first IDX for --prefix (default: %(default)s)')
     parser.add_argument('--idx_max', default=10, type=int, help='last IDX for --prefix (default: %(default)s)')
     return parser

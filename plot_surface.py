@@ -247,7 +247,7 @@ def report(summary, run):
     # With 'states' directions a point can also be NaN without any divergence: extrapolating past a
     # model (x > 1 between two models, say) can drive BatchNorm running variances negative.
     why = 'diverged, or a BatchNorm running variance went negative' if run.args.dir_type == 'states' else 'diverged'
-    print(f'{run.surf_file}: {summary["computed"]} points computed in {summary["seconds"]:.1f} s, '
+    print(f'{run.surf_file}: {summary["computed"]} points computed in {summary["seconds"]:.2f} s, '
           f'surface {state}' + (f'; inf/NaN points ({why}): {counts}' if counts else ''), flush=True)
 
 

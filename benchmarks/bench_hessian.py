@@ -39,11 +39,13 @@ def get_args_parser():
     parser.add_argument('--repeats', default=3, type=int, help='timed products after one warm-up (default %(default)s)')
     parser.add_argument('--points', default=0, type=int,
                         help='grid points to actually solve for the points/minute figure; 0: estimate it')
-    parser.add_argument('--eig_tol', default=hessian.DEFAULT_EIG_TOL, type=float)
-    parser.add_argument('--eig_ncv', default=hessian.DEFAULT_EIG_NCV, type=int)
-    parser.add_argument('--device', default='cpu', choices=('cpu', 'cuda'))
+    parser.add_argument('--eig_tol', default=hessian.DEFAULT_EIG_TOL, type=float,
+                        help='ARPACK tolerance of the timed eigenvalue solves, as plot_hessian_eigen.py (default %(default)s)')
+    parser.add_argument('--eig_ncv', default=hessian.DEFAULT_EIG_NCV, type=int,
+                        help='Lanczos vectors per restart, as plot_hessian_eigen.py (default %(default)s)')
+    parser.add_argument('--device', default='cpu', choices=('cpu', 'cuda'), help='where to time (default %(default)s)')
     parser.add_argument('--threads', default=None, type=int, help='torch CPU threads (default: torch\'s)')
-    parser.add_argument('--seed', default=0, type=int)
+    parser.add_argument('--seed', default=0, type=int, help='seed of the random model and data (default %(default)s)')
     parser.add_argument('--json', default='', help='also write the numbers to this JSON file')
     return parser
 

@@ -39,10 +39,12 @@ from cifar10.fake_data import write_fake_cifar10  # noqa: E402
 from mpi_comm import SerialComm  # noqa: E402
 from surface_engine import prepare_run, run_grid  # noqa: E402
 from dataloader import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
+from cli import DefaultsHelpFormatter  # noqa: E402
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser('bench_surface.py', description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser('bench_surface.py', description=__doc__.split('\n\n')[0],
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument('--model', default='resnet20', help='CIFAR-10 zoo model')
     parser.add_argument('--num_images', default=2000, type=int, help='training images evaluated per point')
     parser.add_argument('--grid', default=5, type=int, help='grid points per axis (a GRID x GRID surface)')

@@ -199,8 +199,9 @@ def name_save_folder(args):
 
 def decay_epochs(epochs):
     """The epochs after which the learning rate decays: 150, 225, 275 for 300, scaled and rounded
-    half up for other lengths (4 -> 2, 3, 4)."""
-    return [(m * epochs + 150) // 300 for m in DECAY_EPOCHS_OF_300]
+    half up for other lengths (4 -> 2, 3, 4). Milestones that round to the same epoch count once
+    (3 -> 2, 3): short runs must not decay twice in one step."""
+    return sorted({(m * epochs + 150) // 300 for m in DECAY_EPOCHS_OF_300})
 
 
 def learning_rate(epoch, base_lr, lr_decay, epochs):

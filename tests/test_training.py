@@ -88,7 +88,9 @@ def test_lr_schedule_milestones(run_folder):
     assert train_main.decay_epochs(300) == [150, 225, 275]
     assert train_main.decay_epochs(4) == [2, 3, 4]
     assert train_main.decay_epochs(10) == [5, 8, 9]
+    assert train_main.decay_epochs(3) == [2, 3] and train_main.decay_epochs(1) == [1]
     lr = lambda e, n: train_main.learning_rate(e, 0.1, 0.1, n)
+    assert [lr(e, 3) for e in (1, 2, 3)] == pytest.approx([0.1, 0.1, 0.01])   # one decay per step
     assert [lr(e, 300) for e in (150, 151, 225, 226, 275, 276)] == \
         pytest.approx([0.1, 0.01, 0.01, 0.001, 0.001, 0.0001])
     # The rate each epoch actually trained with, as its saved optimizer state records it.
