@@ -23,15 +23,24 @@ def check_file_exists(path, what):
         raise UsageError(f'{what} {path!r} is not a file')
 
 
-def check_output_folder(path, what, hint=''):
-    """Raise UsageError unless the folder that is to hold ``path`` exists and is writable.
-    ``what`` names the flag or file; ``hint`` (optional) says what to do instead."""
-    folder = os.path.dirname(os.path.abspath(path))
-    problem = 'is not a folder' if os.path.exists(folder) and not os.path.isdir(folder) else \
-        'does not exist' if not os.path.isdir(folder) else \
-        'is not writable' if not os.access(folder, os.W_OK | os.X_OK) else ''
+def check_writable_folder(folder, what, hint='', may_create=False):
+    """Raise UsageError unless ``folder`` is a writable folder or, with ``may_create``, can be
+    made: its nearest existing part is one. The message is ``what`` + the folder + the problem,
+    then ``hint`` (optional: what to do instead)."""
+    existing = os.path.abspath(folder)
+    while may_create and not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    problem = 'is not a folder' if os.path.exists(existing) and not os.path.isdir(existing) else \
+        'does not exist' if not os.path.isdir(existing) else \
+        'is not writable' if not os.access(existing, os.W_OK | os.X_OK) else ''
     if problem:
-        raise UsageError(f'{what} {path!r}: its folder {folder!r} {problem}' + (f'; {hint}' if hint else ''))
+        raise UsageError(f'{what} {existing!r} {problem}' + (f'; {hint}' if hint else ''))
+
+
+def check_output_folder(path, what, hint=''):
+    """Raise UsageError unless the folder that is to hold the file ``path`` exists and is writable.
+    ``what`` names the flag or file."""
+    check_writable_folder(os.path.dirname(os.path.abspath(path)), f'{what} {path!r}: its folder', hint)
 
 
 def report_usage_error(prog, err, show=True):

@@ -182,14 +182,7 @@ def _decoded_attrs(attrs):
 
 
 def _identity_settings(surface):
-    settings = {}
-    for key in layout.IDENTITY_FIELDS:
-        if key in surface.attrs:
-            try:
-                settings[key] = json.loads(surface.attrs[key])
-            except ValueError:
-                settings[key] = surface.attrs[key]
-    return settings
+    return {k: v for k, v in _decoded_attrs(surface.attrs).items() if k in layout.IDENTITY_FIELDS}
 
 
 def _safe_args(surface):

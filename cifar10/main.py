@@ -45,7 +45,7 @@ import dataloader
 import evaluation
 import model_loader
 from cifar10.model_loader import MODELS as CIFAR10_MODELS
-from cli import ArgumentParser, UsageError, check_file_exists, run_main
+from cli import ArgumentParser, UsageError, check_file_exists, check_writable_folder, run_main
 from mpi_comm import select_device
 
 OPTIMIZERS = ('sgd', 'adam')
@@ -134,20 +134,9 @@ def validate_args(args):
         raise UsageError(f'unknown --dataset {args.dataset!r}: use one of '
                          f'{", ".join(dataloader.BUILTIN_DATASETS)} or package.module:factory')
     model_loader.check_model_name(args.dataset, args.model)
-    check_run_folder(args.save, run_folder(args))
-
-
-def check_run_folder(save, folder):
-    """Raise UsageError unless ``folder`` is a writable folder or can be made as one: its nearest
-    existing part must be a writable folder. Fails fast, before any data are read; make_run_folder
-    catches what only trying tells (root passes every permission check)."""
-    existing = os.path.abspath(folder)
-    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise UsageError(f'--save {save!r}: {existing!r} is not a folder')
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f'--save {save!r}: {existing!r} is not writable')
+    # Fails fast, before any data are read; make_run_folder catches what only trying tells
+    # (root passes every permission check).
+    check_writable_folder(run_folder(args), f'--save {args.save!r}:', may_create=True)
 
 
 def make_run_folder(save, folder):
