@@ -63,20 +63,10 @@ def run_main(main, argv=None):
         sys.exit(130)
 
 
-# What MPI launchers put in each rank's environment: MPICH/Hydra and Intel MPI, Open MPI, PMIx, Slurm.
-LAUNCHER_RANK_VARIABLES = ('PMI_RANK', 'OMPI_COMM_WORLD_RANK', 'PMIX_RANK', 'SLURM_PROCID')
-
-
 def _is_mpi_root():
-    """Whether this process speaks: rank 0, or not under MPI. Never starts MPI just to print an
-    error; before the script has started it (bad arguments), the launcher's variables tell."""
-    mpi = sys.modules.get('mpi4py.MPI')
-    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
-        return mpi.COMM_WORLD.Get_rank() == 0
-    for variable in LAUNCHER_RANK_VARIABLES:
-        if os.environ.get(variable, '0').strip() not in ('', '0'):
-            return False
-    return True
+    # Rank logic lives in mpi_comm, which imports this module: imported here, when first needed.
+    from mpi_comm import is_speaking_rank
+    return is_speaking_rank()
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):

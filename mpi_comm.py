@@ -98,6 +98,22 @@ class MPIComm(SerialComm):
         raise SystemExit(1)
 
 
+# What MPI launchers put in each rank's environment: MPICH/Hydra and Intel MPI, Open MPI, PMIx, Slurm.
+LAUNCHER_RANK_VARIABLES = ('PMI_RANK', 'OMPI_COMM_WORLD_RANK', 'PMIX_RANK', 'SLURM_PROCID')
+
+
+def is_speaking_rank():
+    """Whether this process prints messages: rank 0, or not under MPI. Never starts MPI just to
+    print an error; before the script has started it (bad arguments), the launcher's variables tell."""
+    mpi = sys.modules.get('mpi4py.MPI')
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        return mpi.COMM_WORLD.Get_rank() == 0
+    for variable in LAUNCHER_RANK_VARIABLES:
+        if os.environ.get(variable, '0').strip() not in ('', '0'):
+            return False
+    return True
+
+
 def select_device(use_cuda, local_rank=0):
     """'cpu', or the GPU of a rank: its rank within the node modulo the node's GPU count, so
     multi-node jobs spread evenly (UsageError when CUDA was asked for and there is none)."""

@@ -154,10 +154,12 @@ def prepare_run(args, comm, value_names, by_products=()):
     surf_file = net_plotter.name_surface_file(args, dir_file, grid)
 
     def check_output_folders():
-        # Default names lie beside --model_file, whose folder may be read-only: say so before any work.
+        # Default names lie beside --model_file, whose folder may be read-only: say so before any
+        # work. (A given --surf_file was checked with the other arguments.)
         if not os.path.exists(dir_file):
             check_output_folder(dir_file, 'direction file', 'pass --dir_file to use one from elsewhere')
-        check_output_folder(surf_file, 'surface file', 'pass --surf_file to write it elsewhere')
+        if not args.surf_file:
+            check_output_folder(surf_file, 'surface file', 'pass --surf_file to write it elsewhere')
     comm.root_only(check_output_folders)
 
     def load_model(path, flag='--model_file'):
