@@ -9,9 +9,11 @@ Images are kept in their stored form (uint8 for the built-in sets: the 50,000 CI
 images take 150 MB) and normalised one batch at a time on the device, so a grid point costs one
 forward pass and a cheap affine map -- never a decode or a DataLoader.
 """
+import codecs
 import dataclasses
 import hashlib
 import importlib
+import io
 import os
 import pickle
 import sys
@@ -19,6 +21,13 @@ import warnings
 
 import numpy as np
 import torch
+
+try:
+    from numpy._core.multiarray import _reconstruct as _numpy_reconstruct
+    from numpy._core.numeric import _frombuffer as _numpy_frombuffer
+except ImportError:   # NumPy 1.x
+    from numpy.core.multiarray import _reconstruct as _numpy_reconstruct
+    from numpy.core.numeric import _frombuffer as _numpy_frombuffer
 
 from cli import UsageError, check_file_exists
 
@@ -113,6 +122,47 @@ def cifar10_folder(datapath):
     return nested if os.path.isdir(nested) else datapath
 
 
+# Every global a CIFAR-10 python batch may name, and what it stands for: the batch is a dict of
+# str, int and lists, plus one uint8 numpy array, which a pickle rebuilds through numpy's array
+# reconstruction (named numpy.core.multiarray by NumPy 1 and the official Python 2 files,
+# numpy._core.multiarray by NumPy 2), ndarray and dtype; a pickle made by Python 3 at protocol 2
+# stores bytes as _codecs.encode(str, 'latin1'). A pickle can call any global it names, so a batch
+# naming anything else is refused before it is called.
+CIFAR10_BATCH_GLOBALS = {
+    ('numpy.core.multiarray', '_reconstruct'): _numpy_reconstruct,
+    ('numpy._core.multiarray', '_reconstruct'): _numpy_reconstruct,
+    ('numpy', 'ndarray'): np.ndarray,
+    ('numpy', 'dtype'): np.dtype,
+    ('_codecs', 'encode'): codecs.encode,
+    # Protocol 5 (Python 3.8+'s highest) stores arrays as raw buffers rebuilt by _frombuffer.
+    ('numpy.core.numeric', '_frombuffer'): _numpy_frombuffer,
+    ('numpy._core.numeric', '_frombuffer'): _numpy_frombuffer,
+}
+
+
+class CIFAR10BatchUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR-10 python batch, admitting only the globals of CIFAR10_BATCH_GLOBALS: a
+    crafted data file cannot run code. ``path`` names the file in the refusal."""
+
+    def __init__(self, file, path):
+        # latin1 reads the official (Python 2) pickles with str keys, like torchvision does.
+        super().__init__(file, encoding='latin1')
+        self.path = path
+
+    def find_class(self, module, name):
+        try:
+            return CIFAR10_BATCH_GLOBALS[(module, name)]
+        except KeyError:
+            raise UsageError(f'{self.path!r} is not a CIFAR-10 python batch: it references {module}.{name}, '
+                             'which a data file never needs') from None
+
+
+def read_cifar10_batch(blob, path):
+    """The object pickled in ``blob`` (the bytes of the batch file ``path``), read by
+    CIFAR10BatchUnpickler."""
+    return CIFAR10BatchUnpickler(io.BytesIO(blob), path).load()
+
+
 def load_cifar10(datapath, train=True, raw_data=False, download=False):
     if download:
         import torchvision  # only needed to fetch the official archive
@@ -129,10 +179,9 @@ def load_cifar10(datapath, train=True, raw_data=False, download=False):
         if hashlib.md5(blob).hexdigest() != md5:
             unofficial.append(name)
         try:
-            # latin1 reads the official (Python 2) pickles with str keys, like torchvision does.
-            batch = pickle.loads(blob, encoding='latin1')
+            batch = read_cifar10_batch(blob, path)
             data, batch_labels = batch['data'], batch['labels']
-        except (pickle.UnpicklingError, KeyError, EOFError, TypeError) as err:
+        except (pickle.UnpicklingError, KeyError, EOFError, TypeError, ValueError) as err:
             raise UsageError(f'{path!r} is not a CIFAR-10 python batch ({err})') from None
         images.append(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32))
         labels.append(np.asarray(batch_labels, dtype=np.int64))

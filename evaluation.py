@@ -35,16 +35,18 @@ def batch_loss_sum(outputs, targets, loss_name):
 
 
 def prediction_counts(outputs, targets):
-    """(correct, undefined) counts over the last-but-one dimension: a sample whose outputs hold a
-    NaN has no prediction (argmax would pick the NaN's class), so it is counted as undefined."""
-    undefined = torch.isnan(outputs).any(dim=-1)
+    """(correct, undefined) counts over the last-but-one dimension. A sample whose outputs are not
+    all finite (any inf or NaN) has no prediction and is counted as undefined: argmax would pick
+    the NaN's class, or one of several infinite ones, and which one depends on the CPU's kernels
+    (MKL's AVX-512 and AVX2 paths overflow differently), so no class is a meaningful answer."""
+    undefined = ~torch.isfinite(outputs).all(dim=-1)
     correct = (outputs.argmax(dim=-1) == targets) & ~undefined
     return correct.sum(dim=-1), undefined.sum(dim=-1)
 
 
 def accuracy_percent(correct, undefined, n):
-    """Accuracy in percent; NaN where a sample had no prediction (a diverged point, whose loss
-    is NaN too), so plots leave a gap there instead of drawing the share of one class."""
+    """Accuracy in percent; NaN where any sample had no prediction (a diverged point), so plots
+    leave a gap there instead of drawing the share of one class."""
     return float('nan') if undefined else 100.0 * correct / n
 
 

@@ -7,12 +7,10 @@ quad's corners. Points are numbered like the surface array: point i * nx + j is 
 Points whose z is not finite (not computed, NaN, inf not clipped by --zmax, log of a value <= -0.1)
 are dropped together with every quad touching them, so ParaView shows a hole there.
 """
-import os
-import tempfile
-
 import numpy as np
 
 from cli import ArgumentParser, UsageError, run_main
+from file_safety import atomic_path
 from plot_common import SURF_NAME_CHOICES, describe_gaps, load_surface, surface_values
 
 LOG_OFFSET = 0.1   # --log plots log(z + 0.1), the original's choice
@@ -107,22 +105,12 @@ def _named_array(values, name):
 def write_vtp(poly, path):
     """Write ``poly`` with VTK's XML writer under a temporary name, then rename it into place."""
     from vtkmodules.vtkIOXML import vtkXMLPolyDataWriter
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
-    except OSError as err:
-        raise UsageError(f'cannot write {path!r} ({err.strerror or err})') from None
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         writer = vtkXMLPolyDataWriter()
         writer.SetFileName(tmp)
         writer.SetInputData(poly)
         if writer.Write() != 1:
             raise UsageError(f'VTK could not write {path!r} (disk full or folder not writable?)')
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def h5_to_vtp(surf_file, *, surf_name='train_loss', zmax=-1, log=False, interp=-1, output=None):

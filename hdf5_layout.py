@@ -38,18 +38,18 @@ surface file is updated the same way (copy, update, rename), so a killed run nev
 half-written file that a later run trusts.
 """
 import contextlib
-import errno
-import fcntl
 import json
 import os
 import shutil
 import hashlib
-import tempfile
 
 import h5py
 import numpy as np
 
 from cli import UsageError
+# The atomic replace and the lock live in file_safety; hdf5_layout.TMP_SUFFIX, .FileLock and
+# .remove_stale_temporaries stay importable from here for the code that uses them.
+from file_safety import TMP_SUFFIX, FileLock, atomic_path, remove_stale_temporaries  # noqa: F401
 
 # Direction file keys.
 XDIRECTION = 'xdirection'
@@ -83,40 +83,17 @@ IDENTITY_FIELDS = ('model', 'model_file', 'model_file2', 'model_file3', 'dir_typ
 
 # ----------------------------------------------------------------------------- file primitives
 
-TMP_SUFFIX = '.tmp'
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
 @contextlib.contextmanager
 def atomic_h5(path, copy_existing=False):
     """Yield an h5py.File to fill, under a temporary name beside ``path``; rename it over
-    ``path`` only when the block finishes without error. With ``copy_existing`` the temporary
-    file starts as a copy of ``path`` (an in-place update that a kill cannot tear)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix=TMP_SUFFIX, dir=folder)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
-    try:
+    ``path`` only when the block finishes without error (file_safety.atomic_path). With
+    ``copy_existing`` the temporary file starts as a copy of ``path`` (an in-place update that a
+    kill cannot tear)."""
+    with atomic_path(path) as tmp:
         if copy_existing:
             shutil.copyfile(path, tmp)
         with h5py.File(tmp, 'r+' if copy_existing else 'w') as f:
             yield f
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-
-
-def remove_stale_temporaries(path):
-    """Delete the temporary files a killed writer of ``path`` left (only call with its lock held)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    prefix = '.' + os.path.basename(path) + '.'
-    for name in os.listdir(folder):
-        if name.startswith(prefix) and name.endswith(TMP_SUFFIX):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(folder, name))
 
 
 def open_h5(path, what='file'):
@@ -137,54 +114,6 @@ def _as_str(value):
     if isinstance(value, np.ndarray):
         value = value[()]
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-class FileLock:
-    """An exclusive, non-blocking lock on ``path + '.lock'``, held while a run writes ``path``.
-
-    fcntl locks vanish with their process, so a killed run never leaves a stale lock behind."""
-
-    def __init__(self, path):
-        self.lock_path = path + '.lock'
-        self.fd = None
-
-    def acquire(self):
-        while True:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as err:
-                os.close(fd)
-                if err.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                raise UsageError(
-                    f'{self.lock_path[:-5]!r} is being written by another run (lock {self.lock_path!r} '
-                    'is held); wait for it to finish, or pass another --surf_file') from None
-            # The holder before us may have removed the lock file after we opened it: retry on
-            # the file that is there now, so two runs can never both hold "the" lock.
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.lock_path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                os.ftruncate(fd, 0)
-                os.write(fd, f'{os.getpid()}\n'.encode())
-                self.fd = fd
-                return self
-            os.close(fd)
-
-    def release(self):
-        if self.fd is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(self.lock_path)
-            os.close(self.fd)
-            self.fd = None
-
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()
 
 
 # ----------------------------------------------------------------------------- directions
@@ -248,6 +177,34 @@ def read_direction_file(path):
             raise UsageError(f'direction file {path!r} is damaged ({_first_line(err)})') from None
         extras = {k: f[k][()] for k in PCA_KEYS if k in f}
     return xdirection, ydirection, extras
+
+
+def read_direction_facts(path, what='direction file'):
+    """(explained_variance_ratio_ as a flat float64 array, empty where the file has none; its
+    attributes, decoded_attrs) of a direction file: what its axis labels are made of, without
+    reading the directions themselves. ``what`` names the file (or flag) in errors."""
+    with open_h5(path, what) as f:
+        if XDIRECTION not in f:
+            raise UsageError(f'{what} {path!r} is not a direction file (it has no {XDIRECTION!r})')
+        try:
+            ratio = np.asarray(f[EXPLAINED_VARIANCE_RATIO][()], dtype=np.float64).ravel() \
+                if EXPLAINED_VARIANCE_RATIO in f else np.empty(0)
+            attrs = decoded_attrs(f.attrs)
+        except (OSError, ValueError) as err:
+            raise UsageError(f'{what} {path!r} is damaged ({_first_line(err)})') from None
+    return ratio, attrs
+
+
+def decoded_attrs(attrs):
+    """The JSON-valued attributes (this suite's records) of a file's ``attrs`` mapping, decoded;
+    values that are not JSON (written by someone else) are left out."""
+    decoded = {}
+    for key, value in attrs.items():
+        try:
+            decoded[key] = json.loads(value)
+        except (TypeError, ValueError):
+            continue
+    return decoded
 
 
 # ----------------------------------------------------------------------------- surfaces

@@ -102,16 +102,22 @@ class MPIComm(SerialComm):
 LAUNCHER_RANK_VARIABLES = ('PMI_RANK', 'OMPI_COMM_WORLD_RANK', 'PMIX_RANK', 'SLURM_PROCID')
 
 
-def is_speaking_rank():
-    """Whether this process prints messages: rank 0, or not under MPI. Never starts MPI just to
-    print an error; before the script has started it (bad arguments), the launcher's variables tell."""
+def launcher_rank():
+    """This process's MPI rank as the launcher's variables give it (0 when not launched under MPI):
+    known before MPI is started, so bad arguments can be reported once, and never starts MPI."""
     mpi = sys.modules.get('mpi4py.MPI')
     if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
-        return mpi.COMM_WORLD.Get_rank() == 0
+        return mpi.COMM_WORLD.Get_rank()
     for variable in LAUNCHER_RANK_VARIABLES:
-        if os.environ.get(variable, '0').strip() not in ('', '0'):
-            return False
-    return True
+        value = os.environ.get(variable, '').strip()
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def is_speaking_rank():
+    """Whether this process prints messages: rank 0, or not under MPI."""
+    return launcher_rank() == 0
 
 
 def select_device(use_cuda, local_rank=0):

@@ -5,7 +5,6 @@ plot_surface.py, plot_trajectory.py and plot_hessian_eigen.py): one named surfac
 not-computed points masked, the derived surfaces (errors, eigenvalue ratio), direction labels that
 also work for files of the original code, and figures written as PDF + PNG.
 """
-import json
 import os
 import re
 
@@ -157,32 +156,14 @@ def _own_direction_facts(surface):
 def _read_direction_facts(dir_file, what):
     """(PCA axis labels or None, the settings the file's attributes record) of a direction file."""
     check_file_exists(dir_file, what)
-    with layout.open_h5(dir_file, what) as f:
-        if layout.XDIRECTION not in f:
-            raise UsageError(f'{what} {dir_file!r} is not a direction file (it has no {layout.XDIRECTION!r})')
-        try:
-            ratio = np.asarray(f[layout.EXPLAINED_VARIANCE_RATIO][()], dtype=np.float64).ravel() \
-                if layout.EXPLAINED_VARIANCE_RATIO in f else np.empty(0)
-            made_with = _decoded_attrs(f.attrs)
-        except (OSError, ValueError) as err:
-            raise UsageError(f'{what} {dir_file!r} is damaged ({err})') from None
+    ratio, made_with = layout.read_direction_facts(dir_file, what)
     if ratio.size < 2:
         return None, made_with
     return tuple(f'{name}: {share * 100:.2f} %' for name, share in zip(PC_NAMES, ratio)), made_with
 
 
-def _decoded_attrs(attrs):
-    decoded = {}
-    for key, value in attrs.items():
-        try:
-            decoded[key] = json.loads(value)
-        except (TypeError, ValueError):
-            continue  # not one of the JSON settings (a file someone else wrote)
-    return decoded
-
-
 def _identity_settings(surface):
-    return {k: v for k, v in _decoded_attrs(surface.attrs).items() if k in layout.IDENTITY_FIELDS}
+    return {k: v for k, v in layout.decoded_attrs(surface.attrs).items() if k in layout.IDENTITY_FIELDS}
 
 
 def _safe_args(surface):

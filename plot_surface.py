@@ -79,7 +79,7 @@ def get_args_parser(add_help=True, loss_plot_options=True):
     compute = parser.add_argument_group('compute')
     compute.add_argument('--mpi', action='store_true', help='run under mpiexec: ranks share the points, rank 0 writes')
     compute.add_argument('--cuda', action='store_true', help='evaluate on GPU (each rank takes GPU node-local-rank %% GPU count)')
-    compute.add_argument('--ngpu', default=1, type=int, help='GPUs per rank (DataParallel when > 1)')
+    compute.add_argument('--ngpu', default=1, type=int, help='GPUs of a serial run (DataParallel when > 1); under --mpi each rank takes one GPU, so launch one rank per GPU')
     compute.add_argument('--channels_last', action='store_true', help='NHWC memory layout for the model and the '
                          'resident images (faster convolutions on some CPUs and GPUs; see benchmarks/RESULTS.md)')
     compute.add_argument('--fold_bn', action='store_true', help='fold each BatchNorm into the convolution before it '
@@ -133,6 +133,10 @@ def validate_args(parser, args):
             parser.error('--points_per_call and --ngpu > 1: batch points on one GPU per rank, or use DataParallel')
     if args.threads is not None and args.threads < 1:
         parser.error('--threads must be at least 1')
+    if args.mpi and args.ngpu > 1:
+        # DataParallel would span GPUs 0..ngpu-1 on every rank, not the rank's own GPU.
+        parser.error('--mpi with --ngpu > 1: each MPI rank takes one GPU; launch one rank per GPU '
+                     '(mpiexec -n <GPUs> ... --mpi --cuda) instead')
     if args.ngpu > 1 and not args.cuda:
         parser.error('--ngpu > 1 needs --cuda')
     if getattr(args, 'proj_file', '') and not (args.plot and args.y):

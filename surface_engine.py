@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 import bn_folding
 import dataloader
+import fault_injection
 import hdf5_layout
 import model_loader
 import net_plotter
@@ -55,6 +56,7 @@ def run_grid(comm, grid, open_writer, evaluate_points, desc='grid points', point
             for points in calls:
                 for (k, _), values in zip(points, evaluate_points(points)):
                     comm.send_result(k, values)
+                    fault_injection.reached('point')
     except Exception as err:
         fail_all_ranks(comm, err)
     finally:
@@ -74,6 +76,7 @@ def _root_loop(comm, grid, writer, evaluate_points, pending, calls, desc):
                 writer.record(k, values)
             writer.flush()
             bar.update(len(results))
+            fault_injection.reached('point', len(results))
 
         remote_expected, received = len(pending) - sum(len(points) for points in calls), 0
         for points in calls:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU figures of benchmarks/RESULTS.md, in one prepared call for a session lent a device machine
-# (DEVELOPERS.md): resnet56, 10,000 CIFAR-sized images, 5x5 grid, this suite against the naive
-# DataLoader loop, and each GPU lever side by side. About 5 minutes on one H100.
+# The prepared one-call GPU check, for a session lent a GPU machine: it measures the GPU figures of
+# benchmarks/RESULTS.md in a single command. resnet56, 10,000 CIFAR-sized images, 5x5 grid, this
+# suite against the naive DataLoader loop, and each GPU lever side by side. About 5 minutes on one H100.
 #
 #   bash benchmarks/gpu_check.sh            # uses python3 (PyTorch, torchvision, h5py, tqdm installed)
 #   PYTHON=.venv/bin/python bash benchmarks/gpu_check.sh

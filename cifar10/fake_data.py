@@ -3,7 +3,8 @@
 For tests and benchmarks on machines without the real data set: the files are pickled dicts with
 'data' (N x 3072 uint8, channel-major rows) and 'labels', as the official batches read with
 encoding='latin1', so every reader of the real folder (ours, torchvision's) reads these too; their
-checksums differ, which is only a warning.
+checksums differ, which is only a warning. Pickle protocol 2, the official files' own: it names no
+global that the real batches do not.
 """
 import os
 import pickle
@@ -26,11 +27,11 @@ def write_fake_cifar10(root, num_train=500, num_test=100, seed=0):
                  'labels': rng.integers(0, 10, size=n).tolist(),
                  'batch_label': name}
         with open(os.path.join(folder, name), 'wb') as fh:
-            pickle.dump(batch, fh)
+            pickle.dump(batch, fh, protocol=2)
 
     for name, part in zip(TRAIN_BATCHES, np.array_split(np.arange(num_train), len(TRAIN_BATCHES))):
         dump(name, len(part))
     dump(TEST_BATCH, num_test)
     with open(os.path.join(folder, 'batches.meta'), 'wb') as fh:
-        pickle.dump({'label_names': [f'class{i}' for i in range(10)]}, fh)
+        pickle.dump({'label_names': [f'class{i}' for i in range(10)]}, fh, protocol=2)
     return folder

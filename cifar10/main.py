@@ -46,6 +46,7 @@ import evaluation
 import model_loader
 from cifar10.model_loader import MODELS as CIFAR10_MODELS
 from cli import ArgumentParser, UsageError, check_file_exists, check_writable_folder, run_main
+from file_safety import atomic_path
 from mpi_comm import select_device
 
 OPTIMIZERS = ('sgd', 'adam')
@@ -312,9 +313,8 @@ def make_optimizer(args, net):
 
 def atomic_save(obj, path):
     """torch.save under a temporary name, then rename: a killed run never leaves half a checkpoint."""
-    tmp = path + '.tmp'
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def save_checkpoint(folder, epoch, net, optimizer, acc):

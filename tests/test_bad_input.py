@@ -5,6 +5,7 @@ cli.run_main (the same path as the command line, minus interpreter start-up); a 
 real subprocesses to prove the command-line wiring.
 """
 import hashlib
+import importlib
 import os
 import shutil
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import cli
 import plot_surface
 from hdf5_layout import FileLock
 from tests.conftest import call_main, run_script
@@ -94,6 +96,9 @@ PLOT_SURFACE_CASES = [
     ('projection file on a 1D plot', [*MODEL, '--x=-1:1:3', '--plot', '--proj_file', '{d}/proj_like.h5'],
      ['--proj_file', '--y']),
     ('ngpu without cuda', [*MODEL, '--ngpu', '2'], ['--ngpu', '--cuda']),
+    # Refused before any CUDA check, so this runs without a GPU.
+    ('mpi with several GPUs per rank', [*MODEL, '--mpi', '--cuda', '--ngpu', '2'],
+     ['--mpi', '--ngpu > 1', 'each MPI rank takes one GPU']),
     ('labels of another length', [*MODEL, '--x=-1:1:3', '--train_labels', '{d}/labels.pt'], ['--train_labels', '5 labels']),
     ('surface file in a missing folder', [*MODEL, '--x=-1:1:3', '--surf_file', '{d}/nofolder/s.h5'],
      ['--surf_file', 'does not exist']),
@@ -187,15 +192,48 @@ SCRIPTS = ['plot_surface', 'plot_hessian_eigen', 'plot_trajectory', 'plot_1D', '
 
 
 @pytest.mark.parametrize('module', SCRIPTS)
-def test_help_documents_every_flag(module):
-    import importlib
+def test_every_option_has_help(module):
     parser = importlib.import_module(module).get_args_parser()
-    text = parser.format_help()          # raises if a help string is malformed
+    parser.format_help()          # raises if a help string is malformed (a bad %-format)
     for action in parser._actions:
-        for flag in action.option_strings:
-            assert flag in text
         if action.option_strings and action.dest != 'help':
             assert action.help, f'{module}: {action.option_strings} has no help'
+
+
+@pytest.mark.parametrize('module', SCRIPTS)
+def test_defaults_written_into_help_by_hand_are_the_defaults(module):
+    """A help that speaks of its default itself gets none added (DefaultsHelpFormatter), so a value
+    typed into it must follow the option's real default."""
+    parser = importlib.import_module(module).get_args_parser()
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if not action.help or 'default' not in action.help or action.default in (None, False, ''):
+            continue
+        text = formatter._expand_help(action)
+        number = isinstance(action.default, (int, float)) and not isinstance(action.default, bool)
+        stated = f'{action.default:g}' if number else str(action.default)
+        assert stated in text, (module, action.dest, action.default, text)
+
+
+def defaults_help(**option):
+    """The help text that cli.ArgumentParser prints for one option --opt declared with ``option``."""
+    parser = cli.ArgumentParser('prog')
+    parser.add_argument('--opt', **option)
+    return ' '.join(parser.format_help().split())
+
+
+@pytest.mark.parametrize('option,expected', [
+    (dict(default=0.1, type=float, help='a rate'), 'a rate (default: 0.1)'),
+    (dict(default=3, type=int, help='points (default %(default)s: one at a time)'),
+     'points (default 3: one at a time)'),
+    (dict(action='store_true', help='a switch'), 'a switch'),
+    (dict(default=None, help='threads'), 'threads'),
+    (dict(default='', help='a file'), 'a file'),
+], ids=['value', 'help names its default', 'switch off', 'none', 'empty string'])
+def test_defaults_formatter_states_a_default_only_once_and_only_when_there_is_one(option, expected):
+    text = defaults_help(**option)
+    assert text.endswith(expected), text
+    assert text.count('default') == expected.count('default'), text
 
 
 # The other scripts that write files: the same contract, against the same folder of results.
@@ -206,6 +244,7 @@ OTHER_SCRIPT_CASES = [
     ('plot_hessian_eigen', [*MODEL, '--fold_bn'], ['--fold_bn']),
     ('plot_hessian_eigen', [*MODEL, '--amp'], ['--amp']),
     ('plot_hessian_eigen', [*MODEL, '--points_per_call', '4'], ['--points_per_call']),
+    ('plot_hessian_eigen', [*MODEL, '--mpi', '--cuda', '--ngpu', '2'], ['--mpi', '--ngpu > 1', 'one GPU']),
     ('plot_hessian_eigen', [*MODEL, '--x=1:0:3'], ['--x', 'MIN must not exceed MAX']),
     ('plot_hessian_eigen', [*MODEL, '--xnorm', 'filter', '--x=-1:1:5', '--surf_file', '{d}/surf.h5',
                             '--data_split', '8'], ['another grid']),
@@ -222,7 +261,6 @@ OTHER_SCRIPT_CASES = [
 @pytest.mark.parametrize('module,argv,words', OTHER_SCRIPT_CASES,
                          ids=[f'{c[0]}: {" ".join(c[1][-2:])}' for c in OTHER_SCRIPT_CASES])
 def test_other_scripts_bad_input(workdir, capsys, module, argv, words):
-    import importlib
     main = importlib.import_module(module).main
     before = snapshot(workdir)
     code, err = call_main(main, [*DIGITS, *fill(argv, workdir)], capsys)

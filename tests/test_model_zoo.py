@@ -1,5 +1,4 @@
 """The CIFAR-10 model zoo matches the original loss-landscape architectures, checkpoint for checkpoint."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -7,12 +6,11 @@ import pytest
 import torch
 
 from cifar10.model_loader import MODELS, build
+from tests.fixtures.weight_facts import FACTS_FILE, LAYOUT_NAMES, state_dict_facts
 from tests.synthetic_weights import synthetic_state_dict
 
 REFERENCE_DIR = Path(__file__).parent / "fixtures" / "reference"
 LAYOUTS = json.loads((REFERENCE_DIR / "cifar10_state_dict_layouts.json").read_text())
-# The read-only original of the weight recipe, present where the project sits beside ../shared.
-SHARED_RECIPE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "synthetic_weights.py"
 
 
 @pytest.fixture(scope="module")
@@ -53,18 +51,12 @@ def test_logits_match_reference(name, golden):
     assert (logits - expected).abs().max() <= 1e-4 * expected.abs().max()
 
 
-@pytest.mark.skipif(not SHARED_RECIPE.exists(), reason=f"reference recipe not present at {SHARED_RECIPE}")
 def test_weight_recipe_matches_shared_reference():
-    spec = importlib.util.spec_from_file_location("shared_synthetic_weights", SHARED_RECIPE)
-    shared_recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(shared_recipe)
-    # These small layouts exercise every rule of the recipe (int64, running_var, conv and
-    # linear weights, BatchNorm scale, biases) without drawing hundreds of millions of numbers.
-    for name in ("vgg9", "densenet121", "resnet56", "wrn56_2_noshort"):
-        layout = LAYOUTS[name]["state_dict"]
-        expected = shared_recipe.synthetic_state_dict(layout)
-        actual = synthetic_state_dict(layout)
-        assert list(actual) == list(expected)
-        for key, tensor in expected.items():
-            assert actual[key].dtype == tensor.dtype, key
-            assert torch.equal(actual[key], tensor), key
+    # The shared original's output, recorded as per-tensor facts (tests/fixtures/weight_facts.py):
+    # compared in every clone, with or without ../shared beside it.
+    recorded = json.loads(FACTS_FILE.read_text())
+    for name in LAYOUT_NAMES:
+        facts = state_dict_facts(synthetic_state_dict(LAYOUTS[name]["state_dict"]))
+        assert [row[0] for row in facts] == [row[0] for row in recorded[name]], name
+        for row, expected in zip(facts, recorded[name]):
+            assert row == expected, (name, row[0])

@@ -578,22 +578,6 @@ def test_argparse_choices_reject_unknown_surf_name(bad_inputs):
     assert result.returncode == 2 and 'invalid choice' in result.stderr and 'Traceback' not in result.stderr
 
 
-@pytest.mark.parametrize('module, flags', [
-    (plot_1D, ['--surf_file', '--log', '--xmin', '--xmax', '--loss_max', '--show', '--prefix', '--idx_min',
-               '--idx_max']),
-    (plot_2D, ['--surf_file', '--dir_file', '--proj_file', '--surf_name', '--vmin', '--vmax', '--vlevel',
-               '--zlim', '--show', '--html']),
-    (h52vtp, ['--surf_file', '--surf_name', '--zmax', '--log', '--interp', '--output']),
-], ids=['plot_1D', 'plot_2D', 'h52vtp'])
-def test_help_documents_every_flag(module, flags):
-    parser = module.get_args_parser()
-    text = parser.format_help()
-    for flag in flags:
-        assert flag in text
-    for action in parser._actions:
-        assert action.help, f'{action.option_strings} has no help'
-
-
 def test_plot_options_are_keyword_only(tmp_path):
     """The original passed ``show`` positionally into ``vmin``; options here cannot be positional."""
     surf = surface_2d(tmp_path)

@@ -42,79 +42,133 @@ def reference(tmp_path_factory, checkpoints):
     return model, hdf5_layout.read_surface(str(folder / 'ref.h5')), time.monotonic() - start, loop_seconds
 
 
-def session_pids(leader):
-    """PIDs of the python processes in the session led by ``leader`` (the ranks of an mpiexec)."""
-    pids = []
+def descendants(pid):
+    """PIDs of every process below ``pid`` (mpiexec's proxy and ranks, which start their own
+    sessions, so neither a session nor a process group finds them)."""
+    children = {}
     for entry in os.listdir('/proc'):
         if not entry.isdigit():
             continue
         try:
             with open(f'/proc/{entry}/stat') as fh:
-                fields = fh.read().rsplit(')', 1)[1].split()
-            with open(f'/proc/{entry}/cmdline', 'rb') as fh:
-                cmdline = fh.read()
-        except OSError:
+                parent = int(fh.read().rsplit(')', 1)[1].split()[1])   # field 4 of stat: the parent
+        except (OSError, ValueError, IndexError):
             continue
-        if int(fields[3]) == leader and b'plot_surface.py' in cmdline:   # field 6 of stat: session id
-            pids.append(int(entry))
-    return pids
+        children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
-def kill_at_random_moment(cmd, seconds, rng, mpi, wait_for=None):
-    """Start ``cmd`` in its own session, SIGKILL one of its python processes (a random rank under
-    MPI) after a random delay in [0, seconds) -- counted from when ``wait_for`` exists, if given --
-    then make sure the whole session is gone."""
-    env = {**os.environ, 'PYTHONPATH': ROOT, 'OMP_NUM_THREADS': '1'}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.monotonic() + 120
-    while wait_for and not os.path.exists(wait_for) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    delay = rng.uniform(0, seconds)
-    time.sleep(delay)
-    victims = session_pids(proc.pid) if mpi else [proc.pid]
-    if victims:
-        os.kill(rng.choice(victims), signal.SIGKILL)
+def python_ranks(pid):
+    """The python processes under an mpiexec (its ranks)."""
+    ranks = []
+    for child in descendants(pid):
+        try:
+            with open(f'/proc/{child}/cmdline', 'rb') as fh:
+                if b'python' in fh.read():
+                    ranks.append(child)
+        except OSError:
+            pass
+    return ranks
+
+
+def kill_tree(pid):
+    for victim in [pid, *descendants(pid)]:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def killed_run(cmd, fault_env=None, random_kill=None, mpi=False):
+    """Run ``cmd`` until it dies by SIGKILL; return what proves it did.
+
+    ``fault_env``: fault_injection variables, for a kill (LANDSCAPE_KILL_AT) or a stall
+    (LANDSCAPE_STALL_AT) at a named moment. ``random_kill=(rng, seconds)``: SIGKILL one of its
+    python processes (a random rank under MPI) after a random delay in [0, seconds); with a stall
+    set, the run cannot finish before that, so the kill surely interrupts it.
+    Returns (exit status, output): -9 for a serial run; mpiexec reports a rank killed by signal 9
+    with exit status 9 and 'signal 9' in its message."""
+    env = {**os.environ, 'PYTHONPATH': ROOT, 'OMP_NUM_THREADS': '1', **(fault_env or {})}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        pass
-    kill_session(proc.pid)
-    proc.wait()
-    return delay
+        if random_kill:
+            rng, seconds = random_kill
+            time.sleep(rng.uniform(0, seconds))
+            victims, deadline = [], time.monotonic() + 60
+            while not victims and time.monotonic() < deadline:   # mpiexec may not have started its ranks yet
+                victims = python_ranks(proc.pid) if mpi else [proc.pid]
+                time.sleep(0.01)
+            os.kill(rng.choice(victims), signal.SIGKILL)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        kill_tree(proc.pid)   # a stalled rank would otherwise sleep on
+        proc.wait()
+    return proc.returncode, output
 
 
-def kill_session(session):
-    try:
-        os.killpg(session, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+def assert_died_by_sigkill(status, output, mpi):
+    if mpi:
+        assert status == 9 and 'signal 9' in output, (status, output[-2000:])
+    else:
+        assert status == -signal.SIGKILL, (status, output[-2000:])
 
 
-# 'any': a moment anywhere in the run (start-up, direction file creation, grid loop);
-# 'loop': a moment inside the grid loop, once the surface file exists.
-@pytest.mark.parametrize('trial,mpi,moment', [(0, False, 'any'), (1, False, 'loop'), (2, False, 'loop'),
-                                              (3, True, 'any'), (4, True, 'loop')])
-def test_kill_and_rerun_gives_the_uninterrupted_result(tmp_path, reference, trial, mpi, moment):
+def points_still_missing(surf, total, names):
+    """How many points the killed run left without every one of ``names`` (all, if no file)."""
+    if not os.path.exists(surf):
+        return total
+    partial = hdf5_layout.read_surface(str(surf))
+    missing = np.zeros(partial.shape, dtype=bool)
+    for name in names:
+        missing |= ~partial.done[name]
+    return int(missing.sum())
+
+
+def computed_by(run):
+    return int(run.stdout.split(' points computed')[0].rsplit(' ', 1)[-1])
+
+
+SURFACE_NAMES = ('train_loss', 'train_acc', 'test_loss', 'test_acc')
+NUM_POINTS = 9 * 7
+
+
+# Deterministic trials kill at a named moment (after N points reached the file or were sent);
+# random ones kill at a random time, the run held by a stall so that the moment is surely before
+# its end (without the stall, a kill landing after the end would prove nothing).
+@pytest.mark.parametrize('mpi,fault_env,random_seconds', [
+    (False, {'LANDSCAPE_KILL_AT': 'point:1'}, None),
+    (False, {'LANDSCAPE_KILL_AT': 'point:40'}, None),
+    (False, {'LANDSCAPE_STALL_AT': 'point:30'}, 'run'),         # start-up, directions, loop or stall
+    (True, {'LANDSCAPE_KILL_AT': 'point:5', 'LANDSCAPE_FAULT_RANK': '1'}, None),   # a worker dies
+    (True, {'LANDSCAPE_KILL_AT': 'point:12', 'LANDSCAPE_FAULT_RANK': '0'}, None),  # the writer dies
+    (True, {'LANDSCAPE_STALL_AT': 'point:15'}, 'run'),
+], ids=['serial-first-point', 'serial-mid-loop', 'serial-random', 'mpi-worker', 'mpi-root', 'mpi-random'])
+def test_kill_and_rerun_gives_the_uninterrupted_result(tmp_path, reference, mpi, fault_env, random_seconds):
     if mpi and not os.path.exists(MPIEXEC):
         pytest.skip('mpiexec (pip package mpich) is not installed')
-    model, expected, run_seconds, loop_seconds = reference
-    rng = random.Random(1000 + trial)
+    model, expected, run_seconds, _ = reference
     surf = tmp_path / 'surf.h5'
     launcher = [MPIEXEC, '-n', '2'] if mpi else []
     cmd = [*launcher, sys.executable, os.path.join(ROOT, 'plot_surface.py'), *map(str, surface_command(model, surf, mpi))]
-    if moment == 'any':
-        kill_at_random_moment(cmd, run_seconds, rng, mpi)
-    else:
-        kill_at_random_moment(cmd, loop_seconds / (2 if mpi else 1), rng, mpi, wait_for=str(surf))
+    random_kill = (random.Random(str(fault_env)), run_seconds) if random_seconds else None
+    status, err = killed_run(cmd, fault_env, random_kill, mpi)
+    assert_died_by_sigkill(status, err, mpi)
+    missing = points_still_missing(surf, NUM_POINTS, SURFACE_NAMES)
+    assert missing > 0, 'the kill came after the run had finished'
     if surf.exists():   # whatever the kill left must be a valid, trustworthy file
         partial = hdf5_layout.read_surface(str(surf))
         for name, done in partial.done.items():
             np.testing.assert_array_equal(partial.values[name][done], expected.values[name][done])
     rerun = run_script('plot_surface.py', *surface_command(model, surf, mpi), launcher=tuple(launcher))
     assert rerun.returncode == 0, rerun.stderr
+    assert computed_by(rerun) == missing
     final = hdf5_layout.read_surface(str(surf))
-    for name in ('train_loss', 'train_acc', 'test_loss', 'test_acc'):
+    for name in SURFACE_NAMES:
         assert final.done[name].all()
         np.testing.assert_array_equal(final.values[name], expected.values[name])
     assert not [p for p in os.listdir(tmp_path) if p.endswith('.lock')]
@@ -160,23 +214,6 @@ def test_failed_write_leaves_the_old_file(tmp_path):
             f['x'] = np.zeros(2)
             raise RuntimeError('crash while creating')
     assert not (tmp_path / 'new.h5').exists()
-
-
-def test_diverging_points_are_results(tmp_path, checkpoints):
-    model = tmp_path / 'model.t7'
-    shutil.copy(checkpoints['mlp'], model)
-    run = run_script('plot_surface.py', '--dataset', 'digits', '--model', 'mlp', '--model_file', model,
-                     '--x=0:1e30:3', '--surf_file', tmp_path / 's.h5', '--threads', '1')
-    assert run.returncode == 0, run.stderr
-    s = hdf5_layout.read_surface(str(tmp_path / 's.h5'))
-    assert s.done['train_loss'].all()
-    assert np.isfinite(s.values['train_loss'][0]) and not np.isfinite(s.values['train_loss'][1:]).any()
-    # NaN outputs have no prediction: the accuracy there is NaN too, not the share of one class.
-    assert np.isfinite(s.values['train_acc'][0]) and np.isnan(s.values['train_acc'][1:]).all()
-    assert 'diverged' in run.stdout and 'train_loss: 2, train_acc: 2' in run.stdout
-    again = run_script('plot_surface.py', '--dataset', 'digits', '--model', 'mlp', '--model_file', model,
-                       '--x=0:1e30:3', '--surf_file', tmp_path / 's.h5', '--threads', '1')
-    assert '0 points computed' in again.stdout
 
 
 # ----------------------------------------------------------------------------- properties
@@ -244,16 +281,10 @@ def assert_same_datasets(a, b):
         np.testing.assert_array_equal(da[key], db[key], err_msg=key)
 
 
-def kill_then_rerun(script, argv, seconds, rng, wait_for=None):
-    cmd = [sys.executable, os.path.join(ROOT, script), *map(str, argv)]
-    kill_at_random_moment(cmd, seconds, rng, mpi=False, wait_for=wait_for)
-    rerun = run_script(script, *argv)
-    assert rerun.returncode == 0, rerun.stderr
-    return rerun
-
-
-@pytest.mark.parametrize('trial', [0, 1])
-def test_hessian_kill_and_rerun_gives_the_uninterrupted_result(tmp_path, checkpoints, trial):
+@pytest.mark.parametrize('fault_env,random_kill', [({'LANDSCAPE_KILL_AT': 'point:4'}, False),
+                                                  ({'LANDSCAPE_STALL_AT': 'point:8'}, True)],
+                         ids=['after-4-points', 'random'])
+def test_hessian_kill_and_rerun_gives_the_uninterrupted_result(tmp_path, checkpoints, fault_env, random_kill):
     model = tmp_path / 'model.t7'
     shutil.copy(checkpoints['mlp'], model)
     argv = ['--dataset', 'digits', '--model', 'mlp', '--model_file', model, '--x=-1:1:5', '--y=-1:1:3',
@@ -263,16 +294,28 @@ def test_hessian_kill_and_rerun_gives_the_uninterrupted_result(tmp_path, checkpo
     assert ref.returncode == 0, ref.stderr
     seconds = time.monotonic() - start
     surf = tmp_path / 'killed.h5'
-    kill_then_rerun('plot_hessian_eigen.py', [*argv, '--surf_file', surf], seconds, random.Random(2000 + trial),
-                    wait_for=str(surf) if trial else None)
+    argv += ['--surf_file', surf]
+    cmd = [sys.executable, os.path.join(ROOT, 'plot_hessian_eigen.py'), *map(str, argv)]
+    status, err = killed_run(cmd, fault_env, (random.Random(2000), seconds) if random_kill else None)
+    assert_died_by_sigkill(status, err, mpi=False)
+    names = (hdf5_layout.MAX_EIG, hdf5_layout.MIN_EIG)
+    missing = points_still_missing(surf, 15, names)
+    assert missing > 0, 'the kill came after the run had finished'
+    rerun = run_script('plot_hessian_eigen.py', *argv)
+    assert rerun.returncode == 0, rerun.stderr
+    assert computed_by(rerun) == missing
     expected, final = hdf5_layout.read_surface(str(tmp_path / 'ref.h5')), hdf5_layout.read_surface(str(surf))
-    for name in (hdf5_layout.MAX_EIG, hdf5_layout.MIN_EIG):
+    for name in names:
         assert final.done[name].all()
         np.testing.assert_array_equal(final.values[name], expected.values[name])
 
 
-def test_trajectory_kill_and_rerun_gives_the_uninterrupted_result(tmp_path, checkpoints):
-    """plot_trajectory.py writes its direction and projection files whole or not at all."""
+@pytest.mark.parametrize('fault_env,random_kill', [({'LANDSCAPE_KILL_AT': 'file:1'}, False),
+                                                  ({'LANDSCAPE_STALL_AT': 'file:1'}, True)],
+                         ids=['after-directions', 'random'])
+def test_trajectory_kill_and_rerun_gives_the_uninterrupted_result(tmp_path, checkpoints, fault_env, random_kill):
+    """plot_trajectory.py writes its direction and projection files whole or not at all; killed
+    between the two (or at a random moment before the second), a rerun makes both as they would be."""
     from tests.conftest import train_briefly
     import torch
     for folder in ('ref', 'killed'):
@@ -285,8 +328,13 @@ def test_trajectory_kill_and_rerun_gives_the_uninterrupted_result(tmp_path, chec
     start = time.monotonic()
     ref = run_script('plot_trajectory.py', *argv, '--model_folder', tmp_path / 'ref')
     assert ref.returncode == 0, ref.stderr
-    kill_then_rerun('plot_trajectory.py', [*argv, '--model_folder', tmp_path / 'killed'],
-                    time.monotonic() - start, random.Random(3000))
+    killed = [*argv, '--model_folder', tmp_path / 'killed']
+    cmd = [sys.executable, os.path.join(ROOT, 'plot_trajectory.py'), *map(str, killed)]
+    status, err = killed_run(cmd, fault_env, (random.Random(3000), time.monotonic() - start) if random_kill else None)
+    assert_died_by_sigkill(status, err, mpi=False)
     pca = os.path.join('PCA_weights_save_epoch=1', 'directions.h5')
+    assert not (tmp_path / 'killed' / (pca + '_proj_cos.h5')).exists(), 'the kill came after the run had finished'
+    rerun = run_script('plot_trajectory.py', *killed)
+    assert rerun.returncode == 0, rerun.stderr
     for name in (pca, pca + '_proj_cos.h5'):
         assert_same_datasets(tmp_path / 'ref' / name, tmp_path / 'killed' / name)
