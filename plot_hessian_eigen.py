@@ -19,7 +19,8 @@ import hessian
 import plot_surface
 from cli import ArgumentParser, run_main
 from mpi_comm import get_comm
-from surface_engine import prepare_run, run_grid
+from run_setup import prepare_run
+from surface_engine import run_grid
 
 
 def get_args_parser():

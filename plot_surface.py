@@ -24,7 +24,8 @@ import point_batching
 from cli import ArgumentParser, UsageError, check_file_exists, check_output_folder, run_main
 from grid import parse_axis
 from mpi_comm import get_comm
-from surface_engine import prepare_run, run_grid
+from run_setup import prepare_run
+from surface_engine import run_grid
 
 
 def get_args_parser(add_help=True, loss_plot_options=True):

@@ -1,7 +1,7 @@
 """Seconds per grid point: this suite's plot_surface path against a naive per-point loop.
 
 Measured side by side in one run, on the same model, data and directions:
-  (a) suite    -- surface_engine.prepare_run + run_grid with plot_surface's point evaluator (resident
+  (a) suite    -- run_setup.prepare_run + surface_engine.run_grid with plot_surface's point evaluator (resident
                   uint8 data, normalised per batch, atomic incremental HDF5 writes included);
   (b) naive    -- the usual loop: torchvision CIFAR10 with ToTensor+Normalize through a DataLoader
                   (batch 128, 2 workers), model.eval(), torch.no_grad(), weights set per point;
@@ -37,7 +37,8 @@ import net_plotter  # noqa: E402
 import plot_surface  # noqa: E402
 from cifar10.fake_data import write_fake_cifar10  # noqa: E402
 from mpi_comm import SerialComm  # noqa: E402
-from surface_engine import prepare_run, run_grid  # noqa: E402
+from run_setup import prepare_run
+from surface_engine import run_grid  # noqa: E402
 from dataloader import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
 from cli import DefaultsHelpFormatter  # noqa: E402
 
