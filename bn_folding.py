@@ -17,7 +17,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from cli import UsageError
+from errors import UsageError
 
 CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)

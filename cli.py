@@ -1,16 +1,14 @@
 """Command-line plumbing shared by every script: the bad-input error and the exit-status-2 wrapper.
 
-A user mistake (malformed grid, missing file, mismatched checkpoint ...) raises ``UsageError`` from
-wherever it is detected; ``run_main`` turns it into one line on stderr and exit status 2, the same
-contract argparse uses for its own errors. Anything else is a bug and keeps its traceback.
+A user mistake raises errors.UsageError from wherever it is detected; ``run_main`` turns it into
+one line on stderr and exit status 2, the same contract argparse uses for its own errors. Anything
+else is a bug and keeps its traceback.
 """
 import argparse
 import os
 import sys
 
-
-class UsageError(Exception):
-    """Bad input from the user: reported as one line, exit status 2, no traceback."""
+from errors import UsageError  # noqa: F401  (re-exported: scripts import it from here)
 
 
 def check_file_exists(path, what):

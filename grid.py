@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from cli import UsageError
+from errors import UsageError
 
 
 @dataclasses.dataclass(frozen=True)

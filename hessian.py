@@ -1,10 +1,11 @@
-"""Hessian of the mean training loss at one point of weight space: products, extreme eigenvalues, trace.
+"""Hessian of the mean training objective at one point of weight space: products, extreme eigenvalues, trace.
 
-The Hessian is that of the loss exactly as evaluation.py averages it -- the sum of the per-batch
-loss sums divided by the number of samples -- with respect to the parameters with dim > 1 (conv
-and linear weights, as the original code), the model in eval mode (BatchNorm uses its running
+The Hessian is that of the objective's mean exactly as it is stored (objective.py): the sum of the
+per-batch loss sums divided by the data set's total count (samples, or counted tokens), with
+respect to the parameters with dim > 1 (conv and linear weights, as the original code; restricted
+further by --include_params/--exclude_params), the model in eval mode (BatchNorm uses its running
 statistics, so the loss is a fixed function of the weights). A Hessian-vector product (HVP) is one
-double back-propagation pass over the whole cached dataset; the batch size changes only speed and
+double back-propagation pass over the whole data set; the batch size changes only speed and
 memory, never the result. (The 2018 code summed the per-batch HVPs of per-batch mean losses, which
 multiplied every eigenvalue by the number of batches.)
 
@@ -19,7 +20,10 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigsh
 
-from evaluation import batch_loss_sum
+import dataloader
+import objective as objectives
+from errors import UsageError
+from net_plotter import selected_entries
 
 DEFAULT_EIG_TOL = 1e-2      # the original's tolerance: ARPACK's residual test ||Hv - theta v|| <= tol |theta|
 DEFAULT_EIG_MAXITER = 100   # ARPACK restarts per solve (each costs about ncv HVPs)
@@ -31,30 +35,61 @@ SHIFT_MARGIN = 0.1          # see extreme_eigenvalues
 DENSE_BELOW = 8             # fewer parameters than this: form the Hessian densely instead of ARPACK
 
 
+@dataclasses.dataclass(frozen=True)
+class SolverSettings:
+    """How plot_hessian_eigen.py solves each point (its --eig_* / --warm_start / --trace flags)."""
+    tol: float = DEFAULT_EIG_TOL
+    maxiter: int = DEFAULT_EIG_MAXITER
+    ncv: int = DEFAULT_EIG_NCV
+    warm_start: bool = False
+    trace_samples: int = 0       # 0: no trace
+
+
 class NonFiniteProduct(ArithmeticError):
     """A Hessian-vector product held inf or NaN: the model diverged at this point."""
 
 
-def hessian_parameters(net):
-    """The parameters the Hessian is taken over: those with dim > 1, in net.parameters() order."""
-    return [p for p in net.parameters() if p.dim() > 1]
+def hessian_parameters(net, include='', exclude=''):
+    """The parameters the Hessian is taken over: those with dim > 1, in net.parameters() order,
+    among those --include_params / --exclude_params keep."""
+    named = list(net.named_parameters())
+    keep = selected_entries([n for n, _ in named], include, exclude) if (include or exclude) else [True] * len(named)
+    params = [p for (_, p), kept in zip(named, keep) if kept and p.dim() > 1]
+    if not params:
+        raise UsageError('the Hessian is taken over parameters with dim > 1, and none is '
+                         + ('selected by --include_params/--exclude_params' if include or exclude else 'in the model'))
+    return params
 
 
 class MeanLossHessian:
-    """H = d^2 (mean loss over ``data``) / dw^2 for the dim > 1 parameters ``w`` of ``net``.
+    """H = d^2 (mean objective over ``data``) / dw^2 for the parameters ``params`` (default:
+    hessian_parameters(net)).
 
-    Products take and return flat float64 numpy vectors (what ARPACK works in); the model computes
-    in its own dtype. ``hvp_count`` counts every product; a product holding inf or NaN raises
-    NonFiniteProduct. The parameters are read when a product
-    is taken, so moving the model in place (Run.move_to) moves the Hessian with it."""
+    ``data``: a dataloader batch source, or a CachedDataset (evaluated in batches of
+    ``batch_size``); ``loss``: an objective.Objective or a --loss_name. Products take and return
+    flat float64 numpy vectors (what ARPACK works in); the model computes in its own dtype.
+    ``hvp_count`` counts every product; a product holding inf or NaN raises NonFiniteProduct. The
+    parameters are read when a product is taken, so moving the model in place (Run.move_to) moves
+    the Hessian with it."""
 
-    def __init__(self, net, data, loss_name='crossentropy', batch_size=128):
-        self.net, self.data, self.loss_name, self.batch_size = net, data, loss_name, batch_size
-        self.params = hessian_parameters(net)
-        if not self.params:
-            raise ValueError('the model has no parameter with dim > 1 to take the Hessian over')
+    def __init__(self, net, data, loss='crossentropy', batch_size=128, params=None):
+        if isinstance(data, dataloader.CachedDataset):
+            data = dataloader.CachedBatches(data, batch_size, data.device)
+        self.net, self.data = net, data
+        self.objective = objectives.resolve(loss) if not isinstance(loss, objectives.Objective) else loss
+        self.params = hessian_parameters(net) if params is None else list(params)
         self.size = sum(p.numel() for p in self.params)
         self.hvp_count = 0
+        self._count = None
+
+    @property
+    def count(self):
+        """What the mean divides by: the number of samples for the built-in losses, else the
+        objective's total count (one pass, once: counts never depend on the weights)."""
+        if self._count is None:
+            self._count = self.data.num_samples if isinstance(self.objective, objectives.ClassificationObjective) \
+                else objectives.total_count(self.objective, self.net, self.data)
+        return self._count
 
     def _split(self, vector):
         """A flat numpy vector as tensors shaped like the parameters, on their device and dtype."""
@@ -69,12 +104,12 @@ class MeanLossHessian:
         """H @ vector, accumulated over all batches of the data (one pass)."""
         self.net.eval()
         vs = self._split(vector)
-        n = len(self.data)
+        n = self.count
         total = torch.zeros(self.size, dtype=torch.float64, device=self.params[0].device)
         with torch.enable_grad():
-            for inputs, targets in self.data.batches(self.batch_size):
+            for batch in self.data.batches():
                 # This batch's share of the mean loss: summed over its samples, divided by the total.
-                loss = batch_loss_sum(self.net(inputs).float(), targets, self.loss_name) / n
+                loss = self.objective.loss_sum(self.net, batch) / n
                 grads = torch.autograd.grad(loss, self.params, create_graph=True)
                 grad_dot_v = sum((g * v).sum() for g, v in zip(grads, vs))
                 products = torch.autograd.grad(grad_dot_v, self.params)

@@ -7,7 +7,8 @@ bare state_dict; a DataParallel 'module.' prefix is stripped; always read with w
 """
 import torch
 
-from cli import UsageError, check_file_exists
+from cli import check_file_exists
+from errors import UsageError
 from dataloader import import_factory
 
 DATAPARALLEL_PREFIX = 'module.'

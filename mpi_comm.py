@@ -8,7 +8,7 @@ import os
 import sys
 import traceback
 
-from cli import UsageError
+from errors import UsageError
 
 RESULT_TAG = 11
 

@@ -15,13 +15,23 @@ incoming weights of one neuron of a linear layer):
   dlayer  : d   <- d   / ||d||
 Tensors with dim <= 1 (biases, BatchNorm parameters and statistics): with ignore='biasbn' their
 direction is zero; otherwise it equals the weights themselves (so a step scales them).
+
+--include_params / --exclude_params (comma-separated fnmatch patterns over the names of the
+parameters, or of the state_dict entries for 'states') restrict both directions to a subset of the
+tensors (a block, the attention layers, adapter weights): every other entry's direction is zero.
+
+Models stored in bfloat16 or float16 keep a float32 copy of the centre (get_base), and a point's
+tensors are computed in float32 and rounded once, so moving along a direction never accumulates
+low-precision rounding.
 """
+import dataclasses
+import fnmatch
 import os
 from os.path import commonprefix
 
 import torch
 
-from cli import UsageError
+from errors import UsageError
 import hdf5_layout
 
 DIR_TYPES = ('weights', 'states')
@@ -33,14 +43,59 @@ BASE_SEED = 0   # direction seed = BASE_SEED + --idx, so --idx gives independent
 
 # ----------------------------------------------------------------------------- base points
 
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def _centre_copy(t):
+    """A copy of ``t`` to move from: float32 for low-precision tensors (see the module docstring)."""
+    t = t.detach().clone()
+    return t.float() if t.dtype in LOW_PRECISION else t
+
+
 def get_weights(net):
     """Copies of the parameters, in net.parameters() order."""
-    return [p.detach().clone() for p in net.parameters()]
+    return [_centre_copy(p) for p in net.parameters()]
 
 
 def get_states(net):
     """Copies of every state_dict() entry, in order (buffers included)."""
-    return [t.detach().clone() for t in net.state_dict().values()]
+    return [_centre_copy(t) for t in net.state_dict().values()]
+
+
+def entry_names(net, dir_type):
+    """The names of the tensors a direction has, in its order."""
+    return [n for n, _ in net.named_parameters()] if dir_type == 'weights' else list(net.state_dict())
+
+
+def split_patterns(patterns):
+    return [p.strip() for p in (patterns or '').split(',') if p.strip()]
+
+
+def selected_entries(names, include='', exclude='', dir_type='weights'):
+    """[bool per name]: the entries --include_params/--exclude_params keep (all by default).
+    UsageError for a pattern that matches no name, or a selection that keeps nothing."""
+    keep = [True] * len(names)
+    what = 'parameter' if dir_type == 'weights' else 'state_dict entry'
+    for flag, patterns in (('--include_params', split_patterns(include)), ('--exclude_params', split_patterns(exclude))):
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                example = ', '.join(names[:3]) + (', ...' if len(names) > 3 else '')
+                raise UsageError(f'{flag} pattern {pattern!r} matches no {what} name of the model ({example})')
+        if patterns:
+            hits = [any(fnmatch.fnmatchcase(n, p) for p in patterns) for n in names]
+            keep = [k and h for k, h in zip(keep, hits)] if flag == '--include_params' else \
+                [k and not h for k, h in zip(keep, hits)]
+    if not any(keep):
+        raise UsageError('--include_params/--exclude_params leave no tensor for the directions to move')
+    return keep
+
+
+def restrict(direction, keep):
+    """Zero the direction of every entry not kept (in place)."""
+    for d, kept in zip(direction, keep):
+        if not kept:
+            d.zero_()
+    return direction
 
 
 def has_statistics(net):
@@ -118,14 +173,24 @@ def check_direction_fits(direction, base, dir_file, axis):
 
 # ----------------------------------------------------------------------------- moving the model
 
+def _set(target, centre, dx, dy, x, y):
+    """target <- centre + x * dx (+ y * dy): in place when the dtypes agree (the order of
+    operations the suite always used), else in the centre's dtype and rounded once."""
+    work = target if target.dtype == centre.dtype else centre.clone()
+    if work is target:
+        target.copy_(centre)
+    work.add_(dx, alpha=x)
+    if dy is not None:
+        work.add_(dy, alpha=y)
+    if work is not target:
+        target.copy_(work)
+
+
 @torch.no_grad()
 def set_weights(net, weights, xdirection, ydirection=None, x=0.0, y=0.0):
     """Parameters <- weights + x * xdirection (+ y * ydirection)."""
     for p, w, dx, dy in zip(net.parameters(), weights, xdirection, ydirection or [None] * len(weights)):
-        p.copy_(w)
-        p.add_(dx, alpha=x)
-        if dy is not None:
-            p.add_(dy, alpha=y)
+        _set(p, w, dx, dy, x, y)
 
 
 @torch.no_grad()
@@ -133,11 +198,10 @@ def set_states(net, states, xdirection, ydirection=None, x=0.0, y=0.0):
     """Every floating state_dict entry <- states + x * xdirection (+ y * ydirection)."""
     for t, s, dx, dy in zip(net.state_dict().values(), states, xdirection,
                             ydirection or [None] * len(states)):
-        t.copy_(s)
         if t.is_floating_point():
-            t.add_(dx, alpha=x)
-            if dy is not None:
-                t.add_(dy, alpha=y)
+            _set(t, s, dx, dy, x, y)
+        else:
+            t.copy_(s)
 
 
 def move(net, dir_type, base, xdirection, ydirection=None, x=0.0, y=0.0):
@@ -170,101 +234,136 @@ def _third_name(file1, file3):
     return _flattened(os.path.dirname(file3)) + '_' + os.path.basename(file3)
 
 
-def name_direction_file(args):
+@dataclasses.dataclass(frozen=True)
+class DirectionSpec:
+    """How a run's directions are made, named and recorded: the direction flags of the grid
+    scripts, and the checkpoints the default file names are built from."""
+    model_file: str = ''
+    model_file2: str = ''
+    model_file3: str = ''
+    dir_file: str = ''
+    dir_type: str = 'weights'
+    xnorm: str = None
+    xignore: str = None
+    ynorm: str = None
+    yignore: str = None
+    same_dir: bool = False
+    idx: int = 0
+    is_2d: bool = False
+    include_params: str = ''
+    exclude_params: str = ''
+    model: str = ''
+    name_root: str = ''   # what default file names start from, when not --model_file (landscape.py)
+
+    @classmethod
+    def from_args(cls, args):
+        fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+        return cls(**{**fields, 'is_2d': bool(getattr(args, 'y', None))})
+
+    @property
+    def seed(self):
+        return BASE_SEED + self.idx
+
+
+def name_direction_file(spec):
     """Default direction file name, the original's scheme: model_file (or the pair of models),
-    dir_type, then the x and y normalisation options, then idx. It lies in the folder of
-    --model_file (or of its folder, for models in different folders)."""
-    if args.dir_file:
-        return args.dir_file
-    name = _pair_name(args.model_file, args.model_file2) if args.model_file2 else args.model_file
-    name += '_' + args.dir_type
-    if args.xignore:
-        name += '_xignore=' + args.xignore
-    if args.xnorm:
-        name += '_xnorm=' + args.xnorm
-    if args.y:
-        if args.model_file3:
-            name += _third_name(args.model_file, args.model_file3)
+    dir_type, then the x and y normalisation options, then idx (and the parameter subset). It
+    lies in the folder of --model_file (or of its folder, for models in different folders)."""
+    if spec.dir_file:
+        return spec.dir_file
+    root = spec.name_root or spec.model_file
+    name = _pair_name(root, spec.model_file2) if spec.model_file2 else root
+    name += '_' + spec.dir_type
+    if spec.xignore:
+        name += '_xignore=' + spec.xignore
+    if spec.xnorm:
+        name += '_xnorm=' + spec.xnorm
+    if spec.is_2d:
+        if spec.model_file3:
+            name += _third_name(spec.model_file, spec.model_file3)
         else:
-            if args.yignore:
-                name += '_yignore=' + args.yignore
-            if args.ynorm:
-                name += '_ynorm=' + args.ynorm
-            if args.same_dir:
+            if spec.yignore:
+                name += '_yignore=' + spec.yignore
+            if spec.ynorm:
+                name += '_ynorm=' + spec.ynorm
+            if spec.same_dir:
                 name += '_same_dir'
-    if args.idx > 0:
-        name += '_idx=' + str(args.idx)
+    if spec.idx > 0:
+        name += '_idx=' + str(spec.idx)
+    for label, patterns in (('include', spec.include_params), ('exclude', spec.exclude_params)):
+        if patterns:
+            name += f'_{label}=' + ','.join(split_patterns(patterns)).replace(os.sep, '_')
     return name + '.h5'
 
 
-def name_surface_file(args, dir_file, grid):
+def name_surface_file(dir_file, grid, raw_data=False, data_split=1, split_idx=0):
     """Default surface file name: dir_file + _[xmin,xmax,nx]x[ymin,ymax,ny] + data options."""
-    if args.surf_file:
-        return args.surf_file
     name = dir_file + grid.label()
-    if args.raw_data:
+    if raw_data:
         name += '_rawdata'
-    if args.data_split > 1:
-        name += f'_datasplit={args.data_split}_splitidx={args.split_idx}'
+    if data_split > 1:
+        name += f'_datasplit={data_split}_splitidx={split_idx}'
     return name + '.h5'
 
 
 # ----------------------------------------------------------------------------- direction files
 
-def build_directions(args, net, base, load_model):
-    """The (x, y) directions the arguments ask for. ``load_model(path, flag)`` loads another
+def build_directions(spec, net, base, load_model):
+    """The (x, y) directions ``spec`` asks for. ``load_model(path, flag)`` loads another
     checkpoint into a fresh copy of the model (for --model_file2/3)."""
-    generator = torch.Generator().manual_seed(BASE_SEED + args.idx)
-    if args.model_file2:
-        xdirection = target_direction(base, get_base(load_model(args.model_file2, '--model_file2'), args.dir_type))
+    generator = torch.Generator().manual_seed(spec.seed)
+    keep = selected_entries(entry_names(net, spec.dir_type), spec.include_params, spec.exclude_params, spec.dir_type)
+    if spec.model_file2:
+        xdirection = target_direction(base, get_base(load_model(spec.model_file2, '--model_file2'), spec.dir_type))
     else:
-        xdirection = make_random_direction(base, generator, args.xnorm, args.xignore)
+        xdirection = make_random_direction(base, generator, spec.xnorm, spec.xignore)
     ydirection = None
-    if args.y:
-        if args.model_file3:
-            ydirection = target_direction(base, get_base(load_model(args.model_file3, '--model_file3'), args.dir_type))
-        elif args.same_dir:
+    if spec.is_2d:
+        if spec.model_file3:
+            ydirection = target_direction(base, get_base(load_model(spec.model_file3, '--model_file3'), spec.dir_type))
+        elif spec.same_dir:
             ydirection = [d.clone() for d in xdirection]
         else:
-            ydirection = make_random_direction(base, generator, args.ynorm, args.yignore)
-    return xdirection, ydirection
+            ydirection = make_random_direction(base, generator, spec.ynorm, spec.yignore)
+    return restrict(xdirection, keep), ydirection if ydirection is None else restrict(ydirection, keep)
 
 
-def direction_attrs(args):
-    keys = ('model', 'model_file', 'model_file2', 'model_file3', 'dir_type', 'xnorm', 'ynorm',
-            'xignore', 'yignore', 'same_dir', 'idx')
-    attrs = {k: getattr(args, k) for k in keys}
-    attrs['seed'] = BASE_SEED + args.idx
+DIRECTION_ATTR_FIELDS = ('model', 'model_file', 'model_file2', 'model_file3', 'dir_type', 'xnorm', 'ynorm',
+                         'xignore', 'yignore', 'same_dir', 'idx', 'include_params', 'exclude_params')
+
+
+def direction_attrs(spec):
+    attrs = {k: getattr(spec, k) for k in DIRECTION_ATTR_FIELDS}
+    attrs['seed'] = spec.seed
     return attrs
 
 
-def setup_direction_file(args, dir_file, net, base, load_model):
+def setup_direction_file(spec, dir_file, net, base, load_model):
     """Make sure ``dir_file`` holds the directions the run needs; create it if absent.
 
     An existing file is reused as it is (its tensors are checked against the model when loaded).
     A file made for 1D that now needs a y direction gets one, provided its x direction is the one
     these options produce (so the 1D surfaces that point at it stay valid)."""
-    need_y = bool(args.y)
     if os.path.exists(dir_file):
         xdirection, ydirection, _ = hdf5_layout.read_direction_file(dir_file)
-        if ydirection is not None or not need_y:
+        if ydirection is not None or not spec.is_2d:
             return
-        if args.dir_file:
+        if spec.dir_file:
             raise UsageError(f'--dir_file {dir_file!r} has no y direction, which a 2D grid (--y) needs')
-        new_x, new_y = build_directions(args, net, base, load_model)
+        new_x, new_y = build_directions(spec, net, base, load_model)
         if not all(torch.equal(torch.as_tensor(a), b) for a, b in zip(xdirection, new_x)):
             raise UsageError(f'direction file {dir_file!r} has no y direction and its x direction is not '
                              'the one these options make; remove it or pass --dir_file')
-        attrs = direction_attrs(args)
+        attrs = direction_attrs(spec)
         creation_tag = hdf5_layout.read_creation_tag(dir_file)
         if creation_tag is not None:   # keeps 1D surfaces of the suite's first versions valid
             attrs[hdf5_layout.DIRECTION_ID] = creation_tag
         hdf5_layout.write_direction_file(dir_file, new_x, new_y, attrs=attrs)
         return
-    if args.dir_file:
+    if spec.dir_file:
         raise UsageError(f'--dir_file {dir_file!r} does not exist')
-    xdirection, ydirection = build_directions(args, net, base, load_model)
-    hdf5_layout.write_direction_file(dir_file, xdirection, ydirection, attrs=direction_attrs(args))
+    xdirection, ydirection = build_directions(spec, net, base, load_model)
+    hdf5_layout.write_direction_file(dir_file, xdirection, ydirection, attrs=direction_attrs(spec))
 
 
 def load_directions(dir_file, base, need_y, device):

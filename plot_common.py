@@ -11,7 +11,8 @@ import re
 import numpy as np
 
 import hdf5_layout as layout
-from cli import UsageError, check_file_exists
+from cli import check_file_exists
+from errors import UsageError
 
 # Surfaces derived from the stored ones (see surface_values).
 TRAIN_ERR, TEST_ERR, EIG_RATIO = 'train_err', 'test_err', 'eig_ratio'

@@ -12,7 +12,6 @@ the same order), so only the forward pass's rounding differs from evaluating poi
 import torch
 from torch.func import functional_call
 
-from evaluation import accuracy_percent, per_sample_loss, prediction_counts
 
 
 class StackedPoints:
@@ -23,27 +22,28 @@ class StackedPoints:
         named = list(net.named_parameters()) if dir_type == 'weights' else list(net.state_dict().items())
         ydirection = ydirection or [None] * len(base)
         # Integer buffers (num_batches_tracked) never move: the model keeps its own.
-        self.entries = [(name, w, dx, dy) for (name, t), w, dx, dy in zip(named, base, xdirection, ydirection)
+        self.entries = [(name, t.dtype, w, dx, dy) for (name, t), w, dx, dy in zip(named, base, xdirection, ydirection)
                         if t.is_floating_point()]
 
     def stacked(self, coords):
         """name -> tensor of shape (K, *shape) for the K points ``coords`` = [(x, y), ...]."""
         out = {}
-        for name, w, dx, dy in self.entries:
+        for name, dtype, w, dx, dy in self.entries:
             points = []
             for x, y in coords:
                 t = w.clone().add_(dx, alpha=x)   # net_plotter.move's order of operations
                 if dy is not None:
                     t.add_(dy, alpha=y)
                 points.append(t)
-            out[name] = torch.stack(points)
+            out[name] = torch.stack(points).to(dtype)   # a low-precision model's float32 centre, rounded once
         return out
 
 
 @torch.inference_mode()
-def evaluate_stacked(model, tensors, data, loss_name='crossentropy', batch_size=128, amp=False):
-    """[(mean loss, accuracy in percent)] of ``model`` in eval mode over ``data`` at each of the K
-    points whose tensors ``tensors`` (name -> (K, ...), from StackedPoints.stacked) holds."""
+def evaluate_stacked(model, tensors, data, the_objective, amp=False):
+    """[{'loss': ..., 'acc': ...}] of ``model`` in eval mode over ``data`` (a batch source of
+    (inputs, targets) batches) at each of the K points whose tensors ``tensors`` (name -> (K, ...),
+    from StackedPoints.stacked) holds, for a built-in classification objective."""
     model.eval()
     names = list(tensors)
     num_points = tensors[names[0]].shape[0]
@@ -52,17 +52,13 @@ def evaluate_stacked(model, tensors, data, loss_name='crossentropy', batch_size=
         return functional_call(model, dict(zip(names, point_tensors)), (inputs,))
     forward_all = torch.vmap(forward, in_dims=(0, None))
 
-    loss_sum = torch.zeros(num_points, dtype=torch.float64, device=data.device)
-    correct = torch.zeros(num_points, dtype=torch.int64, device=data.device)
-    undefined = torch.zeros(num_points, dtype=torch.int64, device=data.device)
-    for inputs, targets in data.batches(batch_size):
-        with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=amp):
+    totals = [{} for _ in range(num_points)]
+    for batch in data.batches():
+        inputs, targets = the_objective.split(batch)
+        with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=amp):
             outputs = forward_all([tensors[n] for n in names], inputs)          # (K, batch, classes)
-        losses = per_sample_loss(outputs.float().flatten(0, 1), targets.repeat(num_points), loss_name)
-        loss_sum += losses.view(num_points, -1).sum(dim=1).double()   # as evaluation.evaluate: float32 per batch
-        hits, misses = prediction_counts(outputs, targets)
-        correct += hits
-        undefined += misses
-    n = len(data)
-    return [(loss / n, accuracy_percent(hits, misses, n))
-            for loss, hits, misses in zip(loss_sum.tolist(), correct.tolist(), undefined.tolist())]
+        for point, point_outputs in zip(totals, outputs):
+            for key, value in the_objective.sums_of_outputs(point_outputs, targets).items():
+                point[key] = point[key] + value if key in point else value
+    return [the_objective.finalize({k: v.item() if torch.is_tensor(v) else float(v) for k, v in point.items()})
+            for point in totals]

@@ -10,7 +10,7 @@ import torch
 
 import hdf5_layout
 import net_plotter
-from cli import UsageError
+from errors import UsageError
 
 
 def flatten(tensors):

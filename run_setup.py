@@ -1,8 +1,21 @@
 """Building a run: everything a grid evaluation needs on one rank, made by named steps in order.
 
-Used by plot_surface.py and plot_hessian_eigen.py (and landscape.py); the grid loop that consumes a
-Run is surface_engine.run_grid.
+    settings = RunSettings.from_args(args)          # the flags, typed; nothing else reads args
+    run = prepare_run(settings, comm)               # the steps below, in this order:
+        plan_files          grid, direction and surface file names, their folders checked
+        build_model         the centre model (and a loader for --model_file2/3)
+        load_data           training (and test) batch sources, resident or streamed
+        prepare_evaluation  the model on its device, BatchNorm folded, compiled, wrapped
+        probe_objective     the objective on one batch: bad results are refused here
+        write_directions    rank 0 checks an existing surface file and makes the direction file
+        load_directions     the directions on the device
+    surface_engine.run_grid(comm, run.grid, run.open_writer(names), evaluate_points)
+
+Every step that can refuse the input runs before the first file is written, so a bad flag, file,
+model, data set or loss function leaves the folder as it was. Used by plot_surface.py,
+plot_hessian_eigen.py and landscape.py.
 """
+import dataclasses
 import os
 import platform
 import sys
@@ -16,41 +29,86 @@ import dataloader
 import hdf5_layout
 import model_loader
 import net_plotter
+import objective
+import surface_store
 from cli import check_output_folder
+from errors import UsageError
 from grid import Grid, parse_axis
 from mpi_comm import default_threads, select_device
 
-class Run:
-    """Everything a grid evaluation needs, built once per rank by ``prepare_run``."""
 
-    def __init__(self, **fields):
-        self.__dict__.update(fields)
-
-    def move_to(self, k):
-        """Put the model at grid point ``k``; return its (x, y) coordinates."""
-        x, y = self.grid.point(k)
-        net_plotter.move(self.net, self.args.dir_type, self.base, self.xdirection, self.ydirection,
-                         x, 0.0 if y is None else y)
-        if self.folding is not None:
-            self.folding.refresh()
-        return x, y
+def describe(value):
+    """How a setting given as a Python object (landscape.py) is recorded in the files."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if callable(value) and not isinstance(value, torch.nn.Module):
+        return objective.describe_callable(value)
+    return f'python:{type(value).__module__}.{type(value).__qualname__}'
 
 
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """What a grid run is asked to do: the grid scripts' flags, typed (see grid_args.py for each
+    flag's meaning). ``dataset`` and ``loss_name`` may also be Python objects (landscape.py)."""
+    x: str
+    y: str
+    directions: net_plotter.DirectionSpec
+    model: str
+    model_file: str
+    loss_name: object
+    dataset: object
+    datapath: str
+    download: bool
+    raw_data: bool
+    data_split: int
+    split_idx: int
+    batch_size: int
+    train_labels: str
+    eval_test: bool
+    data_mode: str
+    workers: int
+    surf_file: str
+    cuda: bool
+    ngpu: int
+    channels_last: bool
+    fold_bn: bool
+    compile: bool
+    amp: bool
+    points_per_call: int
+    threads: int
+    recorded_args: dict   # every flag as the surface file's 'args' attribute records it
+
+    @classmethod
+    def from_args(cls, args):
+        names = {f.name for f in dataclasses.fields(cls)} - {'directions', 'recorded_args'}
+        return cls(directions=net_plotter.DirectionSpec.from_args(args),
+                   recorded_args={k: describe(v) for k, v in vars(args).items()},
+                   **{name: getattr(args, name) for name in names})
+
+    @property
+    def dir_type(self):
+        return self.directions.dir_type
+
+
+# The identity fields that are paths: recorded absolute, so a run from another folder still matches.
 PATH_FIELDS = ('model_file', 'model_file2', 'model_file3', 'train_labels')
 
 
-def run_identity(args, dir_file, is_2d):
+def run_identity(settings, dir_file, is_2d):
     """The identity fields of a run (hdf5_layout.IDENTITY_FIELDS), paths made absolute, and the
     content id of the directions it uses (once its direction file exists)."""
     identity = {}
     if os.path.exists(dir_file):
         identity[hdf5_layout.DIRECTION_ID] = hdf5_layout.direction_content_id(dir_file, with_y=is_2d)
     for key in hdf5_layout.IDENTITY_FIELDS:
-        if hasattr(args, key):
-            value = getattr(args, key)
-            if key in PATH_FIELDS and value:
-                value = os.path.realpath(value)
-            identity[key] = value
+        if key == hdf5_layout.DIRECTION_ID:
+            continue
+        source = settings.directions if hasattr(settings.directions, key) and not hasattr(settings, key) \
+            else settings
+        value = describe(getattr(source, key))
+        if key in PATH_FIELDS and value:
+            value = os.path.realpath(value)
+        identity[key] = value
     return identity
 
 
@@ -63,78 +121,194 @@ def library_versions(comm):
     return versions
 
 
-def prepare_run(args, comm, value_names, by_products=()):
-    """Build model, data and directions on this rank (rank 0 creates the direction file), and a
-    factory for the surface file writer (``value_names``, ``by_products``: see SurfaceWriter).
-    All arguments were validated before this is called."""
-    torch.set_num_threads(args.threads or default_threads(comm))
-    device = select_device(args.cuda, comm.local_rank)
-    grid = Grid(parse_axis(args.x, '--x'), parse_axis(args.y, '--y') if args.y else None)
-    dir_file = net_plotter.name_direction_file(args)
-    surf_file = net_plotter.name_surface_file(args, dir_file, grid)
+@dataclasses.dataclass
+class Run:
+    """Everything a grid evaluation needs on one rank, built by ``prepare_run``."""
+    settings: RunSettings
+    comm: object
+    device: torch.device
+    grid: Grid
+    dir_file: str
+    surf_file: str
+    net: torch.nn.Module          # what the grid moves
+    eval_net: torch.nn.Module     # what evaluates it: the same model, folded, compiled or wrapped
+    folding: object               # bn_folding.BatchNormFolding, or None
+    objective: objective.Objective
+    value_keys: list              # the objective's values for one data set ('loss', 'acc', ...)
+    train_data: object            # dataloader batch sources
+    test_data: object
+    base: list                    # the centre's tensors on the device
+    xdirection: list
+    ydirection: list
+
+    def move_to(self, k):
+        """Put the model at grid point ``k``; return its (x, y) coordinates."""
+        x, y = self.grid.point(k)
+        net_plotter.move(self.net, self.settings.dir_type, self.base, self.xdirection, self.ydirection,
+                         x, 0.0 if y is None else y)
+        if self.folding is not None:
+            self.folding.refresh()
+        return x, y
+
+    def restore_centre(self):
+        """Put the model back at the centre (x = y = 0), as it came (landscape.py hands it back)."""
+        net_plotter.move(self.net, self.settings.dir_type, self.base, self.xdirection, self.ydirection, 0.0, 0.0)
+        if self.folding is not None:
+            self.folding.refresh()
+
+    def report(self, summary):
+        """The run's one line on stdout (rank 0): points computed, time, diverged values."""
+        counts = ', '.join(f'{n}: {c}' for n, c in summary['diverged'].items())
+        state = 'complete' if summary['complete'] else 'incomplete'
+        # With 'states' directions a point can also be NaN without any divergence: extrapolating past a
+        # model (x > 1 between two models, say) can drive BatchNorm running variances negative.
+        why = 'diverged, or a BatchNorm running variance went negative' if self.settings.dir_type == 'states' \
+            else 'diverged'
+        print(f'{self.surf_file}: {summary["computed"]} points computed in {summary["seconds"]:.2f} s, '
+              f'surface {state}' + (f'; inf/NaN points ({why}): {counts}' if counts else ''), flush=True)
+
+    def datasets(self):
+        """[(prefix, batch source)]: 'train', and 'test' with --eval_test."""
+        return [(prefix, data) for prefix, data in (('train', self.train_data), ('test', self.test_data))
+                if data is not None]
+
+    def value_names(self):
+        """The surface's value names: train_loss, train_acc, ... (test_... with --eval_test)."""
+        return [f'{prefix}_{key}' for prefix, _ in self.datasets() for key in self.value_keys]
+
+    def open_writer(self, value_names, by_products=()):
+        """A factory of the surface file's writer (called on rank 0 by run_grid)."""
+        attrs = {hdf5_layout.ARGS_ATTR: self.settings.recorded_args,
+                 hdf5_layout.VERSIONS_ATTR: library_versions(self.comm)}
+        identity = run_identity(self.settings, self.dir_file, self.grid.is_2d)
+        return lambda: surface_store.SurfaceWriter(self.surf_file, self.grid, self.dir_file, value_names,
+                                                   identity, attrs, by_products)
+
+
+# ----------------------------------------------------------------------------- the steps
+
+def plan_files(settings, comm):
+    """The grid and the direction and surface file names; the folders that will hold new files
+    checked (default names lie beside --model_file, whose folder may be read-only)."""
+    grid = Grid(parse_axis(settings.x, '--x'), parse_axis(settings.y, '--y') if settings.y else None)
+    dir_file = net_plotter.name_direction_file(settings.directions)
+    surf_file = settings.surf_file or net_plotter.name_surface_file(
+        dir_file, grid, settings.raw_data, settings.data_split, settings.split_idx)
 
     def check_output_folders():
-        # Default names lie beside --model_file, whose folder may be read-only: say so before any
-        # work. (A given --surf_file was checked with the other arguments.)
         if not os.path.exists(dir_file):
             check_output_folder(dir_file, 'direction file', 'pass --dir_file to use one from elsewhere')
-        if not args.surf_file:
+        if not settings.surf_file:
             check_output_folder(surf_file, 'surface file', 'pass --surf_file to write it elsewhere')
     comm.root_only(check_output_folders)
+    return grid, dir_file, surf_file
+
+
+def build_model(settings, net=None):
+    """(the centre model in eval mode, load_model(path, flag) for the other checkpoints). ``net``:
+    a model given from Python, whose current weights are the centre (and whose class is rebuilt
+    for --model_file2/3 by deep copy)."""
+    if net is not None:
+        import copy
+        template = copy.deepcopy(net).cpu()
+
+        def load_model(path, flag):
+            other = copy.deepcopy(template)
+            return model_loader.load_state(other, model_loader.read_state_dict(path, flag), f'{flag} {path!r}').eval()
+        return net.eval(), load_model
 
     def load_model(path, flag='--model_file'):
-        return model_loader.load(args.dataset, args.model, path, flag)
+        return model_loader.load(settings.dataset, settings.model, path, flag)
+    return load_model(settings.model_file), load_model
 
-    net = load_model(args.model_file)
 
-    def load(train):
-        return dataloader.load_dataset(args.dataset, args.datapath, train, args.raw_data, args.data_split,
-                                       args.split_idx, args.download, device,
-                                       labels_file=getattr(args, 'train_labels', '') if train else None)
-    # Data before any file is made: a data error must leave the folder as it was.
-    train_data = load(True)
-    test_data = load(False) if getattr(args, 'eval_test', False) else None
-    # `net` is what the grid moves; `eval_net` is what evaluates it (the same model, folded or wrapped).
-    # Folded before any file is made: a model torch.fx cannot trace must leave the folder as it was.
+def load_data(settings, device, comm, train_dataset=None, test_dataset=None):
+    """The training batch source (and the test one with --eval_test), before any file is made:
+    a data error must leave the folder as it was."""
+    def source(train, given):
+        dataset = given if given is not None else settings.dataset
+        return dataloader.batch_source(
+            dataset, settings.datapath, train, settings.batch_size, device, settings.data_mode, settings.workers,
+            raw_data=settings.raw_data, data_split=settings.data_split, split_idx=settings.split_idx,
+            download=settings.download, labels_file=settings.train_labels if train else None,
+            share=comm.local_size)
+    train = source(True, train_dataset)
+    wanted_test = settings.eval_test and (test_dataset is not None or isinstance(settings.dataset, str))
+    if settings.eval_test and not wanted_test:
+        raise UsageError('eval_test needs a test_dataset')
+    return train, source(False, test_dataset) if wanted_test else None
+
+
+def prepare_evaluation(settings, net, comm, device, datasets):
+    """(eval_net, folding): ``net`` folded (--fold_bn), moved to ``device`` in its memory layout
+    (--channels_last), wrapped (--ngpu) and compiled (--compile). Folded before any file is made:
+    a model torch.fx cannot trace must leave the folder as it was."""
     eval_net, folding = net, None
-    if getattr(args, 'fold_bn', False):
+    if settings.fold_bn:
         folding = bn_folding.BatchNormFolding(net)
         eval_net = folding.module
         if comm.is_root:
             print(f'--fold_bn: {folding.num_folded} BatchNorm layers folded into convolutions'
                   + ('' if folding.num_folded else ' (none follows a convolution directly)'), file=sys.stderr, flush=True)
-
-    base_cpu = net_plotter.get_base(net, args.dir_type)
-
-    def check_then_make_directions():
-        # Refuse a surface file made for another run before writing a direction file for it.
-        if os.path.exists(surf_file):
-            hdf5_layout.check_surface_matches(hdf5_layout.read_surface(surf_file), grid, dir_file,
-                                              run_identity(args, dir_file, grid.is_2d))
-        net_plotter.setup_direction_file(args, dir_file, net, base_cpu, load_model)
-    comm.root_only(check_then_make_directions)
-
     # The folded convolutions live in folding.module only; every other layer is net's own.
     for model in [net] if folding is None else [net, folding.module]:
         model.to(device)
-        if getattr(args, 'channels_last', False):
+        if settings.channels_last:
             model.to(memory_format=torch.channels_last)
-    if getattr(args, 'channels_last', False):
-        train_data, test_data = (d and d.channels_last() for d in (train_data, test_data))
-    if args.cuda and args.ngpu > 1:
-        eval_net = torch.nn.DataParallel(eval_net, device_ids=list(range(min(args.ngpu, torch.cuda.device_count()))))
-    if getattr(args, 'compile', False):
+    if settings.channels_last:
+        for data in datasets:
+            if data is not None:
+                data.channels_last()
+    if settings.cuda and settings.ngpu > 1:
+        eval_net = torch.nn.DataParallel(eval_net, device_ids=list(range(min(settings.ngpu, torch.cuda.device_count()))))
+    if settings.compile:
         # Parameters stay graph inputs (inductor's freezing is off by default), so moving the
         # weights in place between points needs no recompilation.
         eval_net = torch.compile(eval_net, dynamic=False)
+    return eval_net, folding
+
+
+def probe_objective(the_objective, eval_net, data, amp=False):
+    """The objective's value keys, from one batch at the centre: a loss function that returns the
+    wrong thing, or a batch the model cannot take, is refused here, before any file is made."""
+    try:
+        first = next(iter(data.batches()))
+    except (TypeError, RuntimeError) as err:
+        raise UsageError(f'the data cannot be batched ({str(err).splitlines()[0]})') from None
+    with torch.inference_mode():
+        eval_net.eval()
+        sums = the_objective.sums(eval_net, first, amp)
+    return the_objective.value_keys(sums)
+
+
+def write_directions(settings, comm, grid, dir_file, surf_file, net, base_cpu, load_model):
+    """Rank 0: refuse a surface file made for another run, then make (or complete) the direction
+    file -- in this order, so no direction file is written for a run that is refused."""
+    def check_then_make():
+        if os.path.exists(surf_file):
+            hdf5_layout.check_surface_matches(hdf5_layout.read_surface(surf_file), grid, dir_file,
+                                              run_identity(settings, dir_file, grid.is_2d))
+        net_plotter.setup_direction_file(settings.directions, dir_file, net, base_cpu, load_model)
+    comm.root_only(check_then_make)
+
+
+def prepare_run(settings, comm, net=None, train_dataset=None, test_dataset=None):
+    """Build everything a grid run needs on this rank (rank 0 makes the direction file). ``net``,
+    ``train_dataset``, ``test_dataset``: objects given from Python instead of --model/--dataset.
+    The settings were validated (grid_args.validate) before this is called."""
+    torch.set_num_threads(settings.threads or default_threads(comm))
+    device = select_device(settings.cuda, comm.local_rank)
+    grid, dir_file, surf_file = plan_files(settings, comm)
+    net, load_model = build_model(settings, net)
+    the_objective = objective.resolve(settings.loss_name)
+    train_data, test_data = load_data(settings, device, comm, train_dataset, test_dataset)
+    base_cpu = [t.cpu() for t in net_plotter.get_base(net, settings.dir_type)]
+    eval_net, folding = prepare_evaluation(settings, net, comm, device, (train_data, test_data))
+    value_keys = probe_objective(the_objective, eval_net, train_data, settings.amp)
+    write_directions(settings, comm, grid, dir_file, surf_file, net, base_cpu, load_model)
     base = [t.to(device) for t in base_cpu]
     xdirection, ydirection = net_plotter.load_directions(dir_file, base_cpu, grid.is_2d, device)
-
-    def open_writer():
-        attrs = {hdf5_layout.ARGS_ATTR: vars(args), hdf5_layout.VERSIONS_ATTR: library_versions(comm)}
-        return hdf5_layout.SurfaceWriter(surf_file, grid, dir_file, value_names,
-                                         run_identity(args, dir_file, grid.is_2d), attrs, by_products)
-
-    return Run(args=args, comm=comm, device=device, grid=grid, net=net, eval_net=eval_net, folding=folding,
-               base=base, dir_file=dir_file, surf_file=surf_file, xdirection=xdirection, ydirection=ydirection,
-               train_data=train_data, test_data=test_data, open_writer=open_writer)
+    return Run(settings=settings, comm=comm, device=device, grid=grid, dir_file=dir_file, surf_file=surf_file,
+               net=net, eval_net=eval_net, folding=folding, objective=the_objective, value_keys=value_keys,
+               train_data=train_data, test_data=test_data, base=base, xdirection=xdirection,
+               ydirection=ydirection)

@@ -37,7 +37,8 @@ import net_plotter  # noqa: E402
 import plot_surface  # noqa: E402
 from cifar10.fake_data import write_fake_cifar10  # noqa: E402
 from mpi_comm import SerialComm  # noqa: E402
-from run_setup import prepare_run
+import evaluators  # noqa: E402
+from run_setup import RunSettings, prepare_run  # noqa: E402
 from surface_engine import run_grid  # noqa: E402
 from dataloader import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
 from cli import DefaultsHelpFormatter  # noqa: E402
@@ -80,10 +81,10 @@ def time_suite(workdir, model_file, opts, repeat, lever=''):
     """Seconds per point of the suite's own grid loop (a fresh surface file each repeat)."""
     surf = os.path.join(workdir, f'suite_{repeat}_{abs(hash(lever))}.h5')
     args = surface_args(workdir, model_file, opts, ['--surf_file', surf, *lever.split()])
-    run = prepare_run(args, SerialComm(), plot_surface.surface_names(args))
+    run = prepare_run(RunSettings.from_args(args), SerialComm())
     sync(opts)
     start = time.perf_counter()
-    run_grid(SerialComm(), run.grid, run.open_writer, plot_surface.make_points_evaluator(run),
+    run_grid(SerialComm(), run.grid, run.open_writer(run.value_names()), evaluators.make_loss_evaluator(run),
              points_per_call=args.points_per_call)
     sync(opts)
     return (time.perf_counter() - start) / run.grid.num_points, run
@@ -121,7 +122,7 @@ def time_naive(workdir, run, opts):
 
 def time_floor(run, opts):
     """One forward pass over the already-normalised data: the cost a grid point cannot beat."""
-    data, batch_size = run.train_data, run.args.batch_size
+    data, batch_size = run.train_data.data, run.settings.batch_size
     prepared = [data.normalize(data.inputs[i:i + batch_size]) for i in range(0, len(data), batch_size)]
     run.eval_net.eval()
     sync(opts)
@@ -200,7 +201,7 @@ def measure(opts, workdir):
                     'device': torch.cuda.get_device_name() if opts.cuda else 'cpu'},
         'model': opts.model, 'num_images': opts.num_images, 'grid': f'{opts.grid}x{opts.grid}',
         'repeats': opts.repeats,
-        'resident_data_mb': run.train_data.inputs.element_size() * run.train_data.inputs.nelement() / 2**20,
+        'resident_data_mb': run.train_data.data.inputs.element_size() * run.train_data.data.inputs.nelement() / 2**20,
         'levers': {},
     }
     if naive:

@@ -64,7 +64,7 @@ PLOT_SURFACE_CASES = [
      ['not a readable PyTorch checkpoint']),
     ('unknown xnorm', [*MODEL, '--xnorm', 'filtr'], ['--xnorm', 'invalid choice']),
     ('unknown dir_type', [*MODEL, '--dir_type', 'weight'], ['--dir_type', 'invalid choice']),
-    ('unknown loss', [*MODEL, '--loss_name', 'hinge'], ['--loss_name', 'invalid choice']),
+    ('unknown loss', [*MODEL, '--loss_name', 'hinge'], ['--loss_name', "'hinge'", 'causal_lm']),
     ('direction file for another model', ['--model', 'mlp', '--model_file', '{d}/mlp.t7', '--dir_file', DIR, '--x=-1:1:3'],
      ['direction file', 'does not fit the model']),
     ('direction file missing', [*MODEL, '--dir_file', '{d}/nodir.h5'], ['--dir_file', 'does not exist']),

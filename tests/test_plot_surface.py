@@ -9,6 +9,7 @@ import torch
 
 import dataloader
 import evaluation
+import objective
 import hdf5_layout
 import model_loader
 import net_plotter
@@ -110,9 +111,9 @@ def test_plane_through_three_models_with_absolute_paths(tmp_path, checkpoints, c
     surf = tmp_path / 'plane.h5'
     run(capsys, '--model', 'cnn_bn', '--model_file', paths[0], '--model_file2', paths[1], '--model_file3', paths[2],
         '--x=0:1:2', '--y=0:1:2', '--dir_type', 'states', '--surf_file', surf)
-    dir_file = net_plotter.name_direction_file(plot_surface.get_args_parser().parse_args(
-        ['--model_file', paths[0], '--model_file2', paths[1], '--model_file3', paths[2], '--y=0:1:2',
-         '--dir_type', 'states']))
+    args = plot_surface.get_args_parser().parse_args(['--model_file', paths[0], '--model_file2', paths[1],
+                                                      '--model_file3', paths[2], '--y=0:1:2', '--dir_type', 'states'])
+    dir_file = net_plotter.name_direction_file(net_plotter.DirectionSpec.from_args(args))
     assert os.path.isfile(dir_file) and os.path.dirname(dir_file) in (str(tmp_path), str(tmp_path / 'a'))
     loss = hdf5_layout.read_surface(str(surf)).values['train_loss']
     data = dataloader.load_dataset('digits', '', True, False, 4, 1)
@@ -146,21 +147,21 @@ def test_resume_computes_only_missing_and_matches_uninterrupted(tmp_path, checkp
               '--y=-1:1:3', '--xnorm', 'filter', '--ynorm', 'filter']
     run(capsys, *common, '--surf_file', tmp_path / 'full.h5')
 
-    real_evaluate, calls = evaluation.evaluate, []
+    real_evaluate, calls = objective.evaluate, []
 
     def crashing_evaluate(*a, **k):
         calls.append(1)
         if len(calls) == 6:
             raise RuntimeError('simulated crash')
         return real_evaluate(*a, **k)
-    monkeypatch.setattr(evaluation, 'evaluate', crashing_evaluate)
+    monkeypatch.setattr(objective, 'evaluate', crashing_evaluate)
     with pytest.raises(RuntimeError, match='simulated crash'):
         plot_surface.main([*DATA, *common, '--surf_file', str(tmp_path / 'resumed.h5')])
     partial = hdf5_layout.read_surface(str(tmp_path / 'resumed.h5'))
     assert partial.done['train_loss'].sum() == 5 and np.isnan(partial.values['train_loss'][~partial.done['train_loss']]).all()
 
     calls.clear()
-    monkeypatch.setattr(evaluation, 'evaluate', lambda *a, **k: (calls.append(1), real_evaluate(*a, **k))[1])
+    monkeypatch.setattr(objective, 'evaluate', lambda *a, **k: (calls.append(1), real_evaluate(*a, **k))[1])
     run(capsys, *common, '--surf_file', tmp_path / 'resumed.h5')
     assert len(calls) == 12 - 5
     full, resumed = (hdf5_layout.read_surface(str(tmp_path / n)) for n in ('full.h5', 'resumed.h5'))
@@ -174,15 +175,16 @@ def test_resume_computes_only_missing_and_matches_uninterrupted(tmp_path, checkp
 
 def test_values_that_look_like_old_sentinels_are_results(tmp_path, checkpoints, capsys, monkeypatch):
     """0, negative, NaN and inf are results, never 'missing' (the old code recomputed <= 0)."""
-    fake = iter([(0.0, 0.0), (-1.0, 5.0), (float('nan'), 0.0), (float('inf'), 0.0), (1.0, 10.0)])
-    monkeypatch.setattr(evaluation, 'evaluate', lambda *a, **k: next(fake))
+    fake = iter([{'loss': loss, 'acc': acc} for loss, acc in
+                 [(0.0, 0.0), (-1.0, 5.0), (float('nan'), 0.0), (float('inf'), 0.0), (1.0, 10.0)]])
+    monkeypatch.setattr(objective, 'evaluate', lambda *a, **k: next(fake))
     args = ['--model', 'mlp', '--model_file', local_copy(tmp_path, checkpoints['mlp']), '--x=-1:1:5',
             '--surf_file', tmp_path / 's.h5']
     run(capsys, *args)
     s = hdf5_layout.read_surface(str(tmp_path / 's.h5'))
     assert s.done['train_loss'].all()
     np.testing.assert_array_equal(s.values['train_loss'], [0.0, -1.0, np.nan, np.inf, 1.0])
-    monkeypatch.setattr(evaluation, 'evaluate', lambda *a, **k: pytest.fail('recomputed a finished point'))
+    monkeypatch.setattr(objective, 'evaluate', lambda *a, **k: pytest.fail('recomputed a finished point'))
     run(capsys, *args)
 
 
@@ -453,11 +455,11 @@ def test_adding_test_values_keeps_and_skips_the_training_values(tmp_path, checkp
     with h5py.File(later, 'a') as f:
         f['train_loss'][0, 0] = 99.5
     evaluated = []   # the number of samples of each data set evaluated
-    real_evaluate, real_stacked = evaluation.evaluate, point_batching.evaluate_stacked
-    monkeypatch.setattr(evaluation, 'evaluate', lambda net, data, *a: (evaluated.append(len(data)),
-                                                                      real_evaluate(net, data, *a))[1])
+    real_evaluate, real_stacked = objective.evaluate, point_batching.evaluate_stacked
+    monkeypatch.setattr(objective, 'evaluate', lambda net, data, *a: (evaluated.append(data.num_samples),
+                                                                     real_evaluate(net, data, *a))[1])
     monkeypatch.setattr(point_batching, 'evaluate_stacked', lambda net, t, data, *a: (
-        evaluated.append(len(data)), real_stacked(net, t, data, *a))[1])
+        evaluated.append(data.num_samples), real_stacked(net, t, data, *a))[1])
     run(capsys, *common, '--eval_test', '--surf_file', later)
     test_size = len(dataloader.load_dataset('digits', '', False, False, 4, 1))
     assert evaluated and set(evaluated) == {test_size}
