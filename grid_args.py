@@ -235,7 +235,7 @@ def check_plot(parser, args):
                          'or draw it later with plot_2D.py --proj_file')
         check_file_exists(args.proj_file, '--proj_file')
         hdf5_layout.read_projection_file(args.proj_file)
-    if not args.plot:
+    if not getattr(args, 'plot', False):   # landscape.py draws nothing
         return
     xaxis, yaxis = parse_axis(args.x, '--x'), parse_axis(args.y, '--y') if args.y else None
     if yaxis is None and xaxis.num < 2:

@@ -145,9 +145,11 @@ def get_args_parser():
                     "'zvalue'. Points not computed or not finite are dropped with the quads touching them.")
     parser.add_argument('--surf_file', '--file', '-f', default='', dest='surf_file',
                         help='surface file (.h5) written by plot_surface.py or the original code')
-    parser.add_argument('--surf_name', default='train_loss', choices=SURF_NAME_CHOICES, metavar='NAME',
-                        help='one of ' + ', '.join(SURF_NAME_CHOICES) + '; which surface to convert (default: %(default)s); train_err/test_err are '
-                             '100 - accuracy, eig_ratio is |min_eig/max_eig|')
+    parser.add_argument('--surf_name', default='train_loss', metavar='NAME',
+                        help='which surface to convert: any value the file holds ('
+                             + ', '.join(SURF_NAME_CHOICES) + ', or an objective\'s own, e.g. train_perplexity); '
+                             'train_err/test_err are 100 - accuracy, eig_ratio is |min_eig/max_eig|; a name the '
+                             'file lacks is refused with the list of those it has (default: %(default)s)')
     parser.add_argument('--zmax', default=-1, type=float,
                         help='clip values above ZMAX to ZMAX (diverged +inf points too) so one '
                              'huge value does not flatten the picture; <= 0 (default -1): no clipping. '

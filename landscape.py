@@ -59,7 +59,7 @@ def compute_surface(settings, comm, **objects):
 def compute_hessian_eigen(settings, comm, solver, **objects):
     """plot_hessian_eigen.py's work: the Hessian's extreme eigenvalues (and trace) at every
     missing point; ``solver``: a hessian.SolverSettings."""
-    run = prepare_run(settings, comm, **objects)
+    run = prepare_run(settings, comm, differentiable=True, **objects)
     names = evaluators.eigen_value_names(trace=solver.trace_samples > 0)
     summary = run_grid(comm, run.grid, run.open_writer(names, evaluators.EIGEN_BY_PRODUCTS),
                        evaluators.make_hessian_evaluator(run, solver), desc='hessian eigenvalues')

@@ -1,6 +1,6 @@
 """Building a model by name and loading a checkpoint into it.
 
-Names: the zoo of the dataset (cifar10/model_loader.py, digits/models.py), or
+Names: the zoo of the dataset (cifar10/zoo.py, digits/models.py), or
 ``package.module:factory`` for any nn.Module the user writes (called with no arguments).
 Checkpoints: a dict holding 'state_dict' (the original code's format: also 'epoch', 'acc') or a
 bare state_dict; a DataParallel 'module.' prefix is stripped; always read with weights_only=True.
@@ -16,7 +16,7 @@ DATAPARALLEL_PREFIX = 'module.'
 
 def zoo(dataset):
     """The name -> constructor registry for ``dataset`` (custom datasets see every zoo)."""
-    from cifar10.model_loader import MODELS as CIFAR10_MODELS
+    from cifar10.zoo import MODELS as CIFAR10_MODELS
     from digits.models import MODELS as DIGITS_MODELS
     zoos = {'cifar10': CIFAR10_MODELS, 'digits': DIGITS_MODELS}
     if dataset in zoos:

@@ -152,8 +152,14 @@ def get_comm(use_mpi):
 
 def fail_all_ranks(comm, err):
     """A crash inside the per-point loop: report it from this rank and stop every rank. Results
-    already written stay in the surface file; rerunning the same command resumes."""
+    already written stay in the surface file; rerunning the same command resumes. A UsageError
+    (a loss function that returned the wrong thing at a later point) is the user's one line."""
     prefix = f'[rank {comm.rank}] ' if comm.size > 1 else ''
+    if isinstance(err, UsageError):
+        if comm.size > 1:
+            sys.stderr.write(f'{prefix}error: {" ".join(str(err).split())}\n')
+            comm.abort(2)
+        raise err
     sys.stderr.write(prefix + ''.join(traceback.format_exception(err)))
     if comm.size > 1:
         comm.abort(1)

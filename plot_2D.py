@@ -316,9 +316,11 @@ def get_args_parser():
     parser.add_argument('--proj_file', default='',
                         help='projection file from plot_trajectory.py (proj_xcoord/proj_ycoord); '
                              'its per-checkpoint train_loss, when stored, colours the path')
-    parser.add_argument('--surf_name', default='train_loss', choices=SURF_NAME_CHOICES, metavar='NAME',
-                        help='one of ' + ', '.join(SURF_NAME_CHOICES) + '; which surface to plot (default: %(default)s); train_err/test_err are '
-                             '100 - accuracy; eig_ratio draws the |min_eig/max_eig| heat maps')
+    parser.add_argument('--surf_name', default='train_loss', metavar='NAME',
+                        help='which surface to plot: any value the file holds ('
+                             + ', '.join(SURF_NAME_CHOICES) + ', or an objective\'s own, e.g. train_perplexity); '
+                             'train_err/test_err are 100 - accuracy, eig_ratio is |min_eig/max_eig|; a name the '
+                             'file lacks is refused with the list of those it has (default: %(default)s)')
     parser.add_argument('--vmin', default=0.1, type=float,
                         help='lowest contour level and bottom of the heat map colour scale (default: %(default)s)')
     parser.add_argument('--vmax', default=10, type=float,

@@ -25,6 +25,7 @@ PRETTY_NAMES = {
     layout.MAX_EIG: 'Largest Hessian eigenvalue', layout.MIN_EIG: 'Smallest Hessian eigenvalue',
     layout.TRACE: 'Hessian trace', layout.HVP_COUNT: 'Hessian-vector products',
     EIG_RATIO: '|min eig / max eig|', 'eig_signed_ratio': 'min eig / max eig',
+    'train_perplexity': 'Training perplexity', 'test_perplexity': 'Test perplexity',
 }
 # Checkpoint file name endings, to recognise the original code's interpolation direction files
 # (named after both checkpoints, e.g. 'a/model_300.t7_model_10.t7_states.h5').

@@ -19,7 +19,6 @@ projections, not on that surface. --eval stores each checkpoint's own training l
 (its weights and BatchNorm statistics) in the projection file.
 """
 import collections.abc
-import dataclasses
 import os
 import shlex
 
@@ -27,10 +26,10 @@ import numpy as np
 import torch
 
 import dataloader
-import evaluation
 import hdf5_layout
 import model_loader
 import net_plotter
+import objective
 import projection
 from cli import ArgumentParser, UsageError, check_file_exists, run_main
 from mpi_comm import select_device
@@ -63,7 +62,8 @@ def get_args_parser(add_help=True):
     evaluate.add_argument('--eval', action='store_true', help="store each checkpoint's own training loss and "
                           'accuracy in the projection file (it colours the path)')
     dataloader.add_data_arguments(evaluate)   # --dataset also picks the model zoo without --eval
-    evaluation.add_loss_argument(evaluate)
+    dataloader.add_data_mode_arguments(evaluate)
+    objective.add_loss_argument(evaluate)
     evaluate.add_argument('--batch_size', default=128, type=int, help='evaluation batch size')
     evaluate.add_argument('--cuda', action='store_true', help='evaluate on the GPU')
     evaluate.add_argument('--threads', default=None, type=int, help='CPU threads (torch.set_num_threads)')
@@ -94,6 +94,10 @@ def validate_args(args):
     model_loader.check_model_name(args.dataset, args.model)
     if args.dir_file:
         check_file_exists(args.dir_file, '--dir_file')
+    if args.workers is not None and args.workers < 0:
+        raise UsageError('--workers must be 0 or more')
+    if args.eval:
+        objective.check_loss_name(args.loss_name)
 
 
 def checkpoint_epochs(start_epoch, max_epoch, save_epoch):
@@ -162,31 +166,32 @@ class CheckpointBases(collections.abc.Sequence):
 
 
 def training_data(args, device):
-    """The training set, with the labels the run trained on when its folder holds them."""
-    data = dataloader.load_dataset(args.dataset, args.datapath, True, args.raw_data,
-                                   download=args.download, device=device)
+    """The training batch source, with the labels the run trained on when its folder holds them."""
     labels_file = os.path.join(args.model_folder, dataloader.TRAIN_LABELS_FILE)
     if os.path.isfile(labels_file):
         # A --label_corrupt_prob run: its checkpoints' training loss is on the labels it saw.
         print(f'evaluating on the training labels of {labels_file}')
-        labels = dataloader.read_labels(labels_file, len(data), 'label file')
-        data = dataclasses.replace(data, targets=labels.to(device))
-    return data
+    else:
+        labels_file = None
+    return dataloader.batch_source(args.dataset, args.datapath, True, args.batch_size, device, args.data_mode,
+                                   args.workers, raw_data=args.raw_data, download=args.download,
+                                   labels_file=labels_file)
 
 
 def evaluate_checkpoints(args, paths, net):
-    """Each checkpoint's own training loss and accuracy (%), in eval mode with its own BN statistics."""
+    """Each checkpoint's own training values (loss, and the objective's others: accuracy in %, ...),
+    in eval mode with its own BN statistics: {train_loss: array over checkpoints, ...}."""
     from tqdm import tqdm
     device = select_device(args.cuda)
     data = training_data(args, device)
-    losses, accuracies = [], []
+    the_objective = objective.resolve(args.loss_name)
+    values = {}
     for path in tqdm(paths, desc='evaluating checkpoints', unit='ckpt', dynamic_ncols=True):
         model_loader.load_state(net, model_loader.read_state_dict(path, 'checkpoint'), f'checkpoint {path!r}')
-        loss, acc = evaluation.evaluate(net.to(device), data, args.loss_name, args.batch_size)
+        for key, value in objective.evaluate(net.to(device), data, the_objective).items():
+            values.setdefault(f'train_{key}', []).append(value)
         net.cpu()
-        losses.append(loss)
-        accuracies.append(acc)
-    return {hdf5_layout.TRAIN_LOSS: np.array(losses), hdf5_layout.TRAIN_ACC: np.array(accuracies)}
+    return {name: np.array(series) for name, series in values.items()}
 
 
 def suggest_grid(proj_x, proj_y, margin=0.2):

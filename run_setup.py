@@ -268,16 +268,26 @@ def prepare_evaluation(settings, net, comm, device, datasets):
     return eval_net, folding
 
 
-def probe_objective(the_objective, eval_net, data, amp=False):
+def probe_objective(the_objective, eval_net, data, amp=False, differentiable=False):
     """The objective's value keys, from one batch at the centre: a loss function that returns the
-    wrong thing, or a batch the model cannot take, is refused here, before any file is made."""
+    wrong thing, or a batch the model cannot take, is refused here, before any file is made.
+    ``differentiable``: also take the loss sum the Hessian differentiates (plot_hessian_eigen)."""
     try:
         first = next(iter(data.batches()))
     except (TypeError, RuntimeError) as err:
         raise UsageError(f'the data cannot be batched ({str(err).splitlines()[0]})') from None
-    with torch.inference_mode():
-        eval_net.eval()
-        sums = the_objective.sums(eval_net, first, amp)
+    eval_net.eval()
+    try:
+        with torch.inference_mode():
+            sums = the_objective.sums(eval_net, first, amp)
+        if differentiable:
+            with torch.enable_grad():
+                the_objective.loss_sum(eval_net, first)
+    except (TypeError, RuntimeError) as err:
+        # The model called with a batch it cannot take (a keyword it lacks, a shape mismatch).
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ''
+        raise UsageError(f'--loss_name {the_objective.name}: the model cannot take a batch of this data '
+                         f'({type(err).__name__}: {first_line})') from None
     return the_objective.value_keys(sums)
 
 
@@ -292,9 +302,10 @@ def write_directions(settings, comm, grid, dir_file, surf_file, net, base_cpu, l
     comm.root_only(check_then_make)
 
 
-def prepare_run(settings, comm, net=None, train_dataset=None, test_dataset=None):
+def prepare_run(settings, comm, net=None, train_dataset=None, test_dataset=None, differentiable=False):
     """Build everything a grid run needs on this rank (rank 0 makes the direction file). ``net``,
-    ``train_dataset``, ``test_dataset``: objects given from Python instead of --model/--dataset.
+    ``train_dataset``, ``test_dataset``: objects given from Python instead of --model/--dataset;
+    ``differentiable``: the run takes Hessians of the objective (checked on the probe batch).
     The settings were validated (grid_args.validate) before this is called."""
     torch.set_num_threads(settings.threads or default_threads(comm))
     device = select_device(settings.cuda, comm.local_rank)
@@ -304,7 +315,7 @@ def prepare_run(settings, comm, net=None, train_dataset=None, test_dataset=None)
     train_data, test_data = load_data(settings, device, comm, train_dataset, test_dataset)
     base_cpu = [t.cpu() for t in net_plotter.get_base(net, settings.dir_type)]
     eval_net, folding = prepare_evaluation(settings, net, comm, device, (train_data, test_data))
-    value_keys = probe_objective(the_objective, eval_net, train_data, settings.amp)
+    value_keys = probe_objective(the_objective, eval_net, train_data, settings.amp, differentiable)
     write_directions(settings, comm, grid, dir_file, surf_file, net, base_cpu, load_model)
     base = [t.to(device) for t in base_cpu]
     xdirection, ydirection = net_plotter.load_directions(dir_file, base_cpu, grid.is_2d, device)

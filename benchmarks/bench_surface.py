@@ -175,7 +175,7 @@ def main(argv=None):
 def measure(opts, workdir):
     """Every timing of the table, on fake data and a random model written to ``workdir``."""
     write_fake_cifar10(workdir, num_train=opts.num_images, num_test=10)
-    from cifar10.model_loader import MODELS
+    from cifar10.zoo import MODELS
     torch.manual_seed(0)
     model_file = os.path.join(workdir, 'model.t7')
     torch.save({'state_dict': MODELS[opts.model]().state_dict(), 'epoch': 0, 'acc': 0.0}, model_file)

@@ -31,8 +31,8 @@ import os
 import sys
 
 if __package__ in (None, ''):
-    # Run as a script (python cifar10/main.py): import the suite's modules, not this folder's
-    # namesakes (cifar10/model_loader.py would shadow the top-level model_loader).
+    # Run as a script (python cifar10/main.py): the suite's modules live one folder up, and this
+    # folder's own modules are imported as the cifar10 package.
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np
@@ -44,7 +44,7 @@ from tqdm import tqdm
 import dataloader
 import evaluation
 import model_loader
-from cifar10.model_loader import MODELS as CIFAR10_MODELS
+from cifar10.zoo import MODELS as CIFAR10_MODELS
 from cli import ArgumentParser, UsageError, check_file_exists, check_writable_folder, run_main
 from file_safety import atomic_path
 from mpi_comm import select_device

@@ -8,7 +8,7 @@ from torch import nn
 
 import net_plotter
 from bn_folding import BatchNormFolding
-from cifar10.model_loader import build
+from cifar10.zoo import build
 from cli import UsageError
 from tests.synthetic_weights import synthetic_state_dict
 from tests.test_model_zoo import LAYOUTS

@@ -11,7 +11,7 @@ import torch
 
 import dataloader
 from cifar10.fake_data import write_fake_cifar10
-from cifar10.model_loader import MODELS
+from cifar10.zoo import MODELS
 from tests.conftest import run_script
 
 

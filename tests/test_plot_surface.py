@@ -282,7 +282,7 @@ def test_cifar10_folder_read_offline_like_torchvision(tmp_path, capsys, monkeypa
     assert ours.inputs.dtype == torch.uint8    # 1 byte per pixel resident, normalised per batch
     # And the whole script runs on it, on a zoo model.
     torch.manual_seed(0)
-    from cifar10.model_loader import MODELS
+    from cifar10.zoo import MODELS
     torch.save({'state_dict': MODELS['resnet20']().state_dict()}, tmp_path / 'r20.t7')
     code, err = call_main(plot_surface.main, ['--datapath', tmp_path, '--model', 'resnet20', '--model_file',
                                               tmp_path / 'r20.t7', '--x=-1:1:2', '--xnorm', 'filter',

@@ -573,9 +573,20 @@ def test_bad_input_as_a_user_runs_it(bad_inputs, script, args):
     assert folder_state(folder) == before, 'a failed run wrote or touched files'
 
 
-def test_argparse_choices_reject_unknown_surf_name(bad_inputs):
+def test_a_surf_name_the_file_lacks_is_refused_with_what_it_has(bad_inputs):
     result = run_script('plot_2D.py', '--surf_file', bad_inputs['two_d'], '--surf_name', 'bogus')
-    assert result.returncode == 2 and 'invalid choice' in result.stderr and 'Traceback' not in result.stderr
+    assert result.returncode == 2 and 'Traceback' not in result.stderr
+    assert "no 'bogus'" in result.stderr and 'train_loss' in result.stderr
+
+
+def test_an_objective_value_plots_by_its_name(tmp_path):
+    """Values an objective adds (train_perplexity, train_K) are plotted like the built-in ones."""
+    surf = surface_2d(tmp_path)
+    with h5py.File(surf, 'a') as f:
+        f['train_perplexity'] = np.exp(f['train_loss'][()])
+        f['done/train_perplexity'] = f['done/train_loss'][()]
+    written = plot_2D.plot_2d_contour(surf, surf_name='train_perplexity', vmin=1, vmax=20, vlevel=1)
+    assert written and all(os.path.getsize(p) > 0 for p in written) and any('train_perplexity' in p for p in written)
 
 
 def test_plot_options_are_keyword_only(tmp_path):
