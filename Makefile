@@ -29,6 +29,7 @@ bench: $(VENV)/.test-installed
 	$(PY) benchmarks/bench_surface.py --levers "" "--channels_last --batch_size 32" \
 		"--channels_last --batch_size 32 --fold_bn" --mpi_levers "--channels_last --batch_size 32 --fold_bn" --mpi
 	$(PY) benchmarks/bench_hessian.py
+	$(PY) benchmarks/bench_io.py --grids 41 201
 
 # The GPU figures (needs a CUDA GPU; see benchmarks/gpu_check.sh).
 bench-gpu: $(VENV)/.test-installed

@@ -6,18 +6,25 @@ cheap no-op):
 
     LANDSCAPE_KILL_AT=EVENT:N    SIGKILL this process when EVENT happens for the N-th time
     LANDSCAPE_STALL_AT=EVENT:N   sleep forever at that moment instead, so that a kill at a random
-                                 time is sure to interrupt an unfinished run
+                                 time is sure to interrupt an unfinished run; a line on stderr
+                                 ('fault_injection: stalled at EVENT:N') says it has begun
     LANDSCAPE_FAULT_RANK=R       only in MPI rank R (default: every process)
 
-Events: 'point' -- a grid point's result reached the surface file (rank 0) or was sent to rank 0
-(the other ranks); 'file' -- a file was renamed into place by file_safety.atomic_path.
+Events, each counted in grid points except 'file':
+    'recorded'  rank 0 recorded a point's result in memory (surface_store.SurfaceWriter.record);
+                it reaches the file at the next flush
+    'values'    a flush wrote its points' values, not yet their done masks
+    'point'     a flush wrote its points' done masks: those points are in the surface file
+                (rank 0); a point's result was sent to rank 0 (the other ranks)
+    'file'      a file was renamed into place by file_safety.atomic_path (counted in files)
 """
 import os
 import signal
+import sys
 import time
 
 KILL_VARIABLE, STALL_VARIABLE, RANK_VARIABLE = 'LANDSCAPE_KILL_AT', 'LANDSCAPE_STALL_AT', 'LANDSCAPE_FAULT_RANK'
-EVENTS = ('point', 'file')
+EVENTS = ('recorded', 'values', 'point', 'file')
 
 _counts = dict.fromkeys(EVENTS, 0)
 
@@ -50,5 +57,6 @@ def reached(event, times=1):
             continue
         if variable == KILL_VARIABLE:
             os.kill(os.getpid(), signal.SIGKILL)
+        print(f'fault_injection: stalled at {event}:{target[1]}', file=sys.stderr, flush=True)
         while True:
             time.sleep(3600)

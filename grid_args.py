@@ -67,6 +67,38 @@ def check_model(parser, args):
     objective.check_loss_name(args.loss_name)
 
 
+def add_centre_arguments(parser):
+    """The model at one point (hessian_spectrum.py, sharpness.py): --model, --model_file, --loss_name."""
+    model = parser.add_argument_group('model and objective')
+    model.add_argument('--model', default='resnet56', help='a model of the dataset\'s zoo (e.g. resnet56, '
+                       'vgg9; digits: mlp, cnn, cnn_bn) or package.module:factory returning an nn.Module')
+    model.add_argument('--model_file', default='', help='checkpoint of the trained model: a dict with '
+                       '"state_dict" or a bare state_dict')
+    objective.add_loss_argument(model)
+    return model
+
+
+def check_centre(parser, args):
+    model_loader.check_model_name(args.dataset, args.model)
+    if not args.model_file:
+        parser.error('--model_file is required: the checkpoint to measure')
+    check_file_exists(args.model_file, '--model_file')
+    objective.check_loss_name(args.loss_name)
+
+
+def add_device_arguments(parser):
+    device = parser.add_argument_group('compute')
+    device.add_argument('--cuda', action='store_true', help='compute on the GPU')
+    device.add_argument('--threads', default=None, type=int, help='CPU threads (torch.set_num_threads); '
+                        'default: torch\'s choice')
+    return device
+
+
+def check_device(parser, args):
+    if args.threads is not None and args.threads < 1:
+        parser.error('--threads must be at least 1')
+
+
 # ----------------------------------------------------------------------------- directions
 
 def add_direction_arguments(parser):
@@ -84,13 +116,18 @@ def add_direction_arguments(parser):
     directions.add_argument('--same_dir', action='store_true', help='use the x direction as y direction too')
     directions.add_argument('--idx', default=0, type=int, help='index of the random directions: each '
                             'index draws different ones (seed = index) and gets its own file name')
-    directions.add_argument('--include_params', default='', metavar='GLOB[,GLOB...]',
-                            help='move only the parameters whose names match one of these fnmatch patterns '
-                            '(state_dict names with --dir_type states), e.g. "transformer.h.1.*" or '
-                            '"*attn*,*mlp*"; every other direction entry is zero; default: all')
-    directions.add_argument('--exclude_params', default='', metavar='GLOB[,GLOB...]',
-                            help='leave the parameters matching these patterns where they are; default: none')
+    add_param_subset_arguments(directions, 'move only the parameters', 'every other direction entry is zero')
     return directions
+
+
+def add_param_subset_arguments(group, what, rest):
+    """--include_params / --exclude_params: which parameters (by name) the directions move, or
+    the Hessian is taken over."""
+    group.add_argument('--include_params', default='', metavar='GLOB[,GLOB...]',
+                       help=f'{what} whose names match one of these fnmatch patterns (state_dict names with '
+                       f'--dir_type states), e.g. "transformer.h.1.*" or "*attn*,*mlp*"; {rest}; default: all')
+    group.add_argument('--exclude_params', default='', metavar='GLOB[,GLOB...]',
+                       help='leave out the parameters matching these patterns; default: none')
 
 
 def check_directions(parser, args):

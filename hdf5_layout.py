@@ -33,14 +33,17 @@ Surface file (written by plot_surface / plot_hessian_eigen, read by the plot scr
 Projection file (plot_trajectory): proj_xcoord, proj_ycoord (one entry per checkpoint), plus the
 checkpoints' own train_loss / train_acc when evaluated.
 
-Files are always created under a temporary name in the same folder and renamed into place, and a
-surface file is updated the same way (copy, update, rename), so a killed run never leaves a
-half-written file that a later run trusts.
+Files are always created under a temporary name in the same folder and renamed into place
+(file_safety.atomic_path), so no reader ever sees half of one. A surface file is created whole,
+with every value array and done mask allocated at its full size in one contiguous block
+(write_surface_file), so that its writer (surface_store.SurfaceWriter) can then store points in
+place (open_surface_in_place): writing a point changes that point's bytes and nothing else, and the
+file never grows. Readers read each done mask before its values, the reverse of the writer's order,
+so a file read while it is written never shows a value as done before it is there.
 """
 import contextlib
 import json
 import os
-import shutil
 import hashlib
 
 import h5py
@@ -84,16 +87,22 @@ IDENTITY_FIELDS = ('model', 'model_file', 'model_file2', 'model_file3', 'dir_typ
 # ----------------------------------------------------------------------------- file primitives
 
 @contextlib.contextmanager
-def atomic_h5(path, copy_existing=False):
-    """Yield an h5py.File to fill, under a temporary name beside ``path``; rename it over
-    ``path`` only when the block finishes without error (file_safety.atomic_path). With
-    ``copy_existing`` the temporary file starts as a copy of ``path`` (an in-place update that a
-    kill cannot tear)."""
+def atomic_h5(path):
+    """Yield a new h5py.File to fill, under a temporary name beside ``path``; rename it over
+    ``path`` only when the block finishes without error (file_safety.atomic_path)."""
     with atomic_path(path) as tmp:
-        if copy_existing:
-            shutil.copyfile(path, tmp)
-        with h5py.File(tmp, 'r+' if copy_existing else 'w') as f:
+        # The oldest format that holds the content: superblock version 0, which records no "open
+        # for writing" flag (open_surface_in_place writes in place only to such files).
+        with h5py.File(tmp, 'w', libver=('earliest', 'latest')) as f:
             yield f
+
+
+# HDF5's own file locks stay off, for readers and the writer alike. Nothing here relies on them
+# (whole files are replaced by a rename; a surface file's one writer holds file_safety.FileLock
+# and writes in place in an order readers tolerate), and with them no reader could open a surface
+# file while its writer holds it open: a plot of a run in progress, a second run checking the file
+# before it is refused, or -- HDF5 refuses mixed lock settings on one file -- the writer's own process.
+HDF5_LOCKING = False
 
 
 def open_h5(path, what='file'):
@@ -101,7 +110,7 @@ def open_h5(path, what='file'):
     if not os.path.exists(path):
         raise UsageError(f'{what} {path!r} does not exist')
     try:
-        return h5py.File(path, 'r')
+        return h5py.File(path, 'r', locking=HDF5_LOCKING)
     except OSError as err:
         raise UsageError(f'{what} {path!r} is not a readable HDF5 file ({_first_line(err)})') from None
 
@@ -241,6 +250,9 @@ def read_surface(path):
                 node = f[name]
                 if name in (XCOORDINATES, YCOORDINATES, DIR_FILE) or not isinstance(node, h5py.Dataset):
                     continue
+                # The mask before the values it vouches for: the writer stores them the other way round.
+                stored_done = np.asarray(f[DONE_GROUP][name][()], dtype=bool) \
+                    if DONE_GROUP in f and name in f[DONE_GROUP] else None
                 array = np.asarray(node[()])
                 legacy = DONE_GROUP not in f
                 if legacy and y is not None and array.shape == (len(x), len(y)) != shape:
@@ -250,8 +262,8 @@ def read_surface(path):
                 if array.shape != shape:
                     continue  # not a per-point array (e.g. a scalar someone added)
                 values[name] = array.astype(np.float64)
-                if DONE_GROUP in f and name in f[DONE_GROUP]:
-                    done[name] = np.asarray(f[DONE_GROUP][name][()], dtype=bool)
+                if stored_done is not None:
+                    done[name] = stored_done
                 else:
                     done[name] = values[name] != LEGACY_MISSING
             attrs = {k: _as_str(v) for k, v in f.attrs.items()}
@@ -260,102 +272,103 @@ def read_surface(path):
     return Surface(path, dir_file, x, y, values, done, attrs)
 
 
-class SurfaceWriter:
-    """The only writer of one surface file (MPI rank 0): holds the lock, keeps the arrays in
-    memory, and rewrites the file atomically on ``flush``.
+def write_surface_file(path, dir_file, xcoordinates, ycoordinates, values, done, attrs):
+    """Write a whole surface file atomically: ``values`` and ``done`` ({name: array}) as this
+    module lays them out for writing in place (see open_surface_in_place), and ``attrs``
+    ({key: JSON-able value}) over any the file had.
 
-    Opening validates an existing file against the requested grid, direction file and identity,
-    and adds any value arrays it lacks (NaN, not done) -- e.g. test_loss or max_eig later on.
-    A value already stored is never replaced: a point is evaluated for its missing values only
-    (``missing``), and ``record`` keeps what was there. ``by_products`` (among ``value_names``) are
-    recorded when their point is computed but never make a point pending (hvp_count, which files of
-    the original code lack, counts the products of eigenvalues computed now)."""
-
-    def __init__(self, path, grid, dir_file, value_names, identity, attrs, by_products=()):
-        self.path, self.grid, self.value_names = path, grid, tuple(value_names)
-        self.required_names = tuple(n for n in self.value_names if n not in by_products)
-        self.lock = FileLock(path).acquire()
-        self.dirty = False
-        remove_stale_temporaries(path)   # a killed writer's leftovers; we hold the lock now
-        try:
-            self._open(dir_file, identity, attrs)
-        except BaseException:
-            self.lock.release()
-            raise
-
-    def _open(self, dir_file, identity, attrs):
-        shape = self.grid.shape
-        self.values = {n: np.full(shape, np.nan) for n in self.value_names}
-        self.done = {n: np.zeros(shape, dtype=bool) for n in self.value_names}
-        self.exists = os.path.exists(self.path)
-        if self.exists:
-            old = read_surface(self.path)
-            check_surface_matches(old, self.grid, dir_file, identity)
-            for n in self.value_names:
-                if n in old.values:
-                    self.values[n], self.done[n] = old.values[n].copy(), old.done[n].copy()
-        self.new_names = [n for n in self.value_names if not self.exists or n not in old.values]
-        self.dir_file, self.identity, self.attrs = dir_file, identity, attrs
-        if not self.exists:
-            self.flush(force=True)  # the file exists (empty) from the first moment on
-        elif self.new_names:
-            self.flush(force=True)
-
-    def pending(self):
-        """Flat indices of the points where any (required) value is still missing, in order."""
-        missing = np.zeros(self.grid.shape, dtype=bool)
-        for n in self.required_names:
-            missing |= ~self.done[n]
-        return np.flatnonzero(missing.ravel())
-
-    def missing(self, k):
-        """The required value names not yet stored at flat point ``k``."""
-        index = self.grid.index(k)
-        return tuple(n for n in self.required_names if not self.done[n][index])
-
-    def record(self, k, results):
-        """Store the values of point ``k`` that are still missing; ``results`` must hold every
-        missing required one (it may hold more: those already stored are kept)."""
-        index = self.grid.index(k)
-        for n in self.value_names:
-            if self.done[n][index] or (n not in results and n not in self.required_names):
-                continue
-            self.values[n][index] = results[n]
-            self.done[n][index] = True
-        self.dirty = True
-
-    def flush(self, force=False):
-        if not (self.dirty or force):
-            return
-        with atomic_h5(self.path, copy_existing=self.exists) as f:
-            if not self.exists:
-                f[DIR_FILE] = self.dir_file
-                f[XCOORDINATES] = self.grid.xcoordinates
-                if self.grid.is_2d:
-                    f[YCOORDINATES] = self.grid.ycoordinates
-                f.attrs.update({k: json.dumps(v) for k, v in self.identity.items()})
-            for key, value in self.attrs.items():
-                f.attrs[key] = json.dumps(value)
-            done_group = f.require_group(DONE_GROUP)
-            for n in self.value_names:
-                _overwrite(f, n, self.values[n])
-                _overwrite(done_group, n, self.done[n])
-        self.exists, self.dirty = True, False
-
-    def close(self):
-        try:
-            self.flush()
-        finally:
-            self.lock.release()
+    If ``path`` exists, the new file replaces it and keeps every dataset, group and attribute of it
+    that ``values`` does not replace (another script's arrays, a dataset someone added, the identity
+    fields), its dir_file and coordinates included; they are copied, not rewritten from memory. The
+    new file is written from scratch, so the space the old one had freed is not carried over."""
+    with atomic_h5(path) as f:
+        if os.path.exists(path):
+            with open_h5(path, 'surface file') as old:
+                _copy_all_but(old, f, values)
+        if DIR_FILE not in f:
+            f[DIR_FILE] = dir_file
+        if XCOORDINATES not in f:
+            f[XCOORDINATES] = np.asarray(xcoordinates, dtype=np.float64)
+        if ycoordinates is not None and YCOORDINATES not in f:
+            f[YCOORDINATES] = np.asarray(ycoordinates, dtype=np.float64)
+        done_group = f.require_group(DONE_GROUP)
+        for name, array in values.items():
+            _preallocated(f, name, np.asarray(array, dtype=np.float64))
+            _preallocated(done_group, name, np.asarray(done[name], dtype=bool))
+        for key, value in attrs.items():
+            f.attrs[key] = json.dumps(value)
 
 
-def _overwrite(group, name, array):
-    if name in group and group[name].shape == array.shape and group[name].dtype == array.dtype:
-        group[name][...] = array
-    else:
-        if name in group:
-            del group[name]
-        group.create_dataset(name, data=array)
+def _copy_all_but(old, new, replaced):
+    """Copy every node and attribute of the open file ``old`` into the empty file ``new``, except
+    the value arrays and done masks of the names in ``replaced``."""
+    for key, value in old.attrs.items():
+        new.attrs[key] = value
+    for name in old:
+        if name in replaced:
+            continue
+        if name == DONE_GROUP and isinstance(old[name], h5py.Group):
+            group = new.create_group(DONE_GROUP)
+            for key, value in old[name].attrs.items():
+                group.attrs[key] = value
+            for mask in old[name]:
+                if mask not in replaced:
+                    old.copy(old[name][mask], group, name=mask)
+            continue
+        old.copy(old[name], new, name=name)
+
+
+def _preallocated(group, name, array):
+    # Written at creation, so HDF5 allocates the whole contiguous block now: a later write of
+    # some points changes their bytes only (no allocation, no metadata).
+    group.create_dataset(name, data=array, chunks=None)
+
+
+def open_surface_in_place(path, names, shape, attrs):
+    """Open the surface file ``path`` for writing points in place: (the open h5py.File,
+    {name: (values dataset, done dataset)}), or None when it cannot be, and must first be
+    rewritten whole (write_surface_file): one of ``names`` is missing or laid out otherwise (not
+    full-size float64 values and bool done masks in contiguous, allocated blocks: a legacy file,
+    or one with an array added by another script), or the stored ``attrs`` differ (attributes are
+    never rewritten in place: HDF5 would not reuse the space they held).
+
+    Files whose superblock (version 2 and later) records "open for writing" are never written in
+    place: killed while open, they could not be opened again without h5clear."""
+    f = h5py.File(path, 'r+', locking=HDF5_LOCKING)
+    try:
+        arrays = _arrays_in_place(f, names, shape) if _attrs_equal(f, attrs) else None
+    except BaseException:
+        f.close()
+        raise
+    if arrays is None:
+        f.close()
+        return None
+    return f, arrays
+
+
+def _attrs_equal(f, attrs):
+    return all(key in f.attrs and _as_str(f.attrs[key]) == json.dumps(value) for key, value in attrs.items())
+
+
+def _arrays_in_place(f, names, shape):
+    superblock_version = f.id.get_create_plist().get_version()[0]
+    if superblock_version >= 2 or DONE_GROUP not in f or not isinstance(f[DONE_GROUP], h5py.Group):
+        return None
+    arrays = {}
+    for name in names:
+        value_node, done_node = f.get(name), f[DONE_GROUP].get(name)
+        if not (_is_block(value_node, shape, np.float64) and _is_block(done_node, shape, np.bool_)):
+            return None
+        arrays[name] = (value_node, done_node)
+    return arrays
+
+
+def _is_block(node, shape, dtype):
+    """Whether ``node`` is a dataset of ``shape`` and ``dtype`` stored as one allocated contiguous block."""
+    if not isinstance(node, h5py.Dataset) or node.shape != tuple(shape) or node.dtype != dtype:
+        return False
+    return node.id.get_create_plist().get_layout() == h5py.h5d.CONTIGUOUS \
+        and node.id.get_storage_size() == node.size * node.dtype.itemsize
 
 
 def check_surface_matches(surface, grid, dir_file, identity):
@@ -404,3 +417,163 @@ def read_projection_file(path):
         if PROJ_XCOORD not in f or PROJ_YCOORD not in f:
             raise UsageError(f'{path!r} is not a projection file (it has no {PROJ_XCOORD!r}/{PROJ_YCOORD!r})')
         return {k: f[k][()] for k in f if isinstance(f[k], h5py.Dataset)}
+
+
+# ----------------------------------------------------------------------------- spectrum files
+#
+# Spectrum file (written by hessian_spectrum.py, read by it on a rerun and by the plots):
+#     eigenvalues      float64 (k,)   the k largest Hessian eigenvalues, descending
+#     residuals        float64 (k,)   ||H v - lambda v|| of each unit eigenvector
+#     eigenvectors     float32 (k, n) the unit eigenvectors over the Hessian's parameters (flat, in
+#                                     net.parameters() order), so --save_directions needs no solve
+#     trace, trace_stderr   float64 scalars: the Hutch++ estimate and its standard error
+#     density_grid, density float64 (m,): the smoothed spectral density (integral 1)
+#     slq_nodes, slq_weights float64 (starts, nodes): the quadrature each random start gave
+#     hvp_count        float64 scalar: Hessian-vector products of everything stored
+#     attrs            the run's identity (JSON, as a surface's) and, per part, the settings it was
+#                      computed with (EIG_SETTINGS, TRACE_SETTINGS, DENSITY_SETTINGS): a rerun
+#                      reuses a part whose settings agree and computes the others
+EIGENVALUES, RESIDUALS, EIGENVECTORS = 'eigenvalues', 'residuals', 'eigenvectors'
+TRACE_STDERR, DENSITY_GRID, DENSITY = 'trace_stderr', 'density_grid', 'density'
+SLQ_NODES, SLQ_WEIGHTS = 'slq_nodes', 'slq_weights'
+EIG_SETTINGS, TRACE_SETTINGS, DENSITY_SETTINGS = 'eig_settings', 'trace_settings', 'density_settings'
+SPECTRUM_PARTS = {EIG_SETTINGS: (EIGENVALUES, RESIDUALS, EIGENVECTORS), TRACE_SETTINGS: (TRACE, TRACE_STDERR),
+                  DENSITY_SETTINGS: (DENSITY_GRID, DENSITY, SLQ_NODES, SLQ_WEIGHTS)}
+
+
+def read_spectrum_file(path):
+    """(datasets dict, decoded attributes) of a spectrum file, or UsageError saying what is wrong."""
+    with open_h5(path, 'spectrum file') as f:
+        if not any(key in f for keys in SPECTRUM_PARTS.values() for key in keys):
+            raise UsageError(f'{path!r} is not a spectrum file (it has none of '
+                             f'{", ".join(k for keys in SPECTRUM_PARTS.values() for k in keys)})')
+        try:
+            data = {k: f[k][()] for k in f if isinstance(f[k], h5py.Dataset)}
+        except (OSError, ValueError) as err:
+            raise UsageError(f'spectrum file {path!r} is damaged ({_first_line(err)})') from None
+        return data, decoded_attrs(f.attrs)
+
+
+def write_spectrum_file(path, data, attrs):
+    """Write a whole spectrum file atomically (it is small: written once per part computed)."""
+    with atomic_h5(path) as f:
+        for key, value in data.items():
+            f[key] = np.asarray(value)
+        for key, value in attrs.items():
+            f.attrs[key] = json.dumps(value)
+
+
+# ----------------------------------------------------------------------------- curve files
+#
+# Curve file (written by train_curve.py, read by it on a rerun, by plot_surface.py --curve_file and
+# by --model_file3 when given one): a trained curve between two models in weight space (mode
+# connectivity, Garipov et al. 2018; curves.py). Its control points are the two end checkpoints,
+# held by reference, and the bends between them, held here:
+#     bends/<i>/<name>       float32, one dataset per parameter of bend i (0 .. num_bends - 3),
+#                            named as in the model's state_dict: the parameters only, since
+#                            BatchNorm statistics are recomputed at every t, never stored
+#     momentum/<i>/<name>    float32: SGD's momentum buffer of each bend tensor, for resuming
+#                            (absent without momentum, or before the first step)
+#     history/epoch          float64 (epochs done,): the epochs finished, 1, 2, ...
+#     history/lr             float64: each epoch's learning rate
+#     history/train_loss     float64: each epoch's mean training loss over its mini-batches, each
+#                            batch at its own random t
+#     attrs (JSON)   curve_type ('bezier' or 'polychain'), num_bends (control points, the ends
+#                    included: 3 is one bend), model (the --model name), model_file and model_file2
+#                    (absolute paths of the t = 0 and t = 1 checkpoints) with model_file_hash and
+#                    model_file2_hash (curves.state_content_hash of their state_dicts: a checkpoint
+#                    replaced since is refused), training (the settings a rerun must share to
+#                    resume), epochs_done, and once training has ended end_values (the end models'
+#                    values with their stored and with recomputed BatchNorm statistics, and the
+#                    midpoints of the curve and of the straight line)
+# The file is rewritten whole (atomically) at the end of every epoch, so it always holds the last
+# finished epoch: a killed run resumes from there.
+CURVE_BENDS, CURVE_MOMENTUM, CURVE_HISTORY = 'bends', 'momentum', 'history'
+HISTORY_EPOCH, HISTORY_LR, HISTORY_TRAIN_LOSS = 'epoch', 'lr', 'train_loss'
+HISTORY_KEYS = (HISTORY_EPOCH, HISTORY_LR, HISTORY_TRAIN_LOSS)
+CURVE_TYPE, NUM_BENDS, CURVE_MODEL = 'curve_type', 'num_bends', 'model'
+CURVE_START_FILE, CURVE_END_FILE = 'model_file', 'model_file2'
+CURVE_START_HASH, CURVE_END_HASH = 'model_file_hash', 'model_file2_hash'
+CURVE_TRAINING, CURVE_EPOCHS_DONE, CURVE_END_VALUES = 'training', 'epochs_done', 'end_values'
+CURVE_REQUIRED_ATTRS = (CURVE_TYPE, NUM_BENDS, CURVE_MODEL, CURVE_START_FILE, CURVE_END_FILE,
+                        CURVE_START_HASH, CURVE_END_HASH)
+
+
+class CurveRecord:
+    """A curve file read into memory: ``bends`` and ``momentum`` (None when absent) are lists of
+    {name: float32 array}, ``history`` {key: float64 array}, ``attrs`` the decoded attributes."""
+
+    def __init__(self, path, bends, momentum, history, attrs):
+        self.path, self.bends, self.momentum, self.history, self.attrs = path, bends, momentum, history, attrs
+
+    @property
+    def curve_type(self):
+        return self.attrs[CURVE_TYPE]
+
+    @property
+    def num_bends(self):
+        return self.attrs[NUM_BENDS]
+
+    @property
+    def epochs_done(self):
+        return self.attrs.get(CURVE_EPOCHS_DONE, 0)
+
+
+def _read_named_list(group):
+    # Groups are named "0".."N-1", each holding one dataset per state_dict name.
+    return [{name: group[k][name][()] for name in group[k]} for k in sorted(group.keys(), key=int)]
+
+
+def read_curve_file(path, what='curve file'):
+    """Read a curve file or raise UsageError saying what is wrong (``what`` names the flag)."""
+    with open_h5(path, what) as f:
+        attrs = decoded_attrs(f.attrs)
+        missing = [key for key in CURVE_REQUIRED_ATTRS if key not in attrs]
+        if CURVE_BENDS not in f or missing:
+            raise UsageError(f'{what} {path!r} is not a curve file (written by train_curve.py): it has no '
+                             f'{(missing or [CURVE_BENDS])[0]!r}')
+        try:
+            bends = _read_named_list(f[CURVE_BENDS])
+            momentum = _read_named_list(f[CURVE_MOMENTUM]) if CURVE_MOMENTUM in f else None
+            history = {key: np.asarray(f[CURVE_HISTORY][key][()], dtype=np.float64)
+                       for key in HISTORY_KEYS if CURVE_HISTORY in f and key in f[CURVE_HISTORY]}
+        except (OSError, ValueError, KeyError) as err:
+            raise UsageError(f'{what} {path!r} is damaged ({_first_line(err)})') from None
+    if len(bends) != attrs[NUM_BENDS] - 2:
+        raise UsageError(f'{what} {path!r} is damaged: num_bends {attrs[NUM_BENDS]} but {len(bends)} bends')
+    return CurveRecord(path, bends, momentum, history, attrs)
+
+
+def write_curve_file(path, bends, momentum, history, attrs):
+    """Write a whole curve file atomically (see the layout above). ``bends`` and ``momentum``
+    (or None): lists of {name: array}; ``history``: {key: sequence}; ``attrs``: JSON-able values."""
+    with atomic_h5(path) as f:
+        for key, named_list in ((CURVE_BENDS, bends), (CURVE_MOMENTUM, momentum)):
+            if named_list is None:
+                continue
+            group = f.create_group(key)
+            for i, tensors in enumerate(named_list):
+                bend = group.create_group(str(i))
+                for name, array in tensors.items():
+                    bend.create_dataset(name, data=np.asarray(array, dtype=np.float32))
+        group = f.create_group(CURVE_HISTORY)
+        for key in HISTORY_KEYS:
+            group.create_dataset(key, data=np.asarray(history.get(key, []), dtype=np.float64))
+        for key, value in attrs.items():
+            f.attrs[key] = json.dumps(value)
+
+
+def curve_content_id(path):
+    """What a surface along a curve records as its DIRECTION_ID: a hash of what fixes the curve's
+    points (its type, the ends' content hashes, the bends' values), so a surface is never resumed
+    along a curve trained again, or between other end models."""
+    record = read_curve_file(path)
+    digest = hashlib.sha256()
+    for key in (CURVE_TYPE, NUM_BENDS, CURVE_START_HASH, CURVE_END_HASH):
+        digest.update(json.dumps(record.attrs[key]).encode())
+    for bend in record.bends:
+        for name in sorted(bend):
+            array = np.ascontiguousarray(bend[name], dtype=np.float32)
+            digest.update(name.encode() + repr(array.shape).encode())
+            digest.update(array.tobytes())
+    return 'curve:' + digest.hexdigest()[:32]

@@ -164,7 +164,9 @@ class Run:
         # model (x > 1 between two models, say) can drive BatchNorm running variances negative.
         why = 'diverged, or a BatchNorm running variance went negative' if self.settings.dir_type == 'states' \
             else 'diverged'
-        print(f'{self.surf_file}: {summary["computed"]} points computed in {summary["seconds"]:.2f} s, '
+        seconds = summary['seconds']
+        took = f'{seconds:.2f}' if seconds >= 1 else f'{seconds:.3g}'   # short runs keep 3 digits
+        print(f'{self.surf_file}: {summary["computed"]} points computed in {took} s, '
               f'surface {state}' + (f'; inf/NaN points ({why}): {counts}' if counts else ''), flush=True)
 
     def datasets(self):
@@ -323,3 +325,67 @@ def prepare_run(settings, comm, net=None, train_dataset=None, test_dataset=None,
                net=net, eval_net=eval_net, folding=folding, objective=the_objective, value_keys=value_keys,
                train_data=train_data, test_data=test_data, base=base, xdirection=xdirection,
                ydirection=ydirection)
+
+
+# ----------------------------------------------------------------------------- one point
+
+@dataclasses.dataclass(frozen=True)
+class PointSettings:
+    """The model and data at one point (hessian_spectrum.py, sharpness.py): their flags, typed."""
+    model: str
+    model_file: str
+    loss_name: object
+    dataset: object
+    datapath: str
+    download: bool
+    raw_data: bool
+    data_split: int
+    split_idx: int
+    batch_size: int
+    train_labels: str
+    data_mode: str
+    workers: int
+    include_params: str
+    exclude_params: str
+    cuda: bool
+    threads: int
+
+    @classmethod
+    def from_args(cls, args):
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+    def identity(self):
+        """What a file of results at this point records, so a rerun for another model, data or
+        objective is refused (paths absolute, Python objects described)."""
+        identity = {}
+        for key in ('model', 'model_file', 'dataset', 'raw_data', 'data_split', 'split_idx', 'loss_name',
+                    'train_labels', 'include_params', 'exclude_params'):
+            value = describe(getattr(self, key))
+            identity[key] = os.path.realpath(value) if key in PATH_FIELDS and value else value
+        return identity
+
+
+@dataclasses.dataclass
+class Point:
+    """The model at one point, on its device, with its objective and training batch source."""
+    settings: PointSettings
+    device: torch.device
+    net: torch.nn.Module
+    objective: objective.Objective
+    data: object
+
+
+def prepare_point(settings, comm):
+    """Model, objective and training data for measurements at one point: the same steps as a grid
+    run's (load_data, prepare_evaluation, probe_objective with gradients), no grid, no directions."""
+    torch.set_num_threads(settings.threads or default_threads(comm))
+    device = select_device(settings.cuda, comm.local_rank)
+    net = model_loader.load(settings.dataset, settings.model, settings.model_file)
+    the_objective = objective.resolve(settings.loss_name)
+    data = dataloader.batch_source(
+        settings.dataset, settings.datapath, True, settings.batch_size, device, settings.data_mode, settings.workers,
+        raw_data=settings.raw_data, data_split=settings.data_split, split_idx=settings.split_idx,
+        download=settings.download, labels_file=settings.train_labels, share=comm.local_size)
+    net.to(device)
+    probe_objective(the_objective, net, data, differentiable=True)
+    return Point(settings=settings, device=device, net=net, objective=the_objective, data=data)

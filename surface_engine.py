@@ -2,10 +2,13 @@
 
 Rank 0 opens the surface file (validating it, or creating it), finds the points still missing and
 broadcasts them -- the only collective of a run. Each rank evaluates its share (scheduler.py); other
-ranks send each result to rank 0 as soon as it exists, and rank 0 records it and rewrites the file
-atomically, so a killed run loses only the points in flight and rerunning the same command
-computes exactly the missing ones.
+ranks send each result to rank 0 as soon as it exists, and rank 0 records it. Recorded results
+reach the file about once a second (surface_store: in place, a constant cost per point), before
+rank 0 waits idle for results, and at every exit: the end, an exception, Ctrl-C or SIGTERM. A
+killed run loses only the points in flight and those recorded since the last flush, and rerunning
+the same command computes exactly the missing ones.
 """
+import sys
 import time
 
 import numpy as np
@@ -14,6 +17,7 @@ from tqdm import tqdm
 import fault_injection
 from mpi_comm import fail_all_ranks
 from scheduler import assign_points
+from surface_store import Terminated, sigterm_raises
 
 
 def run_grid(comm, grid, open_writer, evaluate_points, desc='grid points', points_per_call=1):
@@ -22,8 +26,9 @@ def run_grid(comm, grid, open_writer, evaluate_points, desc='grid points', point
     time. ``names`` are the values point k misses: the evaluator computes at least those (a file
     that has train_loss and now gets test_loss does not pay for train_loss again).
 
-    ``open_writer()`` (called on rank 0 only) returns a hdf5_layout.SurfaceWriter. Returns a
-    summary dict on rank 0 (None elsewhere)."""
+    ``open_writer()`` (called on rank 0 only) returns a surface_store.SurfaceWriter. Returns a
+    summary dict on rank 0 (None elsewhere). SIGTERM on rank 0 ends the run with one line on
+    stderr and exit status 143, once every recorded point is in the file."""
     writer = None
 
     def open_and_list():
@@ -38,18 +43,26 @@ def run_grid(comm, grid, open_writer, evaluate_points, desc='grid points', point
              for i in range(0, len(mine), points_per_call)]
     started = time.perf_counter()
     try:
-        if comm.is_root:
-            _root_loop(comm, grid, writer, evaluate_points, pending, calls, desc)
-        else:
-            for points in calls:
-                for (k, _), values in zip(points, evaluate_points(points)):
-                    comm.send_result(k, values)
-                    fault_injection.reached('point')
+        try:
+            if comm.is_root:
+                with sigterm_raises():
+                    _root_loop(comm, grid, writer, evaluate_points, pending, calls, desc)
+            else:
+                for points in calls:
+                    for (k, _), values in zip(points, evaluate_points(points)):
+                        comm.send_result(k, values)
+                        fault_injection.reached('point')
+        finally:
+            if writer is not None:
+                writer.close()   # before any exit: every recorded point reaches the file
+    except Terminated as stop:
+        stored = grid.num_points - len(writer.pending())
+        print(f'{desc}: stopped by {stop.signal_name}; {stored} of {grid.num_points} points are in '
+              f'{writer.path}; rerun the same command to compute the rest', file=sys.stderr, flush=True)
+        comm.abort(stop.code)   # under MPI, the other ranks too
+        raise
     except Exception as err:
         fail_all_ranks(comm, err)
-    finally:
-        if writer is not None:
-            writer.close()
     if not comm.is_root:
         return None
     return summarize(writer, len(pending), time.perf_counter() - started)
@@ -62,9 +75,7 @@ def _root_loop(comm, grid, writer, evaluate_points, pending, calls, desc):
         def record(results):
             for k, values in results:
                 writer.record(k, values)
-            writer.flush()
             bar.update(len(results))
-            fault_injection.reached('point', len(results))
 
         remote_expected, received = len(pending) - sum(len(points) for points in calls), 0
         for points in calls:
@@ -72,7 +83,9 @@ def _root_loop(comm, grid, writer, evaluate_points, pending, calls, desc):
             arrived = comm.poll_results()
             received += len(arrived)
             record(own + arrived)
+            writer.flush_if_due()
         while received < remote_expected:
+            writer.flush()   # results wait in memory while rank 0 computes, never while it idles
             arrived = [comm.recv_result()] + comm.poll_results()
             received += len(arrived)
             record(arrived)

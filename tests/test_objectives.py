@@ -338,3 +338,16 @@ def test_low_precision_models_move_from_a_float32_centre(dtype):
     net_plotter.move(net, 'weights', base, direction, None, 0.37)
     for p, w, d in zip(net.parameters(), base, direction):
         assert torch.equal(p, (w + 0.37 * d).to(dtype))
+
+
+def test_auto_data_mode_streams_what_does_not_fit(monkeypatch):
+    import dataloader
+    dataset = fx.regression_data('', True)
+    assert isinstance(dataloader.batch_source(dataset, '', True, 16, 'cpu', 'auto'), dataloader.ResidentBatches)
+    # With no memory to spare, the same data is streamed; the batches are the same.
+    monkeypatch.setattr(dataloader, 'RESIDENT_MEMORY_SHARE', 0.0)
+    streamed = dataloader.batch_source(dataset, '', True, 16, 'cpu', 'auto')
+    assert isinstance(streamed, dataloader.StreamedBatches)
+    resident = dataloader.batch_source(dataset, '', True, 16, 'cpu', 'resident')
+    for a, b in zip(streamed.batches(), resident.batches(), strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -135,9 +135,12 @@ def computed_by(run):
 
 SURFACE_NAMES = ('train_loss', 'train_acc', 'test_loss', 'test_acc')
 NUM_POINTS = 9 * 7
+# Results flushed after every point, so that 'point:N' means exactly N points in the file.
+PER_POINT_FLUSH = {'LANDSCAPE_FLUSH_SECONDS': '0'}
 
 
-# Deterministic trials kill at a named moment (after N points reached the file or were sent);
+# Deterministic trials kill at a named moment (after N points reached the file or were sent; the
+# file is flushed after every point here, PER_POINT_FLUSH);
 # random ones kill at a random time, the run held by a stall so that the moment is surely before
 # its end (without the stall, a kill landing after the end would prove nothing).
 @pytest.mark.parametrize('mpi,fault_env,random_seconds', [
@@ -156,7 +159,7 @@ def test_kill_and_rerun_gives_the_uninterrupted_result(tmp_path, reference, mpi,
     launcher = [MPIEXEC, '-n', '2'] if mpi else []
     cmd = [*launcher, sys.executable, os.path.join(ROOT, 'plot_surface.py'), *map(str, surface_command(model, surf, mpi))]
     random_kill = (random.Random(str(fault_env)), run_seconds) if random_seconds else None
-    status, err = killed_run(cmd, fault_env, random_kill, mpi)
+    status, err = killed_run(cmd, {**PER_POINT_FLUSH, **fault_env}, random_kill, mpi)
     assert_died_by_sigkill(status, err, mpi)
     missing = points_still_missing(surf, NUM_POINTS, SURFACE_NAMES)
     assert missing > 0, 'the kill came after the run had finished'
@@ -174,12 +177,94 @@ def test_kill_and_rerun_gives_the_uninterrupted_result(tmp_path, reference, mpi,
     assert not [p for p in os.listdir(tmp_path) if p.endswith('.lock')]
 
 
+def test_kill_with_a_long_flush_interval_loses_only_the_unflushed_points(tmp_path, reference):
+    """Results recorded in memory but not yet flushed are all a kill -9 loses: the file keeps exactly
+    what the last flush wrote, and the rerun computes the rest, ending equal to an uninterrupted run."""
+    model, expected, _, _ = reference
+    surf = tmp_path / 'surf.h5'
+    cmd = [sys.executable, os.path.join(ROOT, 'plot_surface.py'), *map(str, surface_command(model, surf))]
+    status, err = killed_run(cmd, {**PER_POINT_FLUSH, 'LANDSCAPE_KILL_AT': 'point:20'})
+    assert_died_by_sigkill(status, err, mpi=False)
+    assert points_still_missing(surf, NUM_POINTS, SURFACE_NAMES) == NUM_POINTS - 20
+    before = hdf5_layout.read_surface(str(surf))
+    # This run flushes only when it ends; it dies after recording 30 more points in memory.
+    status, err = killed_run(cmd, {'LANDSCAPE_FLUSH_SECONDS': '3600', 'LANDSCAPE_KILL_AT': 'recorded:30'})
+    assert_died_by_sigkill(status, err, mpi=False)
+    after = hdf5_layout.read_surface(str(surf))
+    for name in SURFACE_NAMES:
+        np.testing.assert_array_equal(after.done[name], before.done[name])
+        np.testing.assert_array_equal(after.values[name], before.values[name])
+    rerun = run_script('plot_surface.py', *surface_command(model, surf))
+    assert rerun.returncode == 0, rerun.stderr
+    assert computed_by(rerun) == NUM_POINTS - 20
+    final = hdf5_layout.read_surface(str(surf))
+    for name in SURFACE_NAMES:
+        assert final.done[name].all()
+        np.testing.assert_array_equal(final.values[name], expected.values[name])
+
+
+def test_kill_between_values_and_done_masks_leaves_a_trustworthy_file(tmp_path, reference):
+    """A flush writes values, then done masks: killed in between, the file holds the new values
+    but does not claim them, so the rerun computes those points again."""
+    model, expected, _, _ = reference
+    surf = tmp_path / 'surf.h5'
+    cmd = [sys.executable, os.path.join(ROOT, 'plot_surface.py'), *map(str, surface_command(model, surf))]
+    status, err = killed_run(cmd, {**PER_POINT_FLUSH, 'LANDSCAPE_KILL_AT': 'values:10'})
+    assert_died_by_sigkill(status, err, mpi=False)
+    partial = hdf5_layout.read_surface(str(surf))
+    for name in SURFACE_NAMES:
+        done = partial.done[name].ravel()
+        assert done[:9].all() and not done[9:].any()
+        # The 10th point's value reached the file, its mask did not.
+        assert partial.values[name].ravel()[9] == expected.values[name].ravel()[9]
+    rerun = run_script('plot_surface.py', *surface_command(model, surf))
+    assert rerun.returncode == 0, rerun.stderr
+    assert computed_by(rerun) == NUM_POINTS - 9
+    final = hdf5_layout.read_surface(str(surf))
+    for name in SURFACE_NAMES:
+        np.testing.assert_array_equal(final.values[name], expected.values[name])
+
+
+def test_sigterm_writes_every_recorded_point_before_the_run_ends(tmp_path, reference):
+    """SIGTERM (a scheduler's pre-emption) ends the run with one line and status 143 once every
+    point recorded so far is in the file, even with no flush due for an hour."""
+    model, expected, _, _ = reference
+    surf, log = tmp_path / 'surf.h5', tmp_path / 'stderr.txt'
+    cmd = [sys.executable, os.path.join(ROOT, 'plot_surface.py'), *map(str, surface_command(model, surf))]
+    env = {**os.environ, 'PYTHONPATH': ROOT, 'OMP_NUM_THREADS': '1', 'LANDSCAPE_FLUSH_SECONDS': '3600',
+           'LANDSCAPE_STALL_AT': 'recorded:25'}
+    with open(log, 'w') as stderr:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 120
+        while 'stalled at recorded:25' not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert points_still_missing(surf, NUM_POINTS, SURFACE_NAMES) == NUM_POINTS   # none flushed yet
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(timeout=60)
+    finally:
+        kill_tree(proc.pid)
+        proc.wait()
+    output = log.read_text()
+    assert status == 128 + signal.SIGTERM, output[-2000:]
+    assert 'Traceback' not in output
+    last_line = output.replace('\r', '\n').strip().splitlines()[-1]
+    assert f'stopped by SIGTERM; 25 of {NUM_POINTS} points are in {surf}; rerun the same command' in last_line
+    assert points_still_missing(surf, NUM_POINTS, SURFACE_NAMES) == NUM_POINTS - 25
+    rerun = run_script('plot_surface.py', *surface_command(model, surf))
+    assert rerun.returncode == 0, rerun.stderr
+    assert computed_by(rerun) == NUM_POINTS - 25
+    final = hdf5_layout.read_surface(str(surf))
+    for name in SURFACE_NAMES:
+        np.testing.assert_array_equal(final.values[name], expected.values[name])
+
+
 def test_second_concurrent_run_is_refused(tmp_path, reference):
     model = reference[0]
     surf = tmp_path / 'surf.h5'
     # A long first run (many points) so it is surely still writing when the second one starts.
     long_run = [*surface_command(model, surf), '--x=-1:1:101', '--y=-1:1:101']
-    env = {**os.environ, 'PYTHONPATH': ROOT, 'OMP_NUM_THREADS': '1'}
+    env = {**os.environ, 'PYTHONPATH': ROOT, 'OMP_NUM_THREADS': '1', **PER_POINT_FLUSH}
     first = subprocess.Popen([sys.executable, os.path.join(ROOT, 'plot_surface.py'), *map(str, long_run)],
                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -204,8 +289,8 @@ def test_failed_write_leaves_the_old_file(tmp_path):
         f['a'] = np.arange(3)
     before = path.read_bytes()
     with pytest.raises(RuntimeError):
-        with hdf5_layout.atomic_h5(str(path), copy_existing=True) as f:
-            f['a'][...] = np.zeros(3)
+        with hdf5_layout.atomic_h5(str(path)) as f:
+            f['a'] = np.zeros(3)
             raise RuntimeError('crash half-way through a write')
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ['file.h5']    # no temporary left behind
@@ -296,7 +381,8 @@ def test_hessian_kill_and_rerun_gives_the_uninterrupted_result(tmp_path, checkpo
     surf = tmp_path / 'killed.h5'
     argv += ['--surf_file', surf]
     cmd = [sys.executable, os.path.join(ROOT, 'plot_hessian_eigen.py'), *map(str, argv)]
-    status, err = killed_run(cmd, fault_env, (random.Random(2000), seconds) if random_kill else None)
+    kill_at_random = (random.Random(2000), seconds) if random_kill else None
+    status, err = killed_run(cmd, {**PER_POINT_FLUSH, **fault_env}, kill_at_random)
     assert_died_by_sigkill(status, err, mpi=False)
     names = (hdf5_layout.MAX_EIG, hdf5_layout.MIN_EIG)
     missing = points_still_missing(surf, 15, names)
