@@ -30,6 +30,9 @@ bench: $(VENV)/.test-installed
 		"--channels_last --batch_size 32 --fold_bn" --mpi_levers "--channels_last --batch_size 32 --fold_bn" --mpi
 	$(PY) benchmarks/bench_hessian.py
 	$(PY) benchmarks/bench_io.py --grids 41 201
+	# PyHessian, for the comparison only: in the benchmark's own folder, never in requirements.txt.
+	test -d benchmarks/out/pyhessian/pyhessian || $(PY) -m pip install -q --no-deps --target benchmarks/out/pyhessian pyhessian==0.1
+	$(PY) benchmarks/bench_spectrum.py
 
 # The GPU figures (needs a CUDA GPU; see benchmarks/gpu_check.sh).
 bench-gpu: $(VENV)/.test-installed

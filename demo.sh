@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The suite's main job on real data that needs no download (scikit-learn's 8x8 digits):
 # train two small CNNs, then draw a 2D filter-normalized surface, the 1D interpolation between
-# the two solutions, and the optimizer's path on its PCA plane. Each command is printed first,
-# so this file doubles as a worked example. Usage: bash demo.sh [OUT_FOLDER]
+# the two solutions and a trained low-loss curve beside it, and the optimizer's path on its PCA
+# plane. Each command is printed first, so this file doubles as a worked example.
+# Usage: bash demo.sh [OUT_FOLDER]
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 OUT=${1:-demo_out}
@@ -33,6 +34,21 @@ run "$PY" h52vtp.py --surf_file "$SURF_2D" --zmax 10 --log
 # --dir_type states moves the BatchNorm statistics too, so x = 1 is model B exactly.
 run "$PY" plot_surface.py "${COMMON[@]}" --model_file "$MODEL_A" --model_file2 "$MODEL_B" --x=-0.5:1.5:41 \
     --dir_type states --eval_test --plot --loss_max 3
+
+# 3b. Beyond the straight line (mode connectivity, Garipov et al. 2018): a Bezier curve from A to B
+# whose one bend is trained, ends fixed, to keep the loss low all along. Both paths are evaluated
+# with BatchNorm statistics recomputed at every t, so they differ in their weights alone.
+CURVE="$OUT/curve_bezier.h5"
+run "$PY" train_curve.py "${COMMON[@]}" --model_file "$MODEL_A" --model_file2 "$MODEL_B" --curve bezier \
+    --num_bends 3 --epochs 10 --lr 0.05 --batch_size 64 --curve_file "$CURVE"
+run "$PY" plot_surface.py "${COMMON[@]}" --curve_file "$CURVE" --x=0:1:21 --eval_test --surf_file "$OUT/curve_t.h5"
+run "$PY" plot_surface.py "${COMMON[@]}" --model_file "$MODEL_A" --model_file2 "$MODEL_B" --x=0:1:21 \
+    --recompute_bn --eval_test --surf_file "$OUT/line_t.h5"
+run "$PY" plot_1D.py --surf_file "$OUT/curve_t.h5" --compare "$OUT/line_t.h5" --loss_max 1.5
+# The plane through A, B and the curve's bend holds the whole curve: drawn on its contours.
+run "$PY" plot_surface.py "${COMMON[@]}" --model_file "$MODEL_A" --model_file2 "$MODEL_B" --model_file3 "$CURVE" \
+    --x=-0.2:1.2:15 --y=-0.2:1.2:15 --recompute_bn --surf_file "$OUT/curve_plane.h5" --plot \
+    --vmin 0.05 --vmax 2 --vlevel 0.15
 
 # 4. The path the optimizer took, on the plane of the checkpoints' two principal directions.
 run "$PY" plot_trajectory.py "${COMMON[@]}" --model_folder "$RUN_A" --max_epoch $EPOCHS --ignore biasbn

@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+import curves
 import dataloader
 import hdf5_layout
 import hessian
@@ -99,6 +100,23 @@ def check_device(parser, args):
         parser.error('--threads must be at least 1')
 
 
+def add_point_script_arguments(parser, subset_what, subset_rest):
+    """The flags of the scripts that measure one model (hessian_spectrum.py, sharpness.py): the
+    model and objective, the data, the parameter subset, the device."""
+    add_centre_arguments(parser)
+    add_data_arguments(parser)
+    subset = parser.add_argument_group('parameters')
+    add_param_subset_arguments(subset, subset_what, subset_rest)
+    add_device_arguments(parser)
+
+
+def validate_point_script(parser, args, extra_checks=()):
+    for check in (check_centre, check_data, check_device, *extra_checks):
+        check(parser, args)
+    if args.eval_test:
+        parser.error('--eval_test: these measurements are of the training objective')
+
+
 # ----------------------------------------------------------------------------- directions
 
 def add_direction_arguments(parser):
@@ -144,18 +162,91 @@ def check_directions(parser, args):
                          'they are; drop one of them')
 
 
+# ----------------------------------------------------------------------------- curves and BatchNorm statistics
+
+def add_curve_arguments(parser):
+    curve = parser.add_argument_group('curves and BatchNorm statistics')
+    curve.add_argument('--curve_file', default='', help='evaluate along the trained curve of this curve file '
+                       '(train_curve.py) instead of along directions: x is the curve\'s t (0: its first end model, '
+                       '1: its second; a Bezier curve exists on [0, 1] only), with BatchNorm statistics recomputed at '
+                       'every t; --model_file may be left out (it is the curve\'s t = 0 checkpoint). A curve file '
+                       'of one bend given as --model_file3 stands for its bend: the plane through its ends and bend')
+    curve.add_argument('--recompute_bn', action='store_true', help='recompute the BatchNorm running statistics at '
+                       'every point from the training data (one pass in train mode without gradient, as Garipov '
+                       'et al. 2018) instead of keeping the centre\'s: between two or three models, each point then '
+                       'has statistics of its own weights. Always on with --curve_file; one more pass per point')
+    return curve
+
+
+def check_curve(parser, args):
+    """--curve_file and --recompute_bn; runs before check_model, since the curve names the
+    default --model_file."""
+    if args.recompute_bn and args.dir_type == 'states':
+        parser.error('--recompute_bn replaces the statistics that --dir_type states moves; use --dir_type weights')
+    if (args.recompute_bn or args.curve_file) and args.points_per_call > 1:
+        parser.error('--points_per_call evaluates stacked points without recomputing BatchNorm statistics; '
+                     'drop it with --recompute_bn or --curve_file')
+    if args.model_file3 and hdf5_layout.is_curve_file(args.model_file3):
+        check_curve_plane(parser, args)
+    if not args.curve_file:
+        return
+    if getattr(args, 'model_given', False):
+        raise UsageError('curve_file=: evaluate a curve with plot_surface.py --curve_file (its ends are checkpoints)')
+    check_file_exists(args.curve_file, '--curve_file')
+    record = hdf5_layout.read_curve_file(args.curve_file, '--curve_file')
+    for flag in ('y', 'model_file2', 'model_file3', 'dir_file', 'xnorm', 'xignore', 'include_params',
+                 'exclude_params'):
+        if getattr(args, flag):
+            parser.error(f'--curve_file gives the path from end to end, which --{flag} would shape too; drop --{flag}')
+    if args.dir_type != 'weights' or args.idx:
+        parser.error('--curve_file moves the parameters along the curve and recomputes the statistics: drop '
+                     '--dir_type states and --idx')
+    xaxis = parse_axis(args.x, '--x')
+    if record.curve_type == 'bezier' and (xaxis.min < 0 or xaxis.max > 1):
+        parser.error(f'--x={args.x}: a Bezier curve exists for t in [0, 1] only; pass --x within 0:1')
+    if record.attrs[hdf5_layout.CURVE_MODEL] != args.model:
+        parser.error(f'--curve_file {args.curve_file!r} is a curve of --model {record.attrs[hdf5_layout.CURVE_MODEL]}, '
+                     f'not {args.model}')
+    start = record.attrs[hdf5_layout.CURVE_START_FILE]
+    if not args.model_file:
+        check_file_exists(start, f'--curve_file {args.curve_file!r}: its t = 0 checkpoint')
+        args.model_file = start   # recorded, so the surface file names its centre
+    elif curves.checkpoint_hash(args.model_file, '--model_file') != record.attrs[hdf5_layout.CURVE_START_HASH]:
+        parser.error(f'--model_file {args.model_file!r} is not the curve\'s t = 0 model ({start!r}); leave '
+                     '--model_file out, or pass that one')
+
+
+def check_curve_plane(parser, args):
+    """A curve file as --model_file3: the plane of its ends (--model_file, --model_file2) and bend."""
+    record = hdf5_layout.read_curve_file(args.model_file3, '--model_file3')
+    if record.num_bends != 3:
+        parser.error(f'--model_file3 {args.model_file3!r} is a curve of {record.num_bends} control points; the plane '
+                     'through its ends and its bend needs one bend (train_curve.py --num_bends 3)')
+    if args.dir_type != 'weights' or args.include_params or args.exclude_params:
+        parser.error('--model_file3 as a curve file: the plane holds the curve with --dir_type weights and all the '
+                     'parameters (add --recompute_bn for models with BatchNorm)')
+    for flag, key in (('model_file', hdf5_layout.CURVE_START_HASH), ('model_file2', hdf5_layout.CURVE_END_HASH)):
+        path = getattr(args, flag)
+        if not path or curves.checkpoint_hash(path, f'--{flag}') != record.attrs[key]:
+            parser.error(f'--model_file3 {args.model_file3!r} is a curve from {record.attrs[hdf5_layout.CURVE_START_FILE]!r} '
+                         f'to {record.attrs[hdf5_layout.CURVE_END_FILE]!r}: pass them as --model_file and --model_file2')
+
+
 # ----------------------------------------------------------------------------- data
 
-def add_data_arguments(parser):
+def add_data_arguments(parser, batch_size_help='evaluation batch size',
+                       eval_test_help='also store test_loss and test_acc (and the objective\'s other values) '
+                       'at every point'):
+    """The data flags; the help of --batch_size and --eval_test may say what they mean to a
+    script that trains (train_curve.py)."""
     data = parser.add_argument_group('data')
     dataloader.add_data_arguments(data)
     data.add_argument('--data_split', default=1, type=int, help='evaluate on a fixed, seeded 1/K part of the data')
     data.add_argument('--split_idx', default=0, type=int, help='which part (0..K-1) with --data_split K')
-    data.add_argument('--batch_size', default=128, type=int, help='evaluation batch size')
+    data.add_argument('--batch_size', default=128, type=int, help=batch_size_help)
     data.add_argument('--train_labels', default='', help='training labels to evaluate with, in dataset order '
                       '(train_labels.pt, saved by cifar10.main --label_corrupt_prob)')
-    data.add_argument('--eval_test', action='store_true', help='also store test_loss and test_acc (and the '
-                      'objective\'s other values) at every point')
+    data.add_argument('--eval_test', action='store_true', help=eval_test_help)
     dataloader.add_data_mode_arguments(data)
     return data
 
@@ -355,10 +446,11 @@ def solver_settings(args):
 # (adder, checker) in the order the checks run: cheap argument logic first, then files.
 GRID_SCRIPT_GROUPS = ((add_grid_arguments, check_grid), (add_compute_arguments, check_compute),
                       (add_direction_arguments, check_directions), (add_data_arguments, check_data),
-                      (add_model_arguments, check_model), (add_output_arguments, check_output))
-# Declared in this order, so --help reads grid, model, directions, data, output, compute.
-HELP_ORDER = (add_grid_arguments, add_model_arguments, add_direction_arguments, add_data_arguments,
-              add_output_arguments, add_compute_arguments)
+                      (add_curve_arguments, check_curve), (add_model_arguments, check_model),
+                      (add_output_arguments, check_output))
+# Declared in this order, so --help reads grid, model, directions, curves, data, output, compute.
+HELP_ORDER = (add_grid_arguments, add_model_arguments, add_direction_arguments, add_curve_arguments,
+              add_data_arguments, add_output_arguments, add_compute_arguments)
 
 
 def add_grid_script_arguments(parser):

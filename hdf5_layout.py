@@ -539,7 +539,7 @@ def read_curve_file(path, what='curve file'):
                        for key in HISTORY_KEYS if CURVE_HISTORY in f and key in f[CURVE_HISTORY]}
         except (OSError, ValueError, KeyError) as err:
             raise UsageError(f'{what} {path!r} is damaged ({_first_line(err)})') from None
-    if len(bends) != attrs[NUM_BENDS] - 2:
+    if not isinstance(attrs[NUM_BENDS], int) or len(bends) != attrs[NUM_BENDS] - 2:
         raise UsageError(f'{what} {path!r} is damaged: num_bends {attrs[NUM_BENDS]} but {len(bends)} bends')
     return CurveRecord(path, bends, momentum, history, attrs)
 
@@ -577,3 +577,41 @@ def curve_content_id(path):
             digest.update(name.encode() + repr(array.shape).encode())
             digest.update(array.tobytes())
     return 'curve:' + digest.hexdigest()[:32]
+
+
+def is_curve_file(path):
+    """Whether ``path`` is a curve file (an HDF5 file with a curve's attributes; a checkpoint is not)."""
+    if not os.path.isfile(path) or not h5py.is_hdf5(path):
+        return False
+    try:
+        with open_h5(path, 'curve file') as f:
+            return CURVE_TYPE in f.attrs and CURVE_BENDS in f
+    except UsageError:
+        return False   # unreadable: whoever reads it next says why, in the words of its flag
+
+
+# ----------------------------------------------------------------------------- sharpness files
+#
+# Sharpness file (written by sharpness.py): one entry per --rho, in the order given.
+#     rho, worst_case, sam_one_step, adaptive, average, average_stderr   float64 (len(rho),)
+#     loss             float64 scalar: the mean objective at the point itself
+#     attrs            the run's identity (JSON, as a spectrum file's), eta, ascent steps, restarts,
+#                      samples and seed
+SHARPNESS_NAMES = ('rho', 'worst_case', 'sam_one_step', 'adaptive', 'average', 'average_stderr')
+
+
+def write_sharpness_file(path, values, attrs):
+    """Write a sharpness file atomically: ``values`` {SHARPNESS_NAMES and 'loss': numbers}."""
+    with atomic_h5(path) as f:
+        for key, value in values.items():
+            f[key] = np.asarray(value, dtype=np.float64)
+        for key, value in attrs.items():
+            f.attrs[key] = json.dumps(value)
+
+
+def read_sharpness_file(path):
+    with open_h5(path, 'sharpness file') as f:
+        if not all(name in f for name in SHARPNESS_NAMES):
+            raise UsageError(f'{path!r} is not a sharpness file (it lacks {", ".join(SHARPNESS_NAMES)})')
+        return {k: f[k][()] for k in f if isinstance(f[k], h5py.Dataset)}, decoded_attrs(f.attrs)
+

@@ -33,6 +33,7 @@ START_SEED = 0              # the first point's random Lanczos start vector
 TRACE_SEED = 0              # Hutchinson vectors at point k: default_rng((TRACE_SEED, k))
 SHIFT_MARGIN = 0.1          # see extreme_eigenvalues
 DENSE_BELOW = 8             # fewer parameters than this: form the Hessian densely instead of ARPACK
+BLOCK_CHUNK = 8             # vectors per batched pass of hvp_block (activation memory grows with it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +82,7 @@ class MeanLossHessian:
         self.size = sum(p.numel() for p in self.params)
         self.hvp_count = 0
         self._count = None
+        self._functional_ok = True
 
     @property
     def count(self):
@@ -117,6 +119,60 @@ class MeanLossHessian:
         self.hvp_count += 1
         if not torch.isfinite(total).all():
             raise NonFiniteProduct('the Hessian-vector product holds inf or NaN')
+        return total.cpu().numpy()
+
+    def hvp_block(self, vectors, chunk=BLOCK_CHUNK):
+        """H @ each row of ``vectors`` ((m, n) float64 numpy), ``chunk`` rows per pass over the data.
+
+        Forward-over-reverse products (torch.func: jvp of grad) batched with vmap, so a pass
+        shares the data and the model's kernels among the vectors: several times the products
+        per second of ``hvp`` on the suite's CNNs (benchmarks/RESULTS.md). A model or objective
+        torch.func cannot transform (in-place tricks, .item() on a tensor) falls back to ``hvp``,
+        one vector at a time, for the rest of the run; the values agree to float32 rounding."""
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float64))
+        if self._functional_ok:
+            try:
+                out = np.concatenate([self._functional_block(vectors[i:i + chunk])
+                                      for i in range(0, len(vectors), chunk)])
+                self.hvp_count += len(vectors)
+                if not np.isfinite(out).all():
+                    raise NonFiniteProduct('the Hessian-vector product holds inf or NaN')
+                return out
+            except (RuntimeError, TypeError, ValueError, UsageError):
+                self._functional_ok = False
+        return np.stack([self.hvp(v) for v in vectors])
+
+    def _functional_block(self, vectors):
+        import warnings
+        with warnings.catch_warnings():
+            # torch.func's first import warns about torch.jit internals it uses; nothing to act on.
+            warnings.simplefilter('ignore', FutureWarning)
+            from torch.func import functional_call, grad, jvp, vmap
+        names = {id(p): n for n, p in self.net.named_parameters()}
+        chosen = [names[id(p)] for p in self.params]
+        others = {n: p.detach() for n, p in self.net.named_parameters() if n not in set(chosen)}
+        buffers = dict(self.net.named_buffers())
+        point = {n: p.detach() for n, p in zip(chosen, self.params)}
+        n_total = self.count
+        block = torch.as_tensor(vectors, device=self.params[0].device)
+        pieces = {}
+        start = 0
+        for name, p in zip(chosen, self.params):
+            pieces[name] = block[:, start:start + p.numel()].reshape(len(vectors), *p.shape).to(p.dtype)
+            start += p.numel()
+        self.net.eval()
+        total = torch.zeros(block.shape, dtype=torch.float64, device=block.device)
+        for batch in self.data.batches():
+            def batch_loss(weights):
+                def model(*args, **kwargs):
+                    return functional_call(self.net, ({**others, **weights}, buffers), args, kwargs)
+                return self.objective.loss_sum(model, batch) / n_total
+            gradient = grad(batch_loss)
+
+            def product(tangent):
+                out = jvp(gradient, (point,), (tangent,))[1]
+                return torch.cat([out[name].reshape(-1) for name in chosen])
+            total += vmap(product)(pieces).double()
         return total.cpu().numpy()
 
     def operator(self, scale=1.0, shift=0.0):

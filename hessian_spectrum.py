@@ -7,7 +7,7 @@ plot_hessian_eigen.py (weights with dim > 1, --include_params / --exclude_params
         --top_k 5 --trace --density --save_directions demo_out/sharpest.h5
     python plot_surface.py ... --dir_file demo_out/sharpest.h5      (the landscape along them)
 
---top_k: the K largest eigenvalues by Lanczos (ARPACK), each with its residual ||H v - lambda v||.
+--top_k: the K largest eigenvalues by Lanczos, each with its residual ||H v - lambda v||.
 --trace: Hutch++ (exact on a sketched top subspace, Hutchinson on the rest), with a standard error.
 --density: stochastic Lanczos quadrature with the top eigenpairs deflated, smoothed by Gaussians,
 on a grid, plotted with a log density axis (PNG + PDF). --save_directions: the top two
@@ -34,18 +34,15 @@ from run_setup import PointSettings, prepare_point
 
 def get_args_parser():
     parser = ArgumentParser('hessian_spectrum.py', description=__doc__.split('\n\n')[0])
-    grid_args.add_centre_arguments(parser)
-    grid_args.add_data_arguments(parser)
-    subset = parser.add_argument_group('parameters')
-    grid_args.add_param_subset_arguments(subset, 'take the Hessian over the parameters (dim > 1)',
+    grid_args.add_point_script_arguments(parser, 'take the Hessian over the parameters (dim > 1)',
                                          'the others are held fixed')
-    grid_args.add_device_arguments(parser)
 
     spec = parser.add_argument_group('spectrum')
     spec.add_argument('--top_k', default=spectrum.DEFAULT_TOP_K, type=int,
                       help='how many of the largest eigenvalues (and eigenvectors) to compute')
     spec.add_argument('--eig_tol', default=spectrum.DEFAULT_EIG_TOL, type=float,
-                      help='ARPACK\'s relative tolerance for the top eigenpairs (their residuals are reported)')
+                      help='the Lanczos iteration stops when every top eigenpair\'s residual ||Hv - lambda v|| is '
+                      'at most this times the largest eigenvalue\'s magnitude (the residuals are reported)')
     spec.add_argument('--trace', action='store_true', help='estimate the trace (Hutch++, with its standard error)')
     spec.add_argument('--trace_hvps', default=spectrum.DEFAULT_TRACE_HVPS, type=int,
                       help='Hessian-vector products for the trace: a third sketches the top subspace, a third '
@@ -88,8 +85,6 @@ def check_spectrum(parser, args):
         parser.error('--save_directions writes the top two eigenvectors: --top_k must be at least 2')
     if (args.xnorm or args.ynorm) and not args.save_directions:
         parser.error('--xnorm/--ynorm shape the saved directions: add --save_directions')
-    if args.eval_test:
-        parser.error('--eval_test: the spectrum is that of the training objective')
     for path, what in ((args.spectrum_file, '--spectrum_file'), (args.save_directions, '--save_directions')):
         if path:
             check_output_folder(path, what)
@@ -97,24 +92,11 @@ def check_spectrum(parser, args):
         layout.read_spectrum_file(args.spectrum_file)   # a foreign or damaged file is refused, untouched
 
 
-def name_spectrum_file(args):
-    if args.spectrum_file:
-        return args.spectrum_file
-    name = args.model_file + '_spectrum'
-    for label, patterns in (('include', args.include_params), ('exclude', args.exclude_params)):
-        if patterns:
-            name += f'_{label}=' + ','.join(net_plotter.split_patterns(patterns)).replace(os.sep, '_')
-    if args.raw_data:
-        name += '_rawdata'
-    if args.data_split > 1:
-        name += f'_datasplit={args.data_split}_splitidx={args.split_idx}'
-    return name + '.h5'
-
-
 def part_settings(args):
     """What each part of the file was computed with: a part is reused when these agree."""
     return {layout.EIG_SETTINGS: {'top_k': args.top_k, 'eig_tol': args.eig_tol, 'seed': args.seed},
-            layout.TRACE_SETTINGS: {'trace_hvps': args.trace_hvps, 'seed': args.seed},
+            layout.TRACE_SETTINGS: {'trace_hvps': args.trace_hvps, 'seed': args.seed, 'deflated': args.top_k,
+                                    'eig_tol': args.eig_tol},
             layout.DENSITY_SETTINGS: {'starts': args.density_starts, 'steps': args.density_steps,
                                       'sigma': args.density_sigma, 'seed': args.seed, 'deflated': args.top_k,
                                       'eig_tol': args.eig_tol}}
@@ -178,11 +160,10 @@ def plot_density(grid, density, path_base, title):
 def main(argv=None):
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    for check in (grid_args.check_centre, grid_args.check_data, grid_args.check_device, check_spectrum):
-        check(parser, args)
-    out_path = name_spectrum_file(args)
-    check_output_folder(out_path, 'spectrum file', 'pass --spectrum_file to write it elsewhere')
+    grid_args.validate_point_script(parser, args, extra_checks=(check_spectrum,))
     settings = PointSettings.from_args(args)
+    out_path = args.spectrum_file or settings.default_file('spectrum')
+    check_output_folder(out_path, 'spectrum file', 'pass --spectrum_file to write it elsewhere')
     identity = settings.identity()
     data, attrs = stored_parts(out_path, identity)
 
@@ -221,12 +202,13 @@ def main(argv=None):
     vectors = data[layout.EIGENVECTORS].astype(np.float64)
     if args.trace and not reusable(data, attrs, layout.TRACE_SETTINGS, wanted[layout.TRACE_SETTINGS]):
         before = operator.hvp_count
-        trace, stderr = spectrum.hutch_plus_plus(product, n, args.trace_hvps, rng(layout.TRACE_SETTINGS))
+        trace, stderr = spectrum.hutch_plus_plus(product, n, args.trace_hvps, rng(layout.TRACE_SETTINGS),
+                                                 matmat=operator.hvp_block, deflate=(values, vectors.T))
         finish(layout.TRACE_SETTINGS, {layout.TRACE: trace, layout.TRACE_STDERR: stderr}, operator.hvp_count - before)
     if args.density and not reusable(data, attrs, layout.DENSITY_SETTINGS, wanted[layout.DENSITY_SETTINGS]):
         before = operator.hvp_count
         runs = spectrum.slq_density(product, n, args.density_starts, args.density_steps, rng(layout.DENSITY_SETTINGS),
-                                    deflate=(values, vectors.T))
+                                    deflate=(values, vectors.T), matmat=operator.hvp_block)
         grid, density = spectrum.smoothed_density(runs, args.density_sigma)
         width = max(len(nodes) for nodes, _ in runs)
         pad = lambda arrays: np.array([np.pad(a, (0, width - len(a)), constant_values=np.nan) for a in arrays])

@@ -70,9 +70,11 @@ def compute_hessian_eigen(settings, comm, solver, **objects):
 
 def warn_about_statistics(run):
     spec = run.settings.directions
-    if (spec.model_file2 or spec.model_file3) and spec.dir_type == 'weights' and net_plotter.has_statistics(run.net):
+    if (spec.model_file2 or spec.model_file3) and spec.dir_type == 'weights' and net_plotter.has_statistics(run.net) \
+            and not run.settings.recomputes_statistics:
         print('warning: --dir_type weights keeps the first model\'s BatchNorm statistics, so x = 1 is not the '
-              'second model; use --dir_type states to interpolate whole models', file=sys.stderr, flush=True)
+              'second model; use --dir_type states to interpolate whole models, or --recompute_bn to give every '
+              'point statistics of its own', file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- the Python API

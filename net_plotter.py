@@ -290,10 +290,16 @@ def name_direction_file(spec):
                 name += '_same_dir'
     if spec.idx > 0:
         name += '_idx=' + str(spec.idx)
-    for label, patterns in (('include', spec.include_params), ('exclude', spec.exclude_params)):
+    return name + subset_suffix(spec.include_params, spec.exclude_params) + '.h5'
+
+
+def subset_suffix(include_params, exclude_params):
+    """The '_include=...' / '_exclude=...' part of a default file name (empty for all parameters)."""
+    name = ''
+    for label, patterns in (('include', include_params), ('exclude', exclude_params)):
         if patterns:
             name += f'_{label}=' + ','.join(split_patterns(patterns)).replace(os.sep, '_')
-    return name + '.h5'
+    return name
 
 
 def name_surface_file(dir_file, grid, raw_data=False, data_split=1, split_idx=0):

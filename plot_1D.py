@@ -9,8 +9,8 @@ import numpy as np
 
 import hdf5_layout as layout
 from cli import ArgumentParser, UsageError, run_main
-from plot_common import (describe_gaps, direction_label, finish, has_values, load_surface, masked,
-                         new_figure, save_figure, surface_values)
+from plot_common import (describe_gaps, direction_label, finish, has_values, load_surface, loss_barrier, masked,
+                         new_figure, path_name, save_figure, surface_values)
 
 DEFAULT_XMIN, DEFAULT_XMAX = -1.0, 1.0   # the defaults mean "the surface's own x range"
 
@@ -163,6 +163,48 @@ def plot_1d_loss_err_repeat(prefix, idx_min=1, idx_max=10, *, xmin=-1.0, xmax=1.
     return written
 
 
+COMPARE_COLOURS = ('tab:blue', 'tab:orange')
+
+
+def plot_1d_compare(surf_file, compare_file, *, labels=None, xmin=-1.0, xmax=1.0, loss_max=5, log=False,
+                    show=False):
+    """Two paths between the same two models in one figure: the training loss (solid; the test
+    loss dashed where both files have it) of ``surf_file`` and of ``compare_file`` against their
+    coordinate, each labelled with its barrier (plot_common.loss_barrier). ``labels``: the two
+    legend names (default: what each path is, e.g. 'Bezier curve', 'straight line').
+
+    Writes surf_file + '_1d_compare[_log]' (.pdf and .png); returns the paths."""
+    _check_limit(loss_max, '--loss_max')
+    surfaces = [_load_1d(surf_file), _load_1d(compare_file)]
+    for surface in surfaces:
+        if not has_values(surface, layout.TRAIN_LOSS):
+            raise UsageError(f'surface file {surface.path!r} has no {layout.TRAIN_LOSS!r}')
+    names = labels or [path_name(surface) for surface in surfaces]
+    with_test = all(has_values(surface, layout.TEST_LOSS) for surface in surfaces)
+    fig = new_figure(show)
+    ax = fig.add_subplot()
+    for surface, name, colour in zip(surfaces, names, COMPARE_COLOURS):
+        x, train_loss = surface.xcoordinates, surface_values(surface, layout.TRAIN_LOSS)
+        _report_gaps(surface, [layout.TRAIN_LOSS])
+        barrier = loss_barrier(x, train_loss)
+        print(f'{name}: training loss barrier {barrier:.4g} ({surface.path})')
+        ax.plot(x, masked(train_loss), '-', color=colour, linewidth=1.5,
+                label=f'{name}: training loss (barrier {barrier:.3g})')
+        if with_test:
+            ax.plot(x, masked(surface_values(surface, layout.TEST_LOSS)), '--', color=colour, linewidth=1,
+                    label=f'{name}: test loss')
+    all_x = np.concatenate([s.xcoordinates for s in surfaces])
+    ax.set_xlim(*x_range(all_x, xmin, xmax))
+    _loss_axes(ax, log, loss_max)
+    ax.set_xlabel('t (0 and 1: the two models)', fontsize='x-large')
+    ax.set_ylabel('Loss', fontsize='xx-large')
+    ax.tick_params(labelsize='large')
+    ax.legend(loc='best', fontsize='small')
+    written = save_figure(fig, f'{surf_file}_1d_compare' + ('_log' if log else ''))
+    finish(show)
+    return written
+
+
 def plot_1d_eig_ratio(surf_file, *, xmin=-1.0, xmax=1.0, ratio_max=1.0, show=False):
     """|min_eig / max_eig| and the signed ratio against the coordinate (Hessian surfaces).
 
@@ -210,6 +252,13 @@ def get_args_parser():
                              "runs/dir_1.h5 ...); writes PREFIX_1d_loss_err_repeat.pdf; replaces --surf_file. "
                              "Make them with plot_surface.py --idx IDX --surf_file PREFIX_IDX.h5 (each --idx "
                              "draws other random directions)")
+    parser.add_argument('--compare', default='', metavar='SURF_FILE',
+                        help='a second 1D surface between the same two models (e.g. the straight line, beside '
+                             'the curve of --surf_file): one figure of both training losses with their barriers '
+                             '(highest loss on [0, 1] above the higher end), SURF_FILE_1d_compare.pdf')
+    parser.add_argument('--labels', nargs=2, default=None, metavar=('LABEL', 'COMPARE_LABEL'),
+                        help="legend names of --surf_file and --compare (default: what each path is, e.g. "
+                             "'Bezier curve' and 'straight line')")
     parser.add_argument('--idx_min', default=1, type=int, help='first IDX for --prefix (default: %(default)s)')
     parser.add_argument('--idx_max', default=10, type=int, help='last IDX for --prefix (default: %(default)s)')
     return parser
@@ -218,11 +267,18 @@ def get_args_parser():
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     limits = dict(xmin=args.xmin, xmax=args.xmax, show=args.show)
+    if args.prefix and args.compare:
+        raise UsageError('--compare draws two surfaces beside --surf_file; --prefix draws several: pass one of them')
     if args.prefix:
         return plot_1d_loss_err_repeat(args.prefix, args.idx_min, args.idx_max, loss_max=args.loss_max,
                                        log=args.log, **limits)
     if not args.surf_file:
         raise UsageError('pass --surf_file (one surface) or --prefix (several)')
+    if args.labels and not args.compare:
+        raise UsageError('--labels names the two paths of --compare: add --compare')
+    if args.compare:
+        return plot_1d_compare(args.surf_file, args.compare, labels=args.labels, loss_max=args.loss_max,
+                               log=args.log, **limits)
     surface = _load_1d(args.surf_file)
     has_loss = has_values(surface, layout.TRAIN_LOSS)
     has_eig = has_values(surface, layout.MIN_EIG) and has_values(surface, layout.MAX_EIG)

@@ -186,6 +186,9 @@ def _recorded(records, key):
 
 def _made_with_label(surface, records, axis):
     """What the settings that made the ``axis`` direction say of it."""
+    curve_file = _recorded(records, 'curve_file')
+    if axis == 'x' and curve_file not in (_ABSENT, '', None):
+        return f't along the {_curve_name(curve_file)}'
     path = (surface.dir_file or '').replace(os.sep, '/')
     name = os.path.basename(path)
     same_dir = _recorded(records, 'same_dir')
@@ -220,6 +223,43 @@ def _is_interpolation(name, records, axis):
     # after both checkpoints (and a 2D one after three).
     found = len(CHECKPOINT_NAME.findall(name))
     return found >= (2 if axis == 'x' else 3)
+
+
+CURVE_NAMES = {'bezier': 'Bezier curve', 'polychain': 'polygonal chain'}
+
+
+def _curve_name(curve_file):
+    """'Bezier curve' (or 'polygonal chain') for a curve file, 'curve' when it cannot be read."""
+    try:
+        return CURVE_NAMES.get(layout.read_curve_file(curve_file).curve_type, 'curve')
+    except UsageError:
+        return 'curve'
+
+
+def path_name(surface):
+    """What a 1D surface's path is, for a legend: 'Bezier curve' (along a curve file), 'straight
+    line' (between two models), else the direction's label."""
+    records = [_safe_args(surface), _identity_settings(surface)]
+    curve_file = _recorded(records, 'curve_file')
+    if curve_file not in (_ABSENT, '', None):
+        return _curve_name(curve_file)
+    if _recorded(records, 'model_file2') not in (_ABSENT, '', None):
+        return 'straight line'
+    return direction_label(surface, 'x')
+
+
+def loss_barrier(x, values):
+    """The barrier of a path from x = 0 to x = 1 (Garipov et al. 2018; Frankle et al. 2020): its
+    highest value on [0, 1] minus the higher of its two end values (interpolated where 0 or 1 is no
+    grid point). NaN when the finite points do not cover [0, 1]."""
+    x, values = np.asarray(x, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(values)
+    if not finite.any() or x[finite].min() > 0 or x[finite].max() < 1:
+        return float('nan')
+    ends = np.interp([0.0, 1.0], x[finite], values[finite])
+    inside = finite & (x >= 0) & (x <= 1)
+    highest = max(values[inside].max(), ends.max()) if inside.any() else ends.max()
+    return float(highest - ends.max())
 
 
 def pca_axis_labels(dir_file):

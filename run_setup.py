@@ -8,7 +8,7 @@
         prepare_evaluation  the model on its device, BatchNorm folded, compiled, wrapped
         probe_objective     the objective on one batch: bad results are refused here
         write_directions    rank 0 checks an existing surface file and makes the direction file
-        load_directions     the directions on the device
+        load_directions     the directions on the device (none along a curve, --curve_file)
     surface_engine.run_grid(comm, run.grid, run.open_writer(names), evaluate_points)
 
 Every step that can refuse the input runs before the first file is written, so a bad flag, file,
@@ -25,6 +25,8 @@ import numpy as np
 import torch
 
 import bn_folding
+import bn_statistics
+import curves
 import dataloader
 import hdf5_layout
 import model_loader
@@ -76,6 +78,8 @@ class RunSettings:
     amp: bool
     points_per_call: int
     threads: int
+    curve_file: str       # evaluate along this trained curve (x = t) instead of directions
+    recompute_bn: bool
     recorded_args: dict   # every flag as the surface file's 'args' attribute records it
 
     @classmethod
@@ -89,6 +93,11 @@ class RunSettings:
     def dir_type(self):
         return self.directions.dir_type
 
+    @property
+    def recomputes_statistics(self):
+        """Whether every point gets BatchNorm statistics of its own (always along a curve)."""
+        return self.recompute_bn or bool(self.curve_file)
+
 
 # The identity fields that are paths: recorded absolute, so a run from another folder still matches.
 PATH_FIELDS = ('model_file', 'model_file2', 'model_file3', 'train_labels')
@@ -97,8 +106,11 @@ PATH_FIELDS = ('model_file', 'model_file2', 'model_file3', 'train_labels')
 def run_identity(settings, dir_file, is_2d):
     """The identity fields of a run (hdf5_layout.IDENTITY_FIELDS), paths made absolute, and the
     content id of the directions it uses (once its direction file exists)."""
-    identity = {}
-    if os.path.exists(dir_file):
+    # Recorded always: values with recomputed BatchNorm statistics are never mixed with others.
+    identity = {'recompute_bn': settings.recomputes_statistics}
+    if settings.curve_file:
+        identity[hdf5_layout.DIRECTION_ID] = hdf5_layout.curve_content_id(settings.curve_file)
+    elif os.path.exists(dir_file):
         identity[hdf5_layout.DIRECTION_ID] = hdf5_layout.direction_content_id(dir_file, with_y=is_2d)
     for key in hdf5_layout.IDENTITY_FIELDS:
         if key == hdf5_layout.DIRECTION_ID:
@@ -138,21 +150,35 @@ class Run:
     train_data: object            # dataloader batch sources
     test_data: object
     base: list                    # the centre's tensors on the device
-    xdirection: list
+    xdirection: list              # None along a curve
     ydirection: list
+    curve: curves.Curve = None    # --curve_file: x is the curve's t
+    centre_buffers: list = None   # the centre's buffers, when every point recomputes its statistics
 
     def move_to(self, k):
         """Put the model at grid point ``k``; return its (x, y) coordinates."""
         x, y = self.grid.point(k)
-        net_plotter.move(self.net, self.settings.dir_type, self.base, self.xdirection, self.ydirection,
-                         x, 0.0 if y is None else y)
+        if self.curve is not None:
+            self.curve.place(self.net, x)
+        else:
+            net_plotter.move(self.net, self.settings.dir_type, self.base, self.xdirection, self.ydirection,
+                             x, 0.0 if y is None else y)
+        if self.settings.recomputes_statistics:
+            bn_statistics.recompute(self.net, self.train_data, self.objective)
         if self.folding is not None:
             self.folding.refresh()
         return x, y
 
     def restore_centre(self):
         """Put the model back at the centre (x = y = 0), as it came (landscape.py hands it back)."""
-        net_plotter.move(self.net, self.settings.dir_type, self.base, self.xdirection, self.ydirection, 0.0, 0.0)
+        if self.curve is not None:
+            self.curve.place(self.net, 0.0)
+        else:
+            net_plotter.move(self.net, self.settings.dir_type, self.base, self.xdirection, self.ydirection, 0.0, 0.0)
+        if self.centre_buffers is not None:
+            with torch.no_grad():
+                for buffer, saved in zip(self.net.buffers(), self.centre_buffers):
+                    buffer.copy_(saved)
         if self.folding is not None:
             self.folding.refresh()
 
@@ -193,7 +219,8 @@ def plan_files(settings, comm):
     """The grid and the direction and surface file names; the folders that will hold new files
     checked (default names lie beside --model_file, whose folder may be read-only)."""
     grid = Grid(parse_axis(settings.x, '--x'), parse_axis(settings.y, '--y') if settings.y else None)
-    dir_file = net_plotter.name_direction_file(settings.directions)
+    # Along a curve the curve file takes the direction file's place (names, records, identity).
+    dir_file = settings.curve_file or net_plotter.name_direction_file(settings.directions)
     surf_file = settings.surf_file or net_plotter.name_surface_file(
         dir_file, grid, settings.raw_data, settings.data_split, settings.split_idx)
 
@@ -217,11 +244,12 @@ def build_model(settings, net=None):
         def load_model(path, flag):
             other = copy.deepcopy(template)
             return model_loader.load_state(other, model_loader.read_state_dict(path, flag), f'{flag} {path!r}').eval()
-        return net.eval(), load_model
+        return net.eval(), curves.loader_taking_bends(load_model, template)
 
     def load_model(path, flag='--model_file'):
         return model_loader.load(settings.dataset, settings.model, path, flag)
-    return load_model(settings.model_file), load_model
+    net = load_model(settings.model_file)
+    return net, curves.loader_taking_bends(load_model, net)
 
 
 def load_data(settings, device, comm, train_dataset=None, test_dataset=None):
@@ -300,7 +328,8 @@ def write_directions(settings, comm, grid, dir_file, surf_file, net, base_cpu, l
         if os.path.exists(surf_file):
             hdf5_layout.check_surface_matches(hdf5_layout.read_surface(surf_file), grid, dir_file,
                                               run_identity(settings, dir_file, grid.is_2d))
-        net_plotter.setup_direction_file(settings.directions, dir_file, net, base_cpu, load_model)
+        if not settings.curve_file:
+            net_plotter.setup_direction_file(settings.directions, dir_file, net, base_cpu, load_model)
     comm.root_only(check_then_make)
 
 
@@ -313,6 +342,7 @@ def prepare_run(settings, comm, net=None, train_dataset=None, test_dataset=None,
     device = select_device(settings.cuda, comm.local_rank)
     grid, dir_file, surf_file = plan_files(settings, comm)
     net, load_model = build_model(settings, net)
+    curve = curves.load_curve(settings.curve_file, net, load_model)[0] if settings.curve_file else None
     the_objective = objective.resolve(settings.loss_name)
     train_data, test_data = load_data(settings, device, comm, train_dataset, test_dataset)
     base_cpu = [t.cpu() for t in net_plotter.get_base(net, settings.dir_type)]
@@ -320,11 +350,14 @@ def prepare_run(settings, comm, net=None, train_dataset=None, test_dataset=None,
     value_keys = probe_objective(the_objective, eval_net, train_data, settings.amp, differentiable)
     write_directions(settings, comm, grid, dir_file, surf_file, net, base_cpu, load_model)
     base = [t.to(device) for t in base_cpu]
-    xdirection, ydirection = net_plotter.load_directions(dir_file, base_cpu, grid.is_2d, device)
+    xdirection, ydirection = (None, None) if curve is not None else \
+        net_plotter.load_directions(dir_file, base_cpu, grid.is_2d, device)
+    centre_buffers = [b.detach().clone() for b in net.buffers()] if settings.recomputes_statistics else None
     return Run(settings=settings, comm=comm, device=device, grid=grid, dir_file=dir_file, surf_file=surf_file,
                net=net, eval_net=eval_net, folding=folding, objective=the_objective, value_keys=value_keys,
                train_data=train_data, test_data=test_data, base=base, xdirection=xdirection,
-               ydirection=ydirection)
+               ydirection=ydirection, curve=None if curve is None else curve.to(device),
+               centre_buffers=centre_buffers)
 
 
 # ----------------------------------------------------------------------------- one point
@@ -353,6 +386,16 @@ class PointSettings:
     @classmethod
     def from_args(cls, args):
         return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+    def default_file(self, kind):
+        """Where a script's results at this point go by default: beside --model_file, named after
+        it, ``kind`` ('spectrum', 'sharpness'), the parameter subset and the data options."""
+        name = f'{self.model_file}_{kind}' + net_plotter.subset_suffix(self.include_params, self.exclude_params)
+        if self.raw_data:
+            name += '_rawdata'
+        if self.data_split > 1:
+            name += f'_datasplit={self.data_split}_splitidx={self.split_idx}'
+        return name + '.h5'
 
     def identity(self):
         """What a file of results at this point records, so a rerun for another model, data or

@@ -3,12 +3,14 @@
 Everything here works on ``matvec(v) -> H v`` for flat float64 numpy vectors of size ``n``
 (hessian.MeanLossHessian.hvp), so it never forms the Hessian:
 
-  top_eigenpairs   the k largest eigenvalues and their unit eigenvectors (ARPACK's implicitly
-                   restarted Lanczos, scipy eigsh), with each pair's residual ||H v - lambda v||
+  top_eigenpairs   the k largest eigenvalues and their unit eigenvectors (Lanczos with full
+                   reorthogonalization, stopped when every pair's residual ||H v - lambda v|| is
+                   below tol), with the residuals
   hutch_plus_plus  the trace by Hutch++ (Meyer, Musco, Musco, Woodruff 2021): the trace of H on a
                    sketched top subspace, exactly, plus Hutchinson's estimate on the rest, so the
                    error falls as 1/m in the number of products m instead of 1/sqrt(m) -- with a
-                   standard error from the Hutchinson part's samples
+                   standard error from the Hutchinson part's samples; the top eigenpairs already
+                   computed are deflated first (their eigenvalues counted exactly)
   slq_density      the spectral density by stochastic Lanczos quadrature (Ghorbani, Krishnan, Xiao
                    2019; Ubaru, Chen, Saad 2017): Lanczos with full reorthogonalization from several
                    random starts, each giving Ritz values (nodes) and the squared first components
@@ -18,7 +20,6 @@ Everything here works on ``matvec(v) -> H v`` for flat float64 numpy vectors of 
 import math
 
 import numpy as np
-from scipy.sparse.linalg import LinearOperator, eigsh
 
 DEFAULT_TOP_K = 5
 DEFAULT_EIG_TOL = 1e-6
@@ -34,44 +35,81 @@ def rademacher(rng, n, count):
     return rng.integers(0, 2, size=(n, count)).astype(np.float64) * 2.0 - 1.0
 
 
-def apply(matvec, block):
-    """H @ block, one column at a time."""
+def apply(matvec, block, matmat=None):
+    """H @ block ((n, m)): by ``matmat`` (rows in, rows out: hessian.MeanLossHessian.hvp_block,
+    several vectors per pass over the data) when given, else one column at a time."""
+    if matmat is not None:
+        return np.asarray(matmat(np.ascontiguousarray(block.T))).T
     return np.column_stack([matvec(np.ascontiguousarray(block[:, j])) for j in range(block.shape[1])])
 
 
-def top_eigenpairs(matvec, n, k=DEFAULT_TOP_K, tol=DEFAULT_EIG_TOL, rng=None, maxiter=None):
+def top_eigenpairs(matvec, n, k=DEFAULT_TOP_K, tol=DEFAULT_EIG_TOL, rng=None, max_steps=None):
     """(eigenvalues in descending order, eigenvectors as columns, residuals ||H v - lambda v||) of
-    the ``k`` largest (algebraic) eigenvalues. Small problems (n <= k + 1, where ARPACK cannot
-    work) are solved densely from n products."""
+    the ``k`` largest (algebraic) eigenvalues, by Lanczos with full reorthogonalization and no
+    restarts: it stops at the first step where every wanted Ritz pair's residual is at most
+    ``tol`` times the largest Ritz value's magnitude. The residuals come from the Lanczos
+    relation H V s - theta V s = beta_m v_(m+1) s_m (exact while the basis stays orthogonal, which
+    the full reorthogonalization keeps), so they cost no products. A basis of up to ``max_steps``
+    (default: all of n) vectors of n floats is held. Problems of n <= k + 1 are solved densely."""
     rng = rng or np.random.default_rng(0)
     if n <= k + 1:
         dense = apply(matvec, np.eye(n))
         values, vectors = np.linalg.eigh((dense + dense.T) / 2)
         values, vectors = values[::-1][:k], vectors[:, ::-1][:, :k]
-    else:
-        operator = LinearOperator((n, n), matvec=matvec, dtype=np.float64)
-        values, vectors = eigsh(operator, k=k, which='LA', tol=tol, v0=rng.standard_normal(n),
-                                ncv=min(n, max(2 * k + 1, 20)), maxiter=maxiter)
-        order = np.argsort(values)[::-1]
-        values, vectors = values[order], vectors[:, order]
-    residuals = np.array([np.linalg.norm(matvec(vectors[:, j]) - values[j] * vectors[:, j])
-                          for j in range(vectors.shape[1])])
-    return values, vectors, residuals
+        residuals = np.linalg.norm(dense @ vectors - vectors * values, axis=0)
+        return values, vectors, residuals
+    steps = min(n, max_steps or n)
+    basis = np.zeros((steps + 1, n))
+    start = rng.standard_normal(n)
+    basis[0] = start / np.linalg.norm(start)
+    alphas, betas = [], []
+    for j in range(steps):
+        w = matvec(basis[j])
+        alphas.append(float(basis[j] @ w))
+        for _ in range(2):
+            w = w - basis[:j + 1].T @ (basis[:j + 1] @ w)
+        beta = float(np.linalg.norm(w))
+        if j + 1 >= k:
+            thetas, ritz = np.linalg.eigh(np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1))
+            thetas, ritz = thetas[::-1][:k], ritz[:, ::-1][:, :k]
+            residuals = beta * np.abs(ritz[-1])
+            if (residuals <= tol * max(abs(thetas[0]), 1e-30)).all() or beta < 1e-12 * max(abs(thetas[0]), 1.0):
+                return thetas, basis[:j + 1].T @ ritz, residuals
+        if beta < 1e-300:
+            break
+        betas.append(beta)
+        basis[j + 1] = w / beta
+    thetas, ritz = np.linalg.eigh(np.diag(alphas) + np.diag(betas[:len(alphas) - 1], 1)
+                                  + np.diag(betas[:len(alphas) - 1], -1))
+    thetas, ritz = thetas[::-1][:k], ritz[:, ::-1][:, :k]
+    return thetas, basis[:len(alphas)].T @ ritz, beta * np.abs(ritz[-1])
 
 
-def hutch_plus_plus(matvec, n, num_hvps=DEFAULT_TRACE_HVPS, rng=None):
+def hutch_plus_plus(matvec, n, num_hvps=DEFAULT_TRACE_HVPS, rng=None, matmat=None, deflate=None):
     """(trace estimate, its standard error) from ``num_hvps`` products (rounded down to a multiple
-    of 3). When a third of them spans the whole space the trace is exact (standard error 0)."""
+    of 3). When a third of them spans the whole space the trace is exact (standard error 0).
+    ``matmat``: a block product (see apply); the three thirds are each one block.
+    ``deflate=(values, vectors)``: known top eigenpairs (top_eigenpairs, already paid for): their
+    eigenvalues enter exactly and Hutch++ runs on H projected off their vectors, where the few
+    large eigenvalues that dominate a network's trace and its estimator's variance are gone."""
     rng = rng or np.random.default_rng(0)
+    if deflate is not None and len(deflate[0]):
+        values, vectors = deflate
+
+        def off(block):
+            return block - vectors @ (vectors.T @ block)
+        rest, stderr = hutch_plus_plus(lambda v: off(matvec(off(v[:, None])[:, 0])[:, None])[:, 0], n, num_hvps, rng,
+                                       None if matmat is None else (lambda rows: off(matmat(off(rows.T).T).T).T))
+        return float(np.sum(values)) + rest, stderr
     third = max(1, num_hvps // 3)
     if third >= n:
         # The sketch would span everything: n products give the exact trace.
-        return float(sum(matvec(e)[i] for i, e in enumerate(np.eye(n)))), 0.0
-    sketch, _ = np.linalg.qr(apply(matvec, rademacher(rng, n, third)))
-    exact_part = float(np.trace(sketch.T @ apply(matvec, sketch)))
+        return float(np.trace(apply(matvec, np.eye(n), matmat))), 0.0
+    sketch, _ = np.linalg.qr(apply(matvec, rademacher(rng, n, third), matmat))
+    exact_part = float(np.trace(sketch.T @ apply(matvec, sketch, matmat)))
     probes = rademacher(rng, n, third)
     probes -= sketch @ (sketch.T @ probes)                 # (I - Q Q^T) G
-    samples = np.einsum('ij,ij->j', probes, apply(matvec, probes))
+    samples = np.einsum('ij,ij->j', probes, apply(matvec, probes, matmat))
     rest = float(samples.mean())
     stderr = float(samples.std(ddof=1) / math.sqrt(third)) if third > 1 else math.inf
     return exact_part + rest, stderr
@@ -81,25 +119,39 @@ def lanczos(matvec, start, steps):
     """(alphas, betas) of ``steps`` Lanczos iterations from ``start`` with full
     reorthogonalization (every new vector made orthogonal to all earlier ones, twice, so the Ritz
     values carry no spurious copies). Stops early at an invariant subspace."""
-    n = start.size
+    return lanczos_lockstep(lambda rows: np.stack([matvec(r) for r in rows]), start[None], steps)[0]
+
+
+def lanczos_lockstep(matmat, starts, steps):
+    """[(alphas, betas)] of one Lanczos run per row of ``starts``, advanced together so that each
+    step applies H to all the runs' vectors at once (``matmat``: rows in, rows out). A run that
+    reaches an invariant subspace stops; the others go on."""
+    runs, n = starts.shape
     steps = min(steps, n)
-    basis = np.zeros((steps, n))
-    basis[0] = start / np.linalg.norm(start)
-    alphas, betas = [], []
+    basis = np.zeros((runs, steps, n))
+    basis[:, 0] = starts / np.linalg.norm(starts, axis=1, keepdims=True)
+    alphas, betas = [[] for _ in range(runs)], [[] for _ in range(runs)]
+    active = list(range(runs))
     for j in range(steps):
-        w = matvec(basis[j])
-        alpha = float(basis[j] @ w)
-        alphas.append(alpha)
-        for _ in range(2):
-            w -= basis[:j + 1].T @ (basis[:j + 1] @ w)
-        if j == steps - 1:
+        products = matmat(basis[active, j])
+        still = []
+        for r, w in zip(active, products):
+            alpha = float(basis[r, j] @ w)
+            alphas[r].append(alpha)
+            for _ in range(2):
+                w = w - basis[r, :j + 1].T @ (basis[r, :j + 1] @ w)
+            if j == steps - 1:
+                continue
+            beta = float(np.linalg.norm(w))
+            if beta < 1e-10 * max(1.0, abs(alpha)):
+                continue
+            betas[r].append(beta)
+            basis[r, j + 1] = w / beta
+            still.append(r)
+        active = still
+        if not active:
             break
-        beta = float(np.linalg.norm(w))
-        if beta < 1e-10 * max(1.0, abs(alpha)):
-            break
-        betas.append(beta)
-        basis[j + 1] = w / beta
-    return np.array(alphas), np.array(betas)
+    return [(np.array(a), np.array(b)) for a, b in zip(alphas, betas)]
 
 
 def quadrature(alphas, betas):
@@ -110,7 +162,8 @@ def quadrature(alphas, betas):
     return nodes, vectors[0] ** 2
 
 
-def slq_density(matvec, n, starts=DEFAULT_DENSITY_STARTS, steps=DEFAULT_DENSITY_STEPS, rng=None, deflate=None):
+def slq_density(matvec, n, starts=DEFAULT_DENSITY_STARTS, steps=DEFAULT_DENSITY_STEPS, rng=None, deflate=None,
+                matmat=None):
     """[(nodes, weights)] of ``starts`` Lanczos runs from random Gaussian vectors.
 
     ``deflate=(values, vectors)``: known top eigenpairs (top_eigenpairs). They enter every run as
@@ -125,11 +178,15 @@ def slq_density(matvec, n, starts=DEFAULT_DENSITY_STARTS, steps=DEFAULT_DENSITY_
     if k >= n:
         return [(np.asarray(values, dtype=np.float64), np.full(k, 1.0 / k))]
 
-    def off(v):
-        return v - vectors @ (vectors.T @ v) if k else v
+    def off(rows):
+        return rows - (rows @ vectors) @ vectors.T if k else rows
+
+    def projected(rows):
+        rows = off(rows)
+        return off(matmat(rows) if matmat is not None else np.stack([matvec(r) for r in rows]))
     runs = []
-    for _ in range(starts):
-        nodes, weights = quadrature(*lanczos(lambda v: off(matvec(off(v))), off(rng.standard_normal(n)), steps))
+    for alphas, betas in lanczos_lockstep(projected, off(rng.standard_normal((starts, n))), steps):
+        nodes, weights = quadrature(alphas, betas)
         if len(nodes) == n - k:
             # The run spanned the whole (remaining) space: its nodes are all the eigenvalues, each
             # of multiplicity one, so the exact weights are equal -- the random start's are not.

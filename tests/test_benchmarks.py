@@ -44,3 +44,17 @@ def test_bench_hessian_reports_products_per_second(tmp_path):
     max_eig, min_eig = result['eigenvalues'][0]
     assert max_eig >= min_eig
     assert json.loads((tmp_path / 'h.json').read_text())['hvps_per_second'] == result['hvps_per_second']
+
+
+def test_bench_spectrum_table(tmp_path, capsys):
+    from benchmarks import bench_spectrum
+    out = tmp_path / 'spectrum.json'
+    results = bench_spectrum.main(['--num_samples', '48', '--train_steps', '2', '--hvps', '2', '--threads', '1',
+                                   '--pyhessian_path', str(tmp_path / 'none'), '--json', str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+    assert results['parameters'] == 1864 and results['samples'] == 48
+    for row in results['rows']:
+        assert row['top_eig'] == pytest.approx(results['exact']['top'], rel=1e-3)
+        assert row['trace_rel_error'] == pytest.approx(abs(row['trace'] - results['exact']['trace'])
+                                                       / abs(results['exact']['trace']))
+    assert 'PyHessian not found' in results['note'] and 'PyHessian not found' in capsys.readouterr().out
