@@ -1,7 +1,7 @@
 """Helpers the plot scripts share: reading a surface, derived values, axis labels, saving figures.
 
-Used by plot_1D.py, plot_2D.py and h52vtp.py (and, through plot_2D, by the --plot options of
-plot_surface.py, plot_trajectory.py and plot_hessian_eigen.py): one named surface with its
+Used by curve_figures.py, surface_figures.py and h52vtp.py (and through them by plot_1D.py,
+plot_2D.py and the --plot options of the compute scripts): one named surface with its
 not-computed points masked, the derived surfaces (errors, eigenvalue ratio), direction labels that
 also work for files of the original code, and figures written as PDF + PNG.
 """

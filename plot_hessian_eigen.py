@@ -48,11 +48,11 @@ def report_eigenvalues(surf_file):
 def plot_results(args, run):
     """|min_eig / max_eig| as a curve (1D) or heat maps (2D), by plot_1D / plot_2D (rank 0 only)."""
     if not run.grid.is_2d:
-        import plot_1D
-        return plot_1D.plot_1d_eig_ratio(run.surf_file, xmin=run.grid.x.min, xmax=run.grid.x.max,
+        import curve_figures
+        return curve_figures.plot_1d_eig_ratio(run.surf_file, xmin=run.grid.x.min, xmax=run.grid.x.max,
                                          ratio_max=args.ratio_max, show=args.show)
-    import plot_2D
-    return plot_2D.plot_2d_eig_ratio(run.surf_file, show=args.show)
+    import surface_figures
+    return surface_figures.plot_2d_eig_ratio(run.surf_file, show=args.show)
 
 
 def main(argv=None):

@@ -58,15 +58,15 @@ def plot_results(args, run, proj_file=''):
     """Draw what plot_1D / plot_2D draw for this surface (rank 0 only); ``proj_file``: a path to
     draw on the contours besides --proj_file (the curve of a curve plane)."""
     if not run.grid.is_2d:
-        import plot_1D
-        return plot_1D.plot_1d_loss_err(run.surf_file, xmin=run.grid.x.min, xmax=run.grid.x.max,
+        import curve_figures
+        return curve_figures.plot_1d_loss_err(run.surf_file, xmin=run.grid.x.min, xmax=run.grid.x.max,
                                         loss_max=args.loss_max, log=args.log, show=args.show)
-    import plot_2D
-    paths = plot_2D.plot_2d_contour(run.surf_file, surf_name=hdf5_layout.TRAIN_LOSS, vmin=args.vmin,
+    import surface_figures
+    paths = surface_figures.plot_2d_contour(run.surf_file, surf_name=hdf5_layout.TRAIN_LOSS, vmin=args.vmin,
                                     vmax=args.vmax, vlevel=args.vlevel, show=args.show)
     for path in (args.proj_file, proj_file):
         if path:
-            paths += plot_2D.plot_contour_trajectory(run.surf_file, run.dir_file, path,
+            paths += surface_figures.plot_contour_trajectory(run.surf_file, run.dir_file, path,
                                                      surf_name=hdf5_layout.TRAIN_LOSS, vmin=args.vmin,
                                                      vmax=args.vmax, vlevel=args.vlevel, show=args.show)
     return paths

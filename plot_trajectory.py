@@ -237,8 +237,8 @@ def main(argv=None):
           f'y in [{proj_y.min():.4g}, {proj_y.max():.4g}]')
     print('contours under it: ' + surface_command(args, paths[-1], dir_file, proj_file, proj_x, proj_y))
 
-    import plot_2D
-    plot_2D.plot_trajectory(proj_file, dir_file, show=False)
+    import surface_figures
+    surface_figures.plot_trajectory(proj_file, dir_file, show=False)
     return proj_file
 
 

@@ -13,8 +13,10 @@ from matplotlib.image import imread
 import hdf5_layout as layout
 from cli import UsageError, run_main
 import h52vtp
+import curve_figures
 import plot_1D
 import plot_2D
+import surface_figures
 import plot_common
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -284,7 +286,7 @@ def test_2d_plots_labelled_with_principal_components(tmp_path, monkeypatch, give
     """--dir_file (default: the surface's own direction file) labels every 2D plot and the viewer."""
     pca = pca_direction_file(tmp_path / 'directions.h5')
     surf = surface_2d(tmp_path, dir_file='elsewhere/directions.h5' if given else pca)
-    saved = figure_labels(monkeypatch, plot_2D)
+    saved = figure_labels(monkeypatch, surface_figures)
     written = plot_2D.main(['--surf_file', surf, '--html'] + (['--dir_file', pca] if given else []))
     expected = ('1st PC: 84.23 %', '2nd PC: 10.12 %')
     assert sorted(name for name, _, _ in saved) == \
@@ -301,7 +303,7 @@ def test_2d_plots_labelled_with_principal_components(tmp_path, monkeypatch, give
 def test_1d_plots_labelled_with_principal_component(tmp_path, monkeypatch):
     pca = pca_direction_file(tmp_path / 'directions.h5')
     surf = surface_1d(tmp_path, dir_file=pca, args={**DEFAULT_RUN_ARGS, 'dir_file': pca})
-    saved = figure_labels(monkeypatch, plot_1D)
+    saved = figure_labels(monkeypatch, curve_figures)
     plot_1D.main(['--surf_file', surf])
     assert len(saved) == 4   # loss + accuracy (twin axes), training loss, training error
     assert {x_label for _, x_label, _ in saved} == {'1st PC: 84.23 %', ''}   # the twin axes has no x label
