@@ -42,16 +42,23 @@ def check_grid(parser, args):
 
 # ----------------------------------------------------------------------------- model and objective
 
-def add_model_arguments(parser):
+def _add_model_group(parser, centre):
+    """The 'model and objective' group with --model, --model_file (``centre``: what it is) and
+    --loss_name; the caller adds its other checkpoints."""
     model = parser.add_argument_group('model and objective')
     model.add_argument('--model', default='resnet56', help='a model of the dataset\'s zoo (e.g. resnet56, '
                        'vgg9; digits: mlp, cnn, cnn_bn) or package.module:factory returning an nn.Module')
-    model.add_argument('--model_file', default='', help='checkpoint of the trained model (the surface centre, '
-                       'x=0, y=0): a dict with "state_dict" or a bare state_dict')
+    model.add_argument('--model_file', default='', help=f'checkpoint of the trained model ({centre}): a dict '
+                       'with "state_dict" or a bare state_dict')
+    objective.add_loss_argument(model)
+    return model
+
+
+def add_model_arguments(parser):
+    model = _add_model_group(parser, 'the surface centre, x=0, y=0')
     model.add_argument('--model_file2', default='', help='second checkpoint: x direction = model2 - model1, '
                        'a linear interpolation with the two minimizers at x=0 and x=1')
     model.add_argument('--model_file3', default='', help='third checkpoint: y direction = model3 - model1')
-    objective.add_loss_argument(model)
     return model
 
 
@@ -70,13 +77,7 @@ def check_model(parser, args):
 
 def add_centre_arguments(parser):
     """The model at one point (hessian_spectrum.py, sharpness.py): --model, --model_file, --loss_name."""
-    model = parser.add_argument_group('model and objective')
-    model.add_argument('--model', default='resnet56', help='a model of the dataset\'s zoo (e.g. resnet56, '
-                       'vgg9; digits: mlp, cnn, cnn_bn) or package.module:factory returning an nn.Module')
-    model.add_argument('--model_file', default='', help='checkpoint of the trained model: a dict with '
-                       '"state_dict" or a bare state_dict')
-    objective.add_loss_argument(model)
-    return model
+    return _add_model_group(parser, 'the point measured')
 
 
 def check_centre(parser, args):

@@ -1,4 +1,6 @@
-"""Shared fixtures: tiny trained digits models saved as checkpoints, and ways to run the scripts."""
+"""Shared fixtures: tiny trained digits models saved as checkpoints, ways to run the scripts, and the
+checks every bad-input test makes."""
+import hashlib
 import os
 import subprocess
 import sys
@@ -64,3 +66,19 @@ def call_main(main, argv, capsys):
     except SystemExit as stop:
         code = stop.code
     return code, capsys.readouterr().err
+
+
+def snapshot(folder):
+    """{file name: content hash} of the files in ``folder``: a refused command must leave it equal."""
+    return {p: hashlib.sha256(open(os.path.join(folder, p), 'rb').read()).hexdigest()
+            for p in sorted(os.listdir(folder)) if os.path.isfile(os.path.join(folder, p))}
+
+
+def assert_one_line_error(code, err, words):
+    """Exit status 2, one line on stderr naming the problem (each of ``words``), no traceback."""
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert 'Traceback' not in err and 'error:' in lines[0]
+    for word in words:
+        assert word in lines[0], (word, lines[0])

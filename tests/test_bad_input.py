@@ -4,7 +4,6 @@ Each case is (name, argv builder, words the message must contain). Cases run in-
 cli.run_main (the same path as the command line, minus interpreter start-up); a few also run as
 real subprocesses to prove the command-line wiring.
 """
-import hashlib
 import importlib
 import os
 import shutil
@@ -17,7 +16,7 @@ import torch
 import cli
 import plot_surface
 from hdf5_layout import FileLock
-from tests.conftest import call_main, run_script
+from tests.conftest import assert_one_line_error, call_main, run_script, snapshot
 
 DIGITS = ['--dataset', 'digits', '--threads', '1']
 
@@ -37,11 +36,6 @@ def workdir(tmp_path, checkpoints):
     from tests.fixtures.custom import three_class_model
     torch.save(three_class_model().state_dict(), tmp_path / 'three.t7')
     return tmp_path
-
-
-def snapshot(folder):
-    return {p: hashlib.sha256(open(os.path.join(folder, p), 'rb').read()).hexdigest()
-            for p in sorted(os.listdir(folder)) if os.path.isfile(os.path.join(folder, p))}
 
 
 MODEL = ['--model', 'cnn_bn', '--model_file', '{d}/cnn.t7']
@@ -117,15 +111,6 @@ PLOT_SURFACE_CASES = [
 
 def fill(argv, folder):
     return [a.format(d=folder) for a in argv]
-
-
-def assert_one_line_error(code, err, words):
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert 'Traceback' not in err and 'error:' in lines[0]
-    for word in words:
-        assert word in lines[0], (word, lines[0])
 
 
 @pytest.mark.parametrize('name,argv,words', PLOT_SURFACE_CASES, ids=[c[0] for c in PLOT_SURFACE_CASES])

@@ -1,7 +1,6 @@
 """Curves between two trained models (train_curve.py, plot_surface.py --curve_file, --recompute_bn,
 plot_1D.py --compare): the parametrisation, BatchNorm recomputation, the barrier a trained curve
 removes, exact ends, kill -9 and resume, the plane through a curve, bad input."""
-import hashlib
 import json
 import os
 import shutil
@@ -23,7 +22,7 @@ import train_curve
 from cifar10 import main as cifar10_main
 from errors import UsageError
 from plot_common import loss_barrier
-from tests.conftest import call_main, run_script
+from tests.conftest import call_main, run_script, snapshot
 
 DIGITS = ['--dataset', 'digits', '--threads', '1']
 # Short, but enough for the digits CNNs: about a second of training.
@@ -282,11 +281,6 @@ def test_python_api_recomputes_statistics_and_hands_the_model_back(checkpoints, 
 
 
 # ----------------------------------------------------------------------------- bad input
-
-def snapshot(folder):
-    return {p: hashlib.sha256(open(os.path.join(folder, p), 'rb').read()).hexdigest()
-            for p in sorted(os.listdir(folder)) if os.path.isfile(os.path.join(folder, p))}
-
 
 @pytest.fixture
 def bad_input_folder(tmp_path, trained, end_models, checkpoints):
