@@ -411,6 +411,15 @@ def write_projection_file(path, proj_xcoord, proj_ycoord, extras=None, attrs=Non
             f.attrs[key] = json.dumps(value)
 
 
+CURVE_FILE_ATTR = 'curve_file'   # a projection of a curve (plot_surface.py --model_file3 CURVE) names it
+
+
+def read_projection_attrs(path):
+    """The decoded attributes of a projection file (how its path was made)."""
+    with open_h5(path, 'projection file') as f:
+        return decoded_attrs(f.attrs)
+
+
 def read_projection_file(path):
     """Return a dict of the projection file's datasets (proj_xcoord, proj_ycoord, ...)."""
     with open_h5(path, 'projection file') as f:

@@ -49,7 +49,7 @@ def write_curve_projection(curve_file, surf_file):
     record = hdf5_layout.read_curve_file(curve_file, '--model_file3')
     x, y = curves.plane_coordinates(record.curve_type, np.linspace(0, 1, CURVE_PROJECTION_POINTS))
     path = surf_file + '_curve_proj.h5'
-    hdf5_layout.write_projection_file(path, x, y, attrs={'curve_file': os.path.realpath(curve_file)})
+    hdf5_layout.write_projection_file(path, x, y, attrs={hdf5_layout.CURVE_FILE_ATTR: os.path.realpath(curve_file)})
     print(f'wrote {path} (the curve in this plane: plot_2D.py --surf_file {surf_file} --proj_file {path})')
     return path
 

@@ -136,15 +136,23 @@ def read_trajectory(proj_file):
     return px, py, loss
 
 
-def _draw_path(fig, ax, px, py, loss):
+def path_end_labels(proj_file):
+    """The legend names of a path's two ends: a trajectory's first and last checkpoints, or the two
+    end models of a curve (plot_surface.py writes a curve's projection with its curve file named)."""
+    if layout.CURVE_FILE_ATTR in layout.read_projection_attrs(proj_file):
+        return 'model_file (t = 0)', 'model_file2 (t = 1)'
+    return 'first checkpoint', 'last checkpoint'
+
+
+def _draw_path(fig, ax, px, py, loss, ends=('first checkpoint', 'last checkpoint')):
     ax.plot(px, py, '-', color='k', linewidth=1, alpha=0.7)
     if loss is not None:
         dots = ax.scatter(px, py, c=masked(loss), cmap='plasma', s=16, zorder=3)
         fig.colorbar(dots, ax=ax, label='checkpoint training loss')
     else:
         ax.plot(px, py, '.', color='tab:blue', zorder=3)
-    ax.plot(px[:1], py[:1], 'o', mfc='none', mec='k', ms=8, label='first checkpoint')
-    ax.plot(px[-1:], py[-1:], '*', color='k', ms=10, label='last checkpoint')
+    ax.plot(px[:1], py[:1], 'o', mfc='none', mec='k', ms=8, label=ends[0])
+    ax.plot(px[-1:], py[-1:], '*', color='k', ms=10, label=ends[1])
     ax.legend(loc='best', fontsize='small')
 
 
@@ -154,7 +162,7 @@ def plot_trajectory(proj_file, dir_file=None, *, show=False):
     labels = pca_axis_labels(dir_file) or ('1st direction', '2nd direction')
     fig = new_figure(show)
     ax = fig.add_subplot()
-    _draw_path(fig, ax, px, py, loss)
+    _draw_path(fig, ax, px, py, loss, path_end_labels(proj_file))
     ax.set_xlabel(labels[0], fontsize='xx-large')
     ax.set_ylabel(labels[1], fontsize='xx-large')
     ax.tick_params(labelsize='x-large')
@@ -181,7 +189,7 @@ def plot_contour_trajectory(surf_file, dir_file, proj_file, *, surf_name='train_
     far = ax.contour(X, Y, masked(Z), levels=np.logspace(1, 8, num=8), linestyles='dotted')
     for lines in (near, far):
         ax.clabel(lines, inline=True, fontsize=6)
-    _draw_path(fig, ax, px, py, loss)
+    _draw_path(fig, ax, px, py, loss, path_end_labels(proj_file))
     label_axes(ax, titles)
     written = save_figure(fig, f'{proj_file}_{surf_name}_2dcontour_proj')
     finish(show)
