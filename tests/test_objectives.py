@@ -341,3 +341,19 @@ def test_auto_data_mode_streams_what_does_not_fit(monkeypatch):
     resident = dataloader.batch_source(dataset, '', True, 16, 'cpu', 'resident')
     for a, b in zip(streamed.batches(), resident.batches(), strict=True):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_python_hessian_eigen_equals_the_script(tmp_path, capsys):
+    net = fx.regression_model()
+    model = save(net, tmp_path / 'm.t7')
+    common = ['--x=-0.5:0.5:2', '--xnorm', 'filter', '--eig_tol', '1e-6', '--batch_size', '16']
+    code, err = call_main(plot_hessian_eigen.main, [*REGRESSION, '--model_file', model, *common,
+                                                    '--surf_file', tmp_path / 'script.h5'], capsys)
+    assert code == 0, err
+    script = hdf5_layout.read_surface(str(tmp_path / 'script.h5'))
+    api = landscape.hessian_eigen(net, fx.regression_data('', True), x='-0.5:0.5:2', dir_file=script.dir_file,
+                                  loss_name=fx.squared_error, eig_tol=1e-6, batch_size=16, threads=1,
+                                  surf_file=str(tmp_path / 'api.h5'))
+    for name in ('max_eig', 'min_eig'):
+        assert api.done[name].all()
+        np.testing.assert_array_equal(api.values[name], script.values[name])
