@@ -242,10 +242,10 @@ def add_data_arguments(parser, batch_size_help='evaluation batch size',
     script that trains (train_curve.py)."""
     data = parser.add_argument_group('data')
     dataloader.add_data_arguments(data)
-    data.add_argument('--data_split', default=1, type=int, help='evaluate on a fixed, seeded 1/K part of the data')
+    data.add_argument('--data_split', default=1, type=int, help='use a fixed, seeded 1/K part of the data')
     data.add_argument('--split_idx', default=0, type=int, help='which part (0..K-1) with --data_split K')
     data.add_argument('--batch_size', default=128, type=int, help=batch_size_help)
-    data.add_argument('--train_labels', default='', help='training labels to evaluate with, in dataset order '
+    data.add_argument('--train_labels', default='', help='training labels to use instead of the stored ones, in dataset order '
                       '(train_labels.pt, saved by cifar10.main --label_corrupt_prob)')
     data.add_argument('--eval_test', action='store_true', help=eval_test_help)
     dataloader.add_data_mode_arguments(data)
