@@ -26,8 +26,10 @@ test: $(VENV)/.test-installed
 
 # Speed: ratios measured side by side in one run (never part of `make test`).
 bench: $(VENV)/.test-installed
-	$(PY) benchmarks/bench_surface.py --levers "" "--channels_last --batch_size 32" \
-		"--channels_last --batch_size 32 --fold_bn" --mpi_levers "--channels_last --batch_size 32 --fold_bn" --mpi
+	# The naive loop, plot_surface.py's defaults (chosen on this machine), the old defaults, the best
+	# float32 flags and --amp, side by side in one run.
+	$(PY) benchmarks/bench_surface.py --levers "" "--compute_config plain" "--channels_last --batch_size 64 --fold_bn" \
+		" --amp" --mpi_levers "" "--channels_last --batch_size 64 --fold_bn" --mpi
 	$(PY) benchmarks/bench_hessian.py
 	$(PY) benchmarks/bench_io.py --grids 41 201
 	# PyHessian, for the comparison only: in the benchmark's own folder, never in requirements.txt.

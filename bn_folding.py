@@ -12,9 +12,21 @@ The grid moves the original model's parameters (and, with 'states' directions, i
 statistics) at every point, so the folded weights are recomputed from them by ``refresh()`` after
 each move: a few elementwise products over the convolution weights, nothing per image. Every
 other layer is shared with the original model, not copied.
+
+On the CPU (oneDNN, channels_last tensors) each 2-D convolution whose output goes only to a ReLU, or only to an addition
+whose result goes only to a ReLU (a residual block's end), is then fused with them into one oneDNN
+call (``FusedConv``: ``relu(conv(x))``, ``relu(conv(x) + other)`` as post-ops of the convolution),
+so the activation is not written out and read back for the ReLU and the addition. In float32 the
+post-ops add and clamp the convolution's float32 output exactly as the separate operations do, so
+the values are those of the folded model without fusion; under bf16 autocast (--amp) the addition
+is made before the result is rounded to bf16. Elsewhere (GPUs, other dtypes) ``FusedConv`` runs the
+same operations unfused.
 """
+import operator
+
 import torch
 import torch.fx
+import torch.nn.functional as F
 from torch import nn
 
 from errors import UsageError
@@ -22,14 +34,17 @@ from errors import UsageError
 CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 FOLDED_PREFIX = 'folded_'
+FUSED_PREFIX = 'fused_'
 
 
 class BatchNormFolding:
     """``module``: the model to call for inference (a torch.fx GraphModule sharing every layer of
     ``net`` except the folded convolutions). ``refresh()``: recompute the folded weights from
-    ``net``'s current state. ``num_folded``: how many Conv -> BatchNorm pairs were folded."""
+    ``net``'s current state. ``num_folded``: how many Conv -> BatchNorm pairs were folded;
+    ``num_fused``: how many convolutions were then fused with the ReLU (and addition) after them
+    (``fuse``: whether to fuse at all)."""
 
-    def __init__(self, net):
+    def __init__(self, net, fuse=True):
         net.eval()   # trace the inference path: code that branches on self.training takes its eval branch
         try:
             self.module = torch.fx.symbolic_trace(net)
@@ -50,9 +65,10 @@ class BatchNormFolding:
             node.replace_all_uses_with(conv_node)
             graph.erase_node(node)
             self.pairs.append((folded, conv, bn))
+        self.num_folded = len(self.pairs)
+        self.num_fused = _fuse_activations(self.module) if fuse and fusion_available() else 0
         graph.lint()
         self.module.recompile()
-        self.num_folded = len(self.pairs)
         self.refresh()
 
     def _foldable_conv(self, node):
@@ -95,3 +111,100 @@ def _conv_with_bias_like(conv):
     folded.weight = nn.Parameter(torch.empty_like(conv.weight), requires_grad=False)   # keeps channels_last
     folded.bias.requires_grad_(False)
     return folded.eval()
+
+
+# ----------------------------------------------------------------------------- fusion
+
+def fusion_available():
+    """Whether this PyTorch has oneDNN's fused convolution (what torch.compile's CPU backend uses)."""
+    mkldnn = getattr(torch.ops, 'mkldnn', None)
+    return torch.backends.mkldnn.is_available() and mkldnn is not None and \
+        hasattr(mkldnn, '_convolution_pointwise')
+
+
+class FusedConv(nn.Module):
+    """``relu(conv(x))``, or ``relu(conv(x) + other)``, as one oneDNN convolution with post-ops for
+    channels_last float32 (or, under autocast, bfloat16) tensors on the CPU; the same operations
+    one by one otherwise (oneDNN has no such post-ops for NCHW bfloat16). It
+    reads ``conv``'s weights at every call, so it follows the folded weights' refresh and the
+    model's moves without a refresh of its own."""
+
+    def __init__(self, conv):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x, other=None):
+        conv = self.conv
+        weight, bias = conv.weight, conv.bias
+        if x.device.type == 'cpu' and x.dim() == 4 and torch.is_autocast_enabled('cpu'):
+            dtype = torch.get_autocast_dtype('cpu')
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = None if bias is None else bias.to(dtype)
+            other = None if other is None else other.to(dtype)
+        if not (x.device.type == 'cpu' and x.dim() == 4 and x.dtype in (torch.float32, torch.bfloat16)
+                and weight.dtype == x.dtype and x.is_contiguous(memory_format=torch.channels_last)
+                and (other is None or (other.dtype == x.dtype and other.shape == _output_shape(conv, x)
+                                       and other.is_contiguous(memory_format=torch.channels_last)))):
+            out = conv(x) if other is None else conv(x) + other
+            return F.relu(out)
+        if other is None:
+            return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, conv.padding, conv.stride, conv.dilation,
+                                                           conv.groups, 'relu', [], '')
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x, other, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups, 'add', None, 'relu', [], '')
+
+
+def _output_shape(conv, x):
+    """The shape of ``conv(x)`` (the binary post-op takes an ``other`` of exactly that shape)."""
+    size = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in
+            zip(x.shape[2:], conv.padding, conv.dilation, conv.kernel_size, conv.stride)]
+    return torch.Size([x.shape[0], conv.out_channels, *size])
+
+
+def _is_relu(node, module):
+    if node.op == 'call_function' and node.target in (F.relu, torch.relu):
+        return len(node.args) == 1 and set(node.kwargs) <= {'inplace'}
+    if node.op == 'call_method' and node.target in ('relu', 'relu_'):
+        return len(node.args) == 1 and not node.kwargs
+    return node.op == 'call_module' and type(module.get_submodule(node.target)) is nn.ReLU
+
+
+def _fusable_conv(node, module):
+    """Whether ``node`` is a call of a 2-D convolution oneDNN can fuse, used by one node only."""
+    if not (isinstance(node, torch.fx.Node) and node.op == 'call_module' and len(node.users) == 1
+            and len(node.args) == 1 and not node.kwargs):
+        return False
+    conv = module.get_submodule(node.target)
+    return type(conv) is nn.Conv2d and conv.padding_mode == 'zeros' and not isinstance(conv.padding, str)
+
+
+def _fuse_activations(module):
+    """Replace conv -> relu and conv -> add -> relu chains of the GraphModule ``module`` by
+    FusedConv calls; returns how many convolutions were fused."""
+    graph, fused = module.graph, 0
+    for relu in list(graph.nodes):
+        if not _is_relu(relu, module) or not isinstance(relu.args[0], torch.fx.Node):
+            continue
+        source = relu.args[0]
+        if _fusable_conv(source, module):
+            conv_node, other, dead = source, None, [relu, source]
+        elif source.op == 'call_function' and source.target in (operator.add, torch.add) and not source.kwargs \
+                and len(source.args) == 2 and len(source.users) == 1:
+            conv_node = next((a for a in source.args if _fusable_conv(a, module)), None)
+            if conv_node is None:
+                continue
+            other = source.args[1] if source.args[0] is conv_node else source.args[0]
+            if not isinstance(other, torch.fx.Node) or other is conv_node:
+                continue
+            dead = [relu, source, conv_node]
+        else:
+            continue
+        name = FUSED_PREFIX + conv_node.name
+        module.add_submodule(name, FusedConv(module.get_submodule(conv_node.target)))
+        with graph.inserting_before(relu):
+            call = graph.call_module(name, (conv_node.args[0],) if other is None else (conv_node.args[0], other))
+        relu.replace_all_uses_with(call)
+        for node in dead:
+            graph.erase_node(node)
+        fused += 1
+    return fused

@@ -413,7 +413,7 @@ class ResidentBatches:
     streamed = False
 
     def __init__(self, dataset, batch_size, device):
-        self.device, self.num_samples = torch.device(device), len(dataset)
+        self.device, self.num_samples, self.batch_size = torch.device(device), len(dataset), batch_size
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
         self._batches = [map_tensors(batch, lambda t: t.to(self.device)) for batch in loader]
 
@@ -432,6 +432,7 @@ class StreamedBatches:
 
     def __init__(self, dataset, batch_size, device, workers=0, desc='streaming data'):
         self.device, self.num_samples, self.desc = torch.device(device), len(dataset), desc
+        self.batch_size = batch_size
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
             pin_memory=self.device.type == 'cuda', persistent_workers=workers > 0)

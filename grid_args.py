@@ -5,11 +5,13 @@ A script composes the groups it needs (``add_grid_arguments(parser)`` ...) and c
 with the same list, so every flag is declared once and checked once, before any expensive work
 (data, models, directions). landscape.py builds its keyword arguments from the same parser.
 """
+import argparse
 import math
 import os
 
 import numpy as np
 
+import compute_config
 import curves
 import dataloader
 import hdf5_layout
@@ -237,14 +239,15 @@ def check_curve_plane(parser, args):
 
 def add_data_arguments(parser, batch_size_help='evaluation batch size',
                        eval_test_help='also store test_loss and test_acc (and the objective\'s other values) '
-                       'at every point'):
+                       'at every point', batch_size_default=128):
     """The data flags; the help of --batch_size and --eval_test may say what they mean to a
-    script that trains (train_curve.py)."""
+    script that trains (train_curve.py). ``batch_size_default`` None: the grid scripts choose it
+    with the compute configuration (compute_config.py)."""
     data = parser.add_argument_group('data')
     dataloader.add_data_arguments(data)
     data.add_argument('--data_split', default=1, type=int, help='use a fixed, seeded 1/K part of the data')
     data.add_argument('--split_idx', default=0, type=int, help='which part (0..K-1) with --data_split K')
-    data.add_argument('--batch_size', default=128, type=int, help=batch_size_help)
+    data.add_argument('--batch_size', default=batch_size_default, type=int, help=batch_size_help)
     data.add_argument('--train_labels', default='', help='training labels to use instead of the stored ones, in dataset order '
                       '(train_labels.pt, saved by cifar10.main --label_corrupt_prob)')
     data.add_argument('--eval_test', action='store_true', help=eval_test_help)
@@ -252,9 +255,17 @@ def add_data_arguments(parser, batch_size_help='evaluation batch size',
     return data
 
 
+def add_grid_data_arguments(parser):
+    """The grid scripts' data flags: --batch_size is chosen with the compute configuration unless given."""
+    return add_data_arguments(parser, batch_size_default=None, batch_size_help='evaluation batch size (it changes '
+                              'only speed and float rounding: the loss is the mean over the whole data set); '
+                              'default: chosen for this machine, see --compute_config (the plain configuration\'s '
+                              'is 128, the original code\'s)')
+
+
 def check_data(parser, args):
     for flag in ('batch_size', 'data_split'):
-        if getattr(args, flag) < 1:
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f'--{flag} must be at least 1')
     if args.workers is not None and args.workers < 0:
         parser.error('--workers must be 0 or more')
@@ -297,18 +308,36 @@ def add_compute_arguments(parser):
     compute.add_argument('--cuda', action='store_true', help='evaluate on GPU (each rank takes GPU node-local-rank %% GPU count)')
     compute.add_argument('--ngpu', default=1, type=int, help='GPUs of a serial run (DataParallel when > 1); under '
                          '--mpi each rank takes one GPU, so launch one rank per GPU')
-    compute.add_argument('--channels_last', action='store_true', help='NHWC memory layout for the model and the '
-                         'resident images (faster convolutions on some CPUs and GPUs; see benchmarks/RESULTS.md)')
-    compute.add_argument('--fold_bn', action='store_true', help='fold each BatchNorm into the convolution before it '
-                         '(the folded weights are recomputed at every point, so any --dir_type works; exact up to '
-                         'float rounding; the model must be traceable by torch.fx)')
+    compute.add_argument('--compute_config', default='auto', choices=compute_config.MODES,
+                         help='how --channels_last, --fold_bn and --batch_size are chosen where they are not given. '
+                         'auto (default): as an existing surface file records them (so a resumed run computes as the '
+                         'first one did), else the fastest on this machine, timed on a few batches of the data at the '
+                         'centre when the run is long enough to pay for the timing, else plain; search: timed even '
+                         'for short runs; plain: the suite\'s former defaults (NCHW, batch 128, unfolded: the '
+                         'original code\'s arithmetic). A timed choice keeps the loss within '
+                         f'{compute_config.VALUE_RTOL:g} relative of the plain one on the probe batches; the choice '
+                         'is printed in one line and recorded in the surface file. plot_hessian_eigen.py never times '
+                         '(its double back-propagation is not the forward pass timed): plain where not given or '
+                         'recorded')
+    compute.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=None,
+                         help='NHWC memory layout for the model and the images (faster convolutions on many CPUs and '
+                         'GPUs; changes float rounding); --no-channels_last: NCHW; default: chosen, see '
+                         '--compute_config')
+    compute.add_argument('--fold_bn', action=argparse.BooleanOptionalAction, default=None,
+                         help='fold each BatchNorm into the convolution before it and, on the CPU, fuse each '
+                         'convolution with the ReLU (and residual addition) after it (the folded weights are '
+                         'recomputed at every point, so any --dir_type works; exact up to float rounding; the model '
+                         'must be traceable by torch.fx); --no-fold_bn: evaluate the model as it is; default: '
+                         'chosen, see --compute_config')
     compute.add_argument('--points_per_call', default=1, type=int, help='evaluate this many grid points in one '
                          'batched forward pass (torch.vmap over stacked weights), meant for small models that leave a '
                          'GPU idle; slower on CPU; K times the activation memory; a kill loses up to K points in flight; '
                          'may change float rounding; built-in losses only (default %(default)s: one point at a time)')
     compute.add_argument('--amp', action='store_true', help='bfloat16 autocast for the forward pass (the loss stays '
-                         'float32): faster on GPUs with bf16 tensor cores, slower on CPUs without bf16 instructions; '
-                         'moves the loss by about 1e-3 relative (benchmarks/RESULTS.md)')
+                         'float32): faster on GPUs with bf16 tensor cores and on CPUs with bf16 instructions '
+                         '(AVX512-BF16, AMX), best with BatchNorm folded and channels_last (which the automatic choice '
+                         'then times); far slower on CPUs without them; moves the loss by about 1e-3 relative '
+                         '(benchmarks/RESULTS.md), so it is never chosen automatically')
     compute.add_argument('--compile', action='store_true', help='torch.compile the model once per rank (tens of '
                          'seconds up front, then faster points: worth it on large grids; needs a C++ compiler)')
     compute.add_argument('--threads', default=None, type=int, help='CPU threads per rank (torch.set_num_threads); '
@@ -446,12 +475,12 @@ def solver_settings(args):
 
 # (adder, checker) in the order the checks run: cheap argument logic first, then files.
 GRID_SCRIPT_GROUPS = ((add_grid_arguments, check_grid), (add_compute_arguments, check_compute),
-                      (add_direction_arguments, check_directions), (add_data_arguments, check_data),
+                      (add_direction_arguments, check_directions), (add_grid_data_arguments, check_data),
                       (add_curve_arguments, check_curve), (add_model_arguments, check_model),
                       (add_output_arguments, check_output))
 # Declared in this order, so --help reads grid, model, directions, curves, data, output, compute.
 HELP_ORDER = (add_grid_arguments, add_model_arguments, add_direction_arguments, add_curve_arguments,
-              add_data_arguments, add_output_arguments, add_compute_arguments)
+              add_grid_data_arguments, add_output_arguments, add_compute_arguments)
 
 
 def add_grid_script_arguments(parser):

@@ -78,6 +78,7 @@ PROJ_XCOORD, PROJ_YCOORD = 'proj_xcoord', 'proj_ycoord'
 
 # Attributes.
 ARGS_ATTR, VERSIONS_ATTR = 'args', 'versions'
+COMPUTE_ATTR = 'compute'   # JSON {kind: compute configuration} (compute_config.py): reused on resume, never checked
 DIRECTION_ID = 'direction_id'
 # The fields that say what a surface was computed for; a resumed run must agree on each one.
 IDENTITY_FIELDS = ('model', 'model_file', 'model_file2', 'model_file3', 'dir_type', 'dataset',

@@ -5,8 +5,9 @@
         plan_files          grid, direction and surface file names, their folders checked
         build_model         the centre model (and a loader for --model_file2/3)
         load_data           training (and test) batch sources, resident or streamed
-        prepare_evaluation  the model on its device, BatchNorm folded, compiled, wrapped
         probe_objective     the objective on one batch: bad results are refused here
+        choose_compute      layout, batch size, BatchNorm folding: given, recorded, or timed (compute_config.py)
+        prepare_evaluation  the model on its device, BatchNorm folded, compiled, wrapped (and probed again)
         write_directions    rank 0 checks an existing surface file and makes the direction file
         load_directions     the directions on the device (none along a curve, --curve_file)
     surface_engine.run_grid(comm, run.grid, run.open_writer(names), evaluate_points)
@@ -26,6 +27,7 @@ import torch
 
 import bn_folding
 import bn_statistics
+import compute_config
 import curves
 import dataloader
 import hdf5_layout
@@ -64,7 +66,7 @@ class RunSettings:
     raw_data: bool
     data_split: int
     split_idx: int
-    batch_size: int
+    batch_size: int       # None, channels_last None, fold_bn None: chosen (compute_config.py)
     train_labels: str
     eval_test: bool
     data_mode: str
@@ -74,6 +76,7 @@ class RunSettings:
     ngpu: int
     channels_last: bool
     fold_bn: bool
+    compute_config: str   # compute_config.MODES
     compile: bool
     amp: bool
     points_per_call: int
@@ -154,6 +157,7 @@ class Run:
     ydirection: list
     curve: curves.Curve = None    # --curve_file: x is the curve's t
     centre_buffers: list = None   # the centre's buffers, when every point recomputes its statistics
+    compute: compute_config.Choice = None   # the configuration settings holds, its line and its record
 
     def move_to(self, k):
         """Put the model at grid point ``k``; return its (x, y) coordinates."""
@@ -208,6 +212,8 @@ class Run:
         """A factory of the surface file's writer (called on rank 0 by run_grid)."""
         attrs = {hdf5_layout.ARGS_ATTR: self.settings.recorded_args,
                  hdf5_layout.VERSIONS_ATTR: library_versions(self.comm)}
+        if self.compute is not None:
+            attrs[hdf5_layout.COMPUTE_ATTR] = self.compute.record
         identity = run_identity(self.settings, self.dir_file, self.grid.is_2d)
         return lambda: surface_store.SurfaceWriter(self.surf_file, self.grid, self.dir_file, value_names,
                                                    identity, attrs, by_products)
@@ -258,10 +264,10 @@ def load_data(settings, device, comm, train_dataset=None, test_dataset=None):
     def source(train, given):
         dataset = given if given is not None else settings.dataset
         return dataloader.batch_source(
-            dataset, settings.datapath, train, settings.batch_size, device, settings.data_mode, settings.workers,
-            raw_data=settings.raw_data, data_split=settings.data_split, split_idx=settings.split_idx,
-            download=settings.download, labels_file=settings.train_labels if train else None,
-            share=comm.local_size)
+            dataset, settings.datapath, train, settings.batch_size or compute_config.PLAIN.batch_size, device,
+            settings.data_mode, settings.workers, raw_data=settings.raw_data, data_split=settings.data_split,
+            split_idx=settings.split_idx, download=settings.download,
+            labels_file=settings.train_labels if train else None, share=comm.local_size)
     train = source(True, train_dataset)
     wanted_test = settings.eval_test and (test_dataset is not None or isinstance(settings.dataset, str))
     if settings.eval_test and not wanted_test:
@@ -269,17 +275,38 @@ def load_data(settings, device, comm, train_dataset=None, test_dataset=None):
     return train, source(False, test_dataset) if wanted_test else None
 
 
-def prepare_evaluation(settings, net, comm, device, datasets):
+def choose_compute(settings, comm, kind, surf_file, grid, net, the_objective, train_data, test_data, device,
+                   reload_data):
+    """(settings with the compute configuration's parts set, training and test batch sources in
+    its batch size, the compute_config.Choice): given, recorded in the surface file, or timed on
+    rank 0 and broadcast (compute_config.choose). ``reload_data(settings)``: the batch sources
+    made again, for sources that cannot change their batch size in place."""
+    choice = compute_config.choose(settings, comm, kind, surf_file, net, the_objective, train_data, test_data,
+                                   device, grid.num_points)
+    settings = choice.config.apply(settings)
+    sources = [data for data in (train_data, test_data) if data is not None]
+    if all(isinstance(data, dataloader.CachedBatches) for data in sources):
+        for data in sources:
+            data.batch_size = settings.batch_size   # batched as it is read: nothing to redo
+    elif any(data.batch_size != settings.batch_size for data in sources):
+        train_data, test_data = reload_data(settings)   # a batch size recorded or given for collated data
+    return settings, train_data, test_data, choice
+
+
+def prepare_evaluation(settings, net, comm, device, datasets, announce=True):
     """(eval_net, folding): ``net`` folded (--fold_bn), moved to ``device`` in its memory layout
     (--channels_last), wrapped (--ngpu) and compiled (--compile). Folded before any file is made:
-    a model torch.fx cannot trace must leave the folder as it was."""
+    a model torch.fx cannot trace must leave the folder as it was. ``announce``: say how much was
+    folded (when --fold_bn was given; a chosen folding is in the compute line)."""
     eval_net, folding = net, None
     if settings.fold_bn:
         folding = bn_folding.BatchNormFolding(net)
         eval_net = folding.module
-        if comm.is_root:
+        if comm.is_root and announce:
             print(f'--fold_bn: {folding.num_folded} BatchNorm layers folded into convolutions'
-                  + ('' if folding.num_folded else ' (none follows a convolution directly)'), file=sys.stderr, flush=True)
+                  + ('' if folding.num_folded else ' (none follows a convolution directly)')
+                  + (f', {folding.num_fused} convolutions fused with the ReLU after them' if folding.num_fused else ''),
+                  file=sys.stderr, flush=True)
     # The folded convolutions live in folding.module only; every other layer is net's own.
     for model in [net] if folding is None else [net, folding.module]:
         model.to(device)
@@ -338,6 +365,7 @@ def prepare_run(settings, comm, net=None, train_dataset=None, test_dataset=None,
     ``train_dataset``, ``test_dataset``: objects given from Python instead of --model/--dataset;
     ``differentiable``: the run takes Hessians of the objective (checked on the probe batch).
     The settings were validated (grid_args.validate) before this is called."""
+    compute_config.keep_freed_memory()
     torch.set_num_threads(settings.threads or default_threads(comm))
     device = select_device(settings.cuda, comm.local_rank)
     grid, dir_file, surf_file = plan_files(settings, comm)
@@ -346,8 +374,18 @@ def prepare_run(settings, comm, net=None, train_dataset=None, test_dataset=None,
     the_objective = objective.resolve(settings.loss_name)
     train_data, test_data = load_data(settings, device, comm, train_dataset, test_dataset)
     base_cpu = [t.cpu() for t in net_plotter.get_base(net, settings.dir_type)]
-    eval_net, folding = prepare_evaluation(settings, net, comm, device, (train_data, test_data))
-    value_keys = probe_objective(the_objective, eval_net, train_data, settings.amp, differentiable)
+    # The objective on the model as it is first: bad results are refused before anything is timed.
+    value_keys = probe_objective(the_objective, net.to(device), train_data, settings.amp, differentiable)
+    if comm.is_root:
+        compute_config.warn_about_amp(settings, device)
+    fold_given = settings.fold_bn is True
+    settings, train_data, test_data, choice = choose_compute(
+        settings, comm, compute_config.HESSIAN if differentiable else compute_config.SURFACE, surf_file, grid, net,
+        the_objective, train_data, test_data, device,
+        lambda chosen: load_data(chosen, device, comm, train_dataset, test_dataset))
+    eval_net, folding = prepare_evaluation(settings, net, comm, device, (train_data, test_data), announce=fold_given)
+    if eval_net is not net:   # folded, compiled or wrapped: it must take the batches too
+        probe_objective(the_objective, eval_net, train_data, settings.amp, differentiable)
     write_directions(settings, comm, grid, dir_file, surf_file, net, base_cpu, load_model)
     base = [t.to(device) for t in base_cpu]
     xdirection, ydirection = (None, None) if curve is not None else \
@@ -357,7 +395,7 @@ def prepare_run(settings, comm, net=None, train_dataset=None, test_dataset=None,
                net=net, eval_net=eval_net, folding=folding, objective=the_objective, value_keys=value_keys,
                train_data=train_data, test_data=test_data, base=base, xdirection=xdirection,
                ydirection=ydirection, curve=None if curve is None else curve.to(device),
-               centre_buffers=centre_buffers)
+               centre_buffers=centre_buffers, compute=choice)
 
 
 # ----------------------------------------------------------------------------- one point
@@ -421,6 +459,7 @@ class Point:
 def prepare_point(settings, comm):
     """Model, objective and training data for measurements at one point: the same steps as a grid
     run's (load_data, prepare_evaluation, probe_objective with gradients), no grid, no directions."""
+    compute_config.keep_freed_memory()
     torch.set_num_threads(settings.threads or default_threads(comm))
     device = select_device(settings.cuda, comm.local_rank)
     net = model_loader.load(settings.dataset, settings.model, settings.model_file)

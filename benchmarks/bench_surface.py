@@ -2,18 +2,22 @@
 
 Measured side by side in one run, on the same model, data and directions:
   (a) suite    -- run_setup.prepare_run + surface_engine.run_grid with plot_surface's point evaluator (resident
-                  uint8 data, normalised per batch, atomic incremental HDF5 writes included);
-  (b) naive    -- the usual loop: torchvision CIFAR10 with ToTensor+Normalize through a DataLoader
-                  (batch 128, 2 workers), model.eval(), torch.no_grad(), weights set per point;
-  (c) floor    -- one plain forward pass over the already-normalised float tensor.
-Each lever's row also gives the largest relative change of train_loss it causes over the grid,
-against the first lever's surface (give "" first: the default path).
+                  uint8 data, normalised per batch, incremental HDF5 writes included), with each lever's flags
+                  ("": plot_surface.py's defaults, whose compute configuration is chosen on this machine);
+  (b) naive    -- the original code's loop: torchvision CIFAR10 with ToTensor+Normalize through a DataLoader
+                  (batch 128, 2 workers), model.eval(), torch.no_grad(), weights set per point, on a model
+                  loaded afresh (NCHW, unfolded);
+  (c) floor    -- one plain forward pass of the suite's model (as its flags configure it) over the
+                  already-normalised data.
+Each lever's row also gives its start-up (prepare_run: data, model, directions, and the timing of the
+compute configuration when the defaults choose it), the configuration it ran, and the largest relative
+change of train_loss it causes over the grid against the naive loop's (and against the first lever's).
 Prints a table (median of --repeats) and writes it as JSON. Fake CIFAR-shaped data is used: the
 timing does not depend on the pixel values.
 
     python benchmarks/bench_surface.py --model resnet20 --num_images 2000 --grid 5 \
-        --levers "" "--channels_last --batch_size 32" "--channels_last --batch_size 32 --fold_bn" \
-        --mpi_levers "--channels_last --batch_size 32 --fold_bn" --mpi
+        --levers "" "--compute_config plain" "--channels_last --batch_size 64 --fold_bn" " --amp" \
+        --mpi_levers "" "--channels_last --batch_size 64 --fold_bn" --mpi
 """
 import argparse
 import json
@@ -33,6 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import hdf5_layout  # noqa: E402
+import model_loader  # noqa: E402
 import net_plotter  # noqa: E402
 import plot_surface  # noqa: E402
 from cifar10.fake_data import write_fake_cifar10  # noqa: E402
@@ -50,17 +55,25 @@ def get_args_parser():
     parser.add_argument('--model', default='resnet20', help='CIFAR-10 zoo model')
     parser.add_argument('--num_images', default=2000, type=int, help='training images evaluated per point')
     parser.add_argument('--grid', default=5, type=int, help='grid points per axis (a GRID x GRID surface)')
-    parser.add_argument('--batch_size', default=128, type=int, help='evaluation batch size (suite and floor)')
+    parser.add_argument('--batch_size', default=None, type=int, help='--batch_size of every suite run (default: '
+                        'none given, so the suite chooses; the naive loop always takes 128, as the original)')
     parser.add_argument('--repeats', default=3, type=int, help='repeats of each measurement (median reported)')
     parser.add_argument('--threads', default=None, type=int, help='torch threads (default: torch\'s choice)')
     parser.add_argument('--cuda', action='store_true', help='measure on the GPU')
     parser.add_argument('--mpi', action='store_true', help='also measure 1 rank x 1 thread against 2 ranks x 1 thread')
-    parser.add_argument('--levers', nargs='*', default=[], help='extra plot_surface.py flags for the suite path, one '
-                        'quoted string per variant to compare side by side, e.g. "" "--channels_last --batch_size 32" " --fold_bn" (a lone flag needs the leading space, or argparse takes it for an option of this script)')
+    parser.add_argument('--levers', nargs='*', default=[], help='plot_surface.py flags for the suite path, one '
+                        'quoted string per variant to compare side by side, e.g. "" (the defaults: the compute '
+                        'configuration chosen on this machine) "--compute_config plain" "--channels_last --batch_size '
+                        '64 --fold_bn" " --amp" (a lone flag needs the leading space, or argparse takes it for an option '
+                        'of this script); default: "" alone')
     parser.add_argument('--mpi_levers', nargs='*', default=[], help='plot_surface.py flags to time under '
                         '"mpiexec -n 2 ... --mpi --threads 1" too, one quoted string per variant, as rows of the '
                         'same table (the whole machine split into ranks instead of threads)')
     parser.add_argument('--skip_naive', action='store_true', help='skip the (slow) naive baseline')
+    parser.add_argument('--naive_worker', nargs=2, metavar=('MODEL_FILE', 'DIR_FILE'), default=None,
+                        help='internal: time only the naive loop, in this process, along DIR_FILE\'s directions, and '
+                        'write it to --json (the benchmark runs itself so for the naive row: a fresh process, as '
+                        'the original code runs)')
     parser.add_argument('--json', default=os.path.join(ROOT, 'benchmarks', 'out', 'bench_surface.json'),
                         help='where to write the results')
     return parser
@@ -69,7 +82,7 @@ def get_args_parser():
 def surface_args(workdir, model_file, opts, extra=()):
     argv = ['--dataset', 'cifar10', '--datapath', workdir, '--model', opts.model, '--model_file', model_file,
             f'--x=-1:1:{opts.grid}', f'--y=-1:1:{opts.grid}', '--xnorm', 'filter', '--xignore', 'biasbn',
-            '--ynorm', 'filter', '--yignore', 'biasbn', '--batch_size', str(opts.batch_size), *extra]
+            '--ynorm', 'filter', '--yignore', 'biasbn', *batch_size_flag(opts), *extra]
     if opts.cuda:
         argv.append('--cuda')
     if opts.threads:
@@ -77,21 +90,61 @@ def surface_args(workdir, model_file, opts, extra=()):
     return plot_surface.get_args_parser().parse_args(argv)
 
 
+def batch_size_flag(opts):
+    return ['--batch_size', str(opts.batch_size)] if opts.batch_size else []
+
+
 def time_suite(workdir, model_file, opts, repeat, lever=''):
-    """Seconds per point of the suite's own grid loop (a fresh surface file each repeat)."""
+    """(seconds per point of the suite's own grid loop, seconds of its start-up, the run), on a
+    fresh surface file each repeat (so the defaults choose their configuration each time)."""
     surf = os.path.join(workdir, f'suite_{repeat}_{abs(hash(lever))}.h5')
     args = surface_args(workdir, model_file, opts, ['--surf_file', surf, *lever.split()])
+    start = time.perf_counter()
     run = prepare_run(RunSettings.from_args(args), SerialComm())
     sync(opts)
+    startup = time.perf_counter() - start
     start = time.perf_counter()
     run_grid(SerialComm(), run.grid, run.open_writer(run.value_names()), evaluators.make_loss_evaluator(run),
              points_per_call=args.points_per_call)
     sync(opts)
-    return (time.perf_counter() - start) / run.grid.num_points, run
+    return (time.perf_counter() - start) / run.grid.num_points, startup, run
 
 
-def time_naive(workdir, run, opts):
-    """The per-point loop most loss-landscape scripts use, on the same model and directions."""
+def time_naive(workdir, model_file, run, opts):
+    """(seconds per point, train_loss per point) of the naive loop (naive_loop), timed in a fresh
+    process as the original code runs: untouched by what the suite's runs did to this one (its
+    allocator setting, warmed-up kernels)."""
+    out = os.path.join(workdir, f'naive_{time.monotonic_ns()}.json')
+    cmd = [sys.executable, os.path.abspath(__file__), '--naive_worker', model_file, run.dir_file, '--model', opts.model,
+           '--grid', str(opts.grid), '--json', out, *(['--threads', str(opts.threads)] if opts.threads else []),
+           *(['--cuda'] if opts.cuda else [])]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(done.stderr)
+    with open(out) as fh:
+        result = json.load(fh)
+    return result['seconds_per_point'], np.asarray(result['train_loss'])
+
+
+def naive_worker(opts):
+    """--naive_worker MODEL_FILE DIR_FILE: time naive_loop in this process, write it to --json."""
+    from grid import Grid, parse_axis
+    model_file, dir_file = opts.naive_worker
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    device = torch.device('cuda' if opts.cuda else 'cpu')
+    net = model_loader.load('cifar10', opts.model, model_file).to(device)
+    base = [w.to(device) for w in net_plotter.get_base(net, 'weights')]
+    grid = Grid(parse_axis(f'-1:1:{opts.grid}', '--x'), parse_axis(f'-1:1:{opts.grid}', '--y'))
+    xdirection, ydirection = net_plotter.load_directions(dir_file, [w.cpu() for w in base], True, device)
+    seconds, losses = naive_loop(os.path.dirname(model_file), net, base, xdirection, ydirection, grid, device, opts)
+    with open(opts.json, 'w') as fh:
+        json.dump({'seconds_per_point': seconds, 'train_loss': losses.tolist()}, fh)
+
+
+def naive_loop(workdir, net, base, xdirection, ydirection, grid, device, opts):
+    """(seconds per point, train_loss per point) of the per-point loop the original code and most
+    loss-landscape scripts use: a torchvision dataset through a DataLoader at every point."""
     import torchvision
     import torchvision.transforms as T
 
@@ -100,24 +153,25 @@ def time_naive(workdir, run, opts):
     transform = T.Compose([T.ToTensor(), T.Normalize(CIFAR10_MEAN, CIFAR10_STD)])
     dataset = torchvision.datasets.CIFAR10(workdir, train=True, download=False, transform=transform)
     loader = torch.utils.data.DataLoader(dataset, batch_size=128, shuffle=False, num_workers=2)
-    net, criterion = run.net, torch.nn.CrossEntropyLoss()
-    points = run.grid.num_points
+    criterion = torch.nn.CrossEntropyLoss()
+    points, losses = grid.num_points, np.zeros(grid.shape)
     sync(opts)
     start = time.perf_counter()
     for k in range(points):
-        x, y = run.grid.point(k)
-        net_plotter.set_weights(net, run.base, run.xdirection, run.ydirection, x, y)
+        x, y = grid.point(k)
+        net_plotter.set_weights(net, base, xdirection, ydirection, x, y)
         net.eval()
         total, correct, loss_sum = 0, 0, 0.0
         with torch.no_grad():
             for inputs, targets in loader:
-                inputs, targets = inputs.to(run.device), targets.to(run.device)
+                inputs, targets = inputs.to(device), targets.to(device)
                 outputs = net(inputs)
                 loss_sum += criterion(outputs, targets).item() * len(targets)
                 correct += (outputs.argmax(1) == targets).sum().item()
                 total += len(targets)
+        losses[grid.index(k)] = loss_sum / total
     sync(opts)
-    return (time.perf_counter() - start) / points
+    return (time.perf_counter() - start) / points, losses
 
 
 def time_floor(run, opts):
@@ -127,21 +181,22 @@ def time_floor(run, opts):
     run.eval_net.eval()
     sync(opts)
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.settings.amp):
         for batch in prepared:
-            run.eval_net(batch)   # the model as the suite calls it (folded with --fold_bn)
+            run.eval_net(batch)   # the model as the suite calls it (folded with --fold_bn, in bf16 with --amp)
     sync(opts)
     return time.perf_counter() - start
 
 
 def time_mpi(workdir, model_file, opts, ranks, lever=''):
-    """Points per second of the grid loop with ``ranks`` ranks of one thread each."""
+    """(seconds per point of the grid loop with ``ranks`` ranks of one thread each, the compute
+    configuration rank 0 chose and printed)."""
     mpiexec = os.path.join(os.path.dirname(sys.executable), 'mpiexec')
     surf = os.path.join(workdir, f'mpi_{ranks}_{time.monotonic_ns()}.h5')
     cmd = [mpiexec, '-n', str(ranks), sys.executable, os.path.join(ROOT, 'plot_surface.py'), '--mpi', '--threads', '1',
            '--dataset', 'cifar10', '--datapath', workdir, '--model', opts.model, '--model_file', model_file,
            f'--x=-1:1:{opts.grid}', f'--y=-1:1:{opts.grid}', '--xnorm', 'filter', '--xignore', 'biasbn',
-           '--ynorm', 'filter', '--yignore', 'biasbn', '--batch_size', str(opts.batch_size), '--surf_file', surf,
+           '--ynorm', 'filter', '--yignore', 'biasbn', *batch_size_flag(opts), '--surf_file', surf,
            *lever.split()]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'})
     if out.returncode:
@@ -150,7 +205,8 @@ def time_mpi(workdir, model_file, opts, ranks, lever=''):
     line = next(l for l in out.stdout.splitlines() if 'points computed in' in l)
     n = int(line.split('points computed')[0].split()[-1])
     seconds = float(line.split('points computed in ')[1].split(' s')[0])
-    return n / seconds
+    chosen = next(l for l in out.stdout.splitlines() if l.startswith('compute: '))
+    return seconds / n, chosen[len('compute: '):].split(' (')[0]
 
 
 def sync(opts):
@@ -160,6 +216,8 @@ def sync(opts):
 
 def main(argv=None):
     opts = get_args_parser().parse_args(argv)
+    if opts.naive_worker:
+        return naive_worker(opts)
     if opts.threads:
         torch.set_num_threads(opts.threads)
     with tempfile.TemporaryDirectory(prefix='bench_surface_') as workdir:
@@ -181,23 +239,30 @@ def measure(opts, workdir):
     torch.save({'state_dict': MODELS[opts.model]().state_dict(), 'epoch': 0, 'acc': 0.0}, model_file)
 
     levers = opts.levers or ['']
-    suite, floor, naive, run = {lv: [] for lv in levers}, {lv: [] for lv in levers}, [], None
+    suite, startup, floor = ({lv: [] for lv in levers} for _ in range(3))
+    configs = {lv: [] for lv in levers}   # the compute configuration each repeat ran
+    naive, naive_losses, run = [], None, None
     losses = {}   # lever -> train_loss surface of its last repeat
     ranks2 = {lv: [] for lv in opts.mpi_levers}
+    mpi_configs = {lv: [] for lv in opts.mpi_levers}
     for r in range(opts.repeats):   # interleaved, so slow drifts of the machine hit every path alike
         for lever in levers:
-            seconds, run = time_suite(workdir, model_file, opts, r, lever)
+            seconds, started, run = time_suite(workdir, model_file, opts, r, lever)
             suite[lever].append(seconds)
+            startup[lever].append(started)
+            configs[lever].append(run.compute.config.describe() + (', bf16 autocast' if run.settings.amp else ''))
             losses[lever] = hdf5_layout.read_surface(run.surf_file).values[hdf5_layout.TRAIN_LOSS]
             floor[lever].append(time_floor(run, opts))
             if lever == levers[0] and not opts.skip_naive:
-                # levers[0]'s run moves the model; give "" first so the naive loop gets the plain model.
-                naive.append(time_naive(workdir, run, opts))
+                seconds, naive_losses = time_naive(workdir, model_file, run, opts)
+                naive.append(seconds)
         for lever in opts.mpi_levers:
-            ranks2[lever].append(1 / time_mpi(workdir, model_file, opts, 2, lever))
+            seconds_per_point, config = time_mpi(workdir, model_file, opts, 2, lever)
+            ranks2[lever].append(seconds_per_point)
+            mpi_configs[lever].append(config)
     results = {
         'machine': {'platform': platform.platform(), 'processor': platform.processor(), 'cpus': os.cpu_count(),
-                    'torch': torch.__version__, 'threads': torch.get_num_threads(),
+                    'cpu_model': cpu_model(), 'torch': torch.__version__, 'threads': torch.get_num_threads(),
                     'device': torch.cuda.get_device_name() if opts.cuda else 'cpu'},
         'model': opts.model, 'num_images': opts.num_images, 'grid': f'{opts.grid}x{opts.grid}',
         'repeats': opts.repeats,
@@ -208,43 +273,67 @@ def measure(opts, workdir):
         results['naive_s_per_point'] = statistics.median(naive)
     for lever in levers:
         row = {'suite_s_per_point': statistics.median(suite[lever]),
-               'floor_s_per_point': statistics.median(floor[lever])}
+               'startup_s': statistics.median(startup[lever]),
+               'floor_s_per_point': statistics.median(floor[lever]),
+               'configurations': configs[lever]}
         row['efficiency'] = row['floor_s_per_point'] / row['suite_s_per_point']
         # What the lever does to the numbers: the largest relative train_loss change over the grid.
-        row['max_rel_loss_change'] = float(np.max(np.abs(losses[lever] - losses[levers[0]]) / np.abs(losses[levers[0]])))
+        row['max_rel_loss_change'] = max_relative_change(losses[lever], losses[levers[0]])
         row['suite_images_per_s'] = opts.num_images / row['suite_s_per_point']
         if naive:
             row['speedup_over_naive'] = results['naive_s_per_point'] / row['suite_s_per_point']
+            row['max_rel_change_vs_naive'] = max_relative_change(losses[lever], naive_losses)
+            row['max_abs_change_vs_naive'] = float(np.max(np.abs(losses[lever] - naive_losses)))
         results['levers'][lever.strip() or 'default'] = row
     for lever in opts.mpi_levers:
-        row = {'suite_s_per_point': statistics.median(ranks2[lever])}
+        row = {'suite_s_per_point': statistics.median(ranks2[lever]), 'configurations': mpi_configs[lever]}
         row['suite_images_per_s'] = opts.num_images / row['suite_s_per_point']
         if naive:
             row['speedup_over_naive'] = results['naive_s_per_point'] / row['suite_s_per_point']
         results['levers'][f'mpiexec -n 2 --threads 1 {lever.strip()}'.rstrip()] = row
     if opts.mpi:
-        one, two = time_mpi(workdir, model_file, opts, 1), time_mpi(workdir, model_file, opts, 2)
+        one, two = (1 / time_mpi(workdir, model_file, opts, n, '--compute_config plain')[0] for n in (1, 2))
         results.update(mpi_1rank_points_per_s=one, mpi_2ranks_points_per_s=two, mpi_scaling=two / one)
     results['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return results
 
 
+def max_relative_change(values, reference):
+    return float(np.max(np.abs(values - reference) / np.abs(reference)))
+
+
+def cpu_model():
+    """The CPU's model name as lscpu gives it (Linux), else platform's processor string."""
+    try:
+        out = subprocess.run(['lscpu'], capture_output=True, text=True, check=True).stdout
+        return next(line.split(':', 1)[1].strip() for line in out.splitlines() if line.startswith('Model name'))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        return platform.processor()
+
+
 def print_table(r):
-    print(f"{r['model']}, {r['num_images']} images, {r['grid']} grid, {r['machine']['device']}, "
-          f"{r['machine']['threads']} threads, median of {r['repeats']}")
-    print(f"{'path':<60}{'s/point':>9}{'images/s':>10}{'vs naive':>10}{'efficiency':>12}{'max rel. loss change':>22}")
+    print(f"{r['model']}, {r['num_images']} images, {r['grid']} grid, {r['machine']['device']} "
+          f"({r['machine']['cpu_model']}), {r['machine']['threads']} threads, median of {r['repeats']}")
+    print(f"{'path':<58}{'s/point':>9}{'start s':>9}{'vs naive':>10}{'efficiency':>11}{'rel. change':>13}"
+          "  configuration")
     if 'naive_s_per_point' in r:
         n = r['naive_s_per_point']
-        print(f"{'naive (DataLoader, bs 128)':<60}{n:>9.3f}{r['num_images'] / n:>10.0f}{1:>9.2f}x{'':>12}")
+        print(f"{'naive (DataLoader, bs 128)':<58}{n:>9.3f}{'':>9}{1:>9.2f}x{'':>11}{'':>13}"
+              "  batch 128 (NCHW, unfolded)")
     for lever, row in r['levers'].items():
         speed = f"{row['speedup_over_naive']:>9.2f}x" if 'speedup_over_naive' in row else f"{'':>10}"
-        efficiency = f"{row['efficiency']:>12.3f}{row['max_rel_loss_change']:>22.2e}" if 'efficiency' in row else ''
-        print(f"{'suite ' + lever:<60}{row['suite_s_per_point']:>9.3f}{row['suite_images_per_s']:>10.0f}"
-              f"{speed}{efficiency}")
+        start = f"{row['startup_s']:>9.2f}" if 'startup_s' in row else f"{'':>9}"
+        efficiency = f"{row['efficiency']:>11.3f}" if 'efficiency' in row else f"{'':>11}"
+        change = row.get('max_rel_change_vs_naive', row.get('max_rel_loss_change'))
+        change = f"{change:>13.2e}" if change is not None else f"{'':>13}"
+        chosen = ' | '.join(dict.fromkeys(row['configurations']))   # each distinct one, in order
+        print(f"{'suite ' + lever:<58}{row['suite_s_per_point']:>9.3f}{start}{speed}{efficiency}{change}  {chosen}")
+    reference = 'the naive loop' if 'naive_s_per_point' in r else 'the first suite row'
+    print(f"rel. change: the largest relative change of train_loss over the grid against {reference}")
     print(f"resident data: {r['resident_data_mb']:.1f} MB, peak RSS {r['peak_rss_mb']:.0f} MB")
     if 'mpi_scaling' in r:
-        print(f"MPI: 1 rank x 1 thread {r['mpi_1rank_points_per_s']:.3f} pt/s, 2 ranks x 1 thread "
-              f"{r['mpi_2ranks_points_per_s']:.3f} pt/s, scaling {r['mpi_scaling']:.2f}x")
+        print(f"MPI (--compute_config plain): 1 rank x 1 thread {r['mpi_1rank_points_per_s']:.3f} pt/s, 2 ranks x "
+              f"1 thread {r['mpi_2ranks_points_per_s']:.3f} pt/s, scaling {r['mpi_scaling']:.2f}x")
 
 
 if __name__ == '__main__':

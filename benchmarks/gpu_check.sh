@@ -15,10 +15,13 @@ mkdir -p "$DEST"
 export PYTHONUNBUFFERED=1
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  # Levers: bigger batches suit a GPU; --amp is bf16 autocast; --points_per_call batches grid points
-  # with vmap; the row's "max rel. loss change" is what each lever does to the numbers.
+  # "": the defaults (the configuration timed on this GPU); " --amp": the same in bf16 autocast. Then
+  # each lever alone over the plain configuration: bigger batches suit a GPU; --points_per_call
+  # batches grid points with vmap; the row's "rel. change" is what each does to the numbers.
+  P="--compute_config plain"
   "$PY" benchmarks/bench_surface.py --cuda --model resnet56 --num_images 10000 --grid 5 --repeats 2 \
-      --levers "" "--batch_size 1024" "--batch_size 1024 --channels_last" "--batch_size 1024 --channels_last --amp" \
-               "--batch_size 1024 --fold_bn" "--batch_size 256 --points_per_call 4" \
+      --levers "" " --amp" "$P" "$P --batch_size 1024" "$P --batch_size 1024 --channels_last" \
+               "$P --batch_size 1024 --channels_last --amp" "$P --batch_size 1024 --fold_bn" \
+               "$P --batch_size 256 --points_per_call 4" \
       --json "$DEST/bench_surface_gpu.json"
 } 2>&1 | grep -v 'grid points' | tee "$DEST/gpu_check.log"

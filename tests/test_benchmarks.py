@@ -29,8 +29,15 @@ def test_bench_surface_table(tmp_path, capsys, with_mpi):
             assert row['speedup_over_naive'] == pytest.approx(results['naive_s_per_point'] / row['suite_s_per_point'])
     assert default['max_rel_loss_change'] == 0
     assert 0 < folded['max_rel_loss_change'] < 1e-4      # folding moves only the rounding
+    # The configuration each row ran: --batch_size given, the rest plain (too short a run to time).
+    assert default['configurations'] == ['batch 16'] and default['startup_s'] > 0
+    assert folded['configurations'] == ['batch 16, BatchNorm folded']
+    if not with_mpi:   # the naive loop, run in a process of its own, computes the same losses
+        for row in (default, folded):
+            assert 0 <= row['max_rel_change_vs_naive'] < 1e-5
     if with_mpi:
-        assert results['levers']['mpiexec -n 2 --threads 1 --fold_bn']['suite_s_per_point'] > 0
+        row = results['levers']['mpiexec -n 2 --threads 1 --fold_bn']
+        assert row['suite_s_per_point'] > 0 and row['configurations'] == ['batch 16, BatchNorm folded']
     table = capsys.readouterr().out
     assert 'suite --fold_bn' in table and ('naive (DataLoader' in table) != with_mpi
     assert results['machine']['threads'] == 1          # --threads reaches the suite's own runs

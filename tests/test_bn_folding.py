@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import bn_folding
 import net_plotter
 from bn_folding import BatchNormFolding
 from cifar10.zoo import build
@@ -133,3 +134,43 @@ class DataDependent(nn.Module):
 def test_untraceable_model_is_a_usage_error():
     with pytest.raises(UsageError, match='--fold_bn: torch.fx cannot trace'):
         BatchNormFolding(DataDependent())
+
+
+@pytest.mark.parametrize('name', ['resnet20', 'resnet20_noshort', 'vgg9', 'wrn56_2'])
+def test_fused_convolutions_give_the_unfused_folded_values_exactly(name):
+    """On the CPU each convolution -> ReLU and convolution -> addition -> ReLU becomes one oneDNN call
+    (channels_last): float32 values equal the unfused folded model's bit for bit; under bf16
+    autocast they stay close to float32."""
+    if not bn_folding.fusion_available():
+        pytest.skip('this PyTorch has no oneDNN fused convolution')
+    net = build(name)
+    net.load_state_dict(synthetic_state_dict(LAYOUTS[name]['state_dict']))
+    net = randomize_statistics(net).to(memory_format=torch.channels_last)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    x = x.contiguous(memory_format=torch.channels_last)
+    fused, unfused = BatchNormFolding(net), BatchNormFolding(net, fuse=False)
+    relus = sum(bn_folding._is_relu(node, unfused.module) for node in unfused.module.graph.nodes)
+    assert unfused.num_fused == 0 and 0 < fused.num_fused <= relus
+    assert sum(isinstance(m, bn_folding.FusedConv) for m in fused.module.modules()) == fused.num_fused
+    assert torch.equal(outputs(fused.module, x), outputs(unfused.module, x))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        low = outputs(fused.module, x).float()
+    reference = outputs(unfused.module, x)
+    assert (low - reference).abs().max() <= 5e-2 * reference.abs().max()
+
+
+def test_fused_convolutions_follow_the_model_and_fall_back_off_the_fast_path():
+    """FusedConv reads the convolution's weights at every call (no refresh of its own), and computes
+    the same thing unfused where oneDNN cannot fuse (NCHW tensors)."""
+    net = randomize_statistics(build('resnet20'))
+    folding = BatchNormFolding(net)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    base = net_plotter.get_base(net, 'weights')
+    direction = net_plotter.make_random_direction(base, torch.Generator().manual_seed(2), 'filter')
+    net_plotter.move(net, 'weights', base, direction, None, 0.5)
+    folding.refresh()
+    torch.testing.assert_close(outputs(folding.module, x), outputs(net, x), rtol=1e-4, atol=1e-4)   # NCHW: unfused path
+    net.to(memory_format=torch.channels_last)
+    folding.module.to(memory_format=torch.channels_last)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(outputs(folding.module, cl), outputs(net, cl), rtol=1e-4, atol=1e-4)  # fused path

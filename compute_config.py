@@ -1,0 +1,424 @@
+"""The compute configuration of a grid run -- memory layout, batch size, BatchNorm folding -- chosen
+for the machine at hand, recorded in the surface file and reused when the run resumes.
+
+A configuration changes how a point's values are computed, never what: each choice changes only
+the float32 rounding (the loss stays the mean over the whole data set, whatever the batch size).
+``choose`` settles it once per run, on rank 0 (every MPI rank then uses rank 0's), part by part:
+
+  1. a flag given explicitly (--batch_size, --channels_last / --no-channels_last, --fold_bn /
+     --no-fold_bn) fixes its part;
+  2. with --compute_config plain the other parts are PLAIN, the suite's former defaults (NCHW,
+     batch 128, unfolded: the original code's arithmetic);
+  3. when the surface file exists, the other parts are what it records (hdf5_layout.COMPUTE_ATTR;
+     in a file written before configurations were recorded, what its recorded flags say, else
+     PLAIN), so a resumed run computes its points exactly as the first run did and ends with the
+     values an uninterrupted run gives, bit for bit;
+  4. otherwise they are timed -- always with --compute_config search; with auto (the default) when
+     the run is long enough to pay for it (its estimated time at least MIN_RUN_SECONDS and the
+     timing at most SEARCH_SHARE of it), else PLAIN. The probe: the first training samples (as
+     many as the largest candidate batch size) at the centre. Timed first is the configuration
+     with every free part plain (the estimate of the run's time); then, step by step, channels_last
+     against the best so far, BatchNorm folded against the best so far (on the CPU the ReLU and
+     residual addition after each convolution are fused into it too, see bn_folding.py), and the
+     other batch sizes: each step's configurations in interleaved passes (Search.compare), the
+     fastest pass of each counting. A candidate whose probe loss differs from that of the
+     configuration with every free part plain by more than VALUE_RTOL (relative) is discarded.
+
+Whatever the configuration, ``keep_freed_memory`` (called first by every run) stops glibc's malloc
+from handing freed activations back to the kernel: without it each batch's activations of a few MB
+are mapped afresh, and the page faults of touching them cost as much as the convolutions of an NCHW
+batch of 128 (2.4x the time per point on resnet20, benchmarks/RESULTS.md).
+
+The Hessian scripts (``kind`` HESSIAN) take parts 1-3 and otherwise PLAIN, never timed, never
+folded: their time goes into double back-propagation, which forward-pass timings do not predict.
+--amp is a flag of its own, never chosen: it changes the values by far more than rounding.
+"""
+import ctypes
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+from torch import nn
+
+import bn_folding
+import dataloader
+import hdf5_layout
+import objective as objectives
+from errors import UsageError
+
+MODES = ('auto', 'search', 'plain')
+SURFACE, HESSIAN = 'surface', 'hessian'   # the kinds of run a record keeps apart (one file may hold both)
+FIELDS = ('channels_last', 'batch_size', 'fold_bn')
+CPU_BATCH_SIZES = (32, 64, 128, 256)      # small batches keep a CPU's activations in its caches
+GPU_BATCH_SIZES = (128, 256, 512, 1024)
+VALUE_RTOL = 1e-5         # a candidate may change the probe loss by this much (relative), no more
+AMP_VALUE_RTOL = 1e-2     # with --amp every candidate rounds in bfloat16 (about 1e-3 relative)
+ROUNDS = 2                # interleaved passes over the probe samples per compared configuration (after a warm-up
+CONTENDER = 1.15          # pass); the second only within this factor of the fastest first pass; the fastest counts
+AMP_HINT_SPEEDUP = 1.2    # the line mentions --amp when it is at least this much faster than the choice
+MIN_RUN_SECONDS = 10.0    # auto times only runs estimated to take at least this long (at the plain speed) ...
+SEARCH_SHARE = 0.2        # ... and whose timing costs at most this share of it: it typically finds 1.3-1.5x on a
+                          # CPU (benchmarks/RESULTS.md), and is a few seconds for any realistic grid
+
+
+@dataclasses.dataclass(frozen=True)
+class ComputeConfig:
+    """How a point's forward passes are computed (grid_args.py: the flags of the same names)."""
+    channels_last: bool = False
+    batch_size: int = 128
+    fold_bn: bool = False
+
+    def describe(self):
+        """E.g. 'channels_last, batch 64, BatchNorm folded' or 'batch 128' (the default layout, unfolded)."""
+        parts = (['channels_last'] if self.channels_last else []) + [f'batch {self.batch_size}']
+        return ', '.join(parts + (['BatchNorm folded'] if self.fold_bn else []))
+
+    def apply(self, settings):
+        """``settings`` (a run_setup.RunSettings) with this configuration's parts set."""
+        return dataclasses.replace(settings, **dataclasses.asdict(self))
+
+
+PLAIN = ComputeConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """The configuration a run uses, the line that says why, and the surface file's record of it
+    (every kind's, this run's entry updated)."""
+    config: ComputeConfig
+    line: str
+    record: dict
+
+
+def choose(settings, comm, kind, surf_file, net, the_objective, train_data, test_data, device, num_points):
+    """The run's Choice, decided on rank 0 and broadcast (see the module docstring); rank 0 prints
+    its line. ``net`` is left on ``device`` in its own (contiguous) layout, in eval mode."""
+    choice = comm.root_only(lambda: _decide(settings, comm, kind, surf_file, net, the_objective,
+                                            train_data, test_data, device, num_points))
+    config, line, record = choice
+    if comm.is_root:
+        print(line, flush=True)
+    return Choice(ComputeConfig(**config), line, record)
+
+
+def given_parts(settings):
+    """The parts fixed by flags given explicitly (None means: not given)."""
+    return {name: getattr(settings, name) for name in FIELDS if getattr(settings, name) is not None}
+
+
+def _decide(settings, comm, kind, surf_file, net, the_objective, train_data, test_data, device, num_points):
+    """(configuration as a dict, the line, the record): rank 0's decision."""
+    given = given_parts(settings)
+    shown = ', '.join(f'{_flag(name, value)} given' for name, value in given.items())
+    if kind == HESSIAN:
+        given.setdefault('fold_bn', False)
+    entry_parts, record = recorded_parts(surf_file, kind)
+    if all(name in given for name in FIELDS):
+        config, how, why, shown = ComputeConfig(**given), 'given', 'as given', ''
+    elif settings.compute_config == 'plain':
+        config, how, why = _with(PLAIN, given), 'plain', '--compute_config plain'
+    elif entry_parts is not None:
+        config, how = _with(ComputeConfig(**entry_parts), given), 'reused'
+        why = (f'reused from {surf_file!r}' if kind in record else f'as {surf_file!r} was computed, by its '
+               'recorded flags') + ': the points added are computed as its others were'
+    elif kind == HESSIAN:
+        config, how, why = _with(PLAIN, given), 'plain', 'the Hessian scripts\' plain configuration'
+    else:
+        search = Search(settings, net, the_objective, train_data, device, given)
+        samples = _samples_per_point(settings, train_data, test_data)
+        config, how, why = search.run(settings.compute_config == 'search', samples, math.ceil(num_points / comm.size))
+    # An entry that still holds is kept as it is, so a resumed run leaves the file's attributes alone.
+    kept = record.get(kind)
+    entry = kept if _valid_parts(kept) == dataclasses.asdict(config) else {**dataclasses.asdict(config), 'how': how}
+    line = f'compute: {config.describe()} ({why}' + (f'; {shown}' if shown else '') + ')'
+    return dataclasses.asdict(config), line, {**record, kind: entry}
+
+
+def _flag(name, value):
+    if name == 'batch_size':
+        return f'--batch_size {value}'
+    return f'--{name}' if value else f'--no-{name}'
+
+
+def _with(config, given):
+    return dataclasses.replace(config, **given)
+
+
+def _samples_per_point(settings, train_data, test_data):
+    """Samples one grid point passes through the model (more than one pass over the training data
+    when statistics are recomputed, or with --eval_test)."""
+    samples = train_data.num_samples * (2 if settings.recomputes_statistics else 1)
+    return samples + (test_data.num_samples if test_data is not None else 0)
+
+
+# ----------------------------------------------------------------------------- the record
+
+def recorded_parts(surf_file, kind):
+    """(the parts an existing surface file records for ``kind`` -- None when there is no such file,
+    or it records configurations but none of this kind -- and its whole record)."""
+    if not surf_file or not os.path.exists(surf_file):
+        return None, {}
+    surface = hdf5_layout.read_surface(surf_file)   # a damaged file: the run's own one-line refusal
+    if hdf5_layout.COMPUTE_ATTR in surface.attrs:
+        try:
+            record = json.loads(surface.attrs[hdf5_layout.COMPUTE_ATTR])
+        except ValueError:
+            record = {}
+        record = record if isinstance(record, dict) else {}
+        return _valid_parts(record.get(kind)), record
+    # Written before configurations were recorded: computed as its flags said, plain where they say nothing.
+    args = surface.args()
+    return {name: args[name] if _valid(name, args.get(name)) else getattr(PLAIN, name) for name in FIELDS}, {}
+
+
+def _valid(name, value):
+    if name == 'batch_size':
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return isinstance(value, bool)
+
+
+def _valid_parts(entry):
+    """A record entry's parts, or None when it is not a whole, valid one."""
+    if not isinstance(entry, dict) or not all(_valid(name, entry.get(name)) for name in FIELDS):
+        return None
+    return {name: entry[name] for name in FIELDS}
+
+
+# ----------------------------------------------------------------------------- timing
+
+class Probe:
+    """The first training samples, batched as each candidate batches them: for the built-in data
+    sets (dataloader.CachedBatches) in any batch size, normalised per batch as a run does; for
+    other sources their own first batches (their batch size is fixed when they are made)."""
+
+    def __init__(self, source, size, device):
+        self.cached = None
+        if isinstance(source, dataloader.CachedBatches):
+            data = source.data
+            n = min(len(data), size)
+            self.cached = dataloader.CachedDataset(data.inputs[:n], data.targets[:n], data.num_classes,
+                                                   data.scale, data.shift).to(device)
+            self.num_samples = n
+            self.first = next(self.cached.batches(n))[0]
+            return
+        self.fixed, self.num_samples = [], 0
+        for batch in source.batches():
+            self.fixed.append(batch)
+            self.num_samples += objectives.first_tensor(batch).shape[0]
+            if self.num_samples >= size:
+                break
+        self.first = objectives.first_tensor(self.fixed[0])
+
+    def batches(self, config):
+        if self.cached is not None:
+            data = self.cached.channels_last() if config.channels_last else self.cached
+            return data.batches(config.batch_size)
+        if config.channels_last:
+            return (dataloader.map_tensors(batch, dataloader._channels_last) for batch in self.fixed)
+        return iter(self.fixed)
+
+
+class Search:
+    """The timed search of part 4 (module docstring) over the parts not given."""
+
+    def __init__(self, settings, net, the_objective, train_data, device, given):
+        self.net, self.objective, self.device, self.amp = net, the_objective, torch.device(device), settings.amp
+        self.given, self.settings = given, settings
+        sizes = GPU_BATCH_SIZES if self.device.type == 'cuda' else CPU_BATCH_SIZES
+        # A batch size never exceeds the data: min(b, n) batches n samples as any b >= n does.
+        self.batch_sizes = sorted({min(b, train_data.num_samples) for b in sizes})
+        self.probe = Probe(train_data, max(self.batch_sizes), device)
+        self.foldings = {}   # layout -> BatchNormFolding of net in that layout (None: cannot fold)
+        self.warmed_up = set()
+        self.free = self._free_parts(train_data)
+
+    def _free_parts(self, train_data):
+        """The parts to time: not given, and able to change anything for this model and data."""
+        free = []
+        if self.settings.points_per_call > 1:
+            return free   # stacked points run under vmap: not what a probe pass times
+        convolutional = any(isinstance(m, nn.Conv2d) for m in self.net.modules())
+        if 'channels_last' not in self.given and convolutional and self.probe.first is not None \
+                and self.probe.first.dim() == 4:
+            free.append('channels_last')
+        if 'fold_bn' not in self.given and convolutional:
+            free.append('fold_bn')
+        # Recomputed BatchNorm statistics depend on the batches, beyond rounding: not for timing.
+        if 'batch_size' not in self.given and isinstance(train_data, dataloader.CachedBatches) \
+                and self.probe.cached is not None and not self.settings.recomputes_statistics \
+                and self.settings.ngpu == 1 and len(self.batch_sizes) > 1:
+            free.append('batch_size')
+        return free
+
+    def model(self, config):
+        """The model that evaluates ``config`` (net itself, or its folded view); None when the
+        model cannot be folded (torch.fx cannot trace it, or nothing folds or fuses)."""
+        layout = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.net.to(self.device).to(memory_format=layout)
+        if not config.fold_bn:
+            return self.net
+        if config.channels_last not in self.foldings:
+            try:
+                folding = bn_folding.BatchNormFolding(self.net)
+            except UsageError:
+                folding = None
+            if folding is not None and not (folding.num_folded or folding.num_fused):
+                folding = None
+            if folding is not None:
+                folding.module.to(self.device)
+            self.foldings[config.channels_last] = folding
+        folding = self.foldings[config.channels_last]
+        return None if folding is None else folding.module
+
+    def measure(self, config):
+        """(seconds per probe sample, probe loss) of one pass of ``config`` over the probe samples,
+        after a warm-up pass the first time (the first calls of a configuration create its kernels
+        and map its memory); None when ``config`` does not apply."""
+        model = self.model(config)
+        if model is None:
+            return None
+        model.eval()
+        with torch.inference_mode():
+            for _ in range(1 if (config, self.amp) not in self.warmed_up else 0):
+                for batch in self.probe.batches(config):
+                    self.objective.sums(model, batch, self.amp)
+            self.warmed_up.add((config, self.amp))
+            start = time.perf_counter()
+            totals = {}
+            for batch in self.probe.batches(config):
+                for key, value in self.objective.sums(model, batch, self.amp).items():
+                    totals[key] = totals[key] + value if key in totals else value
+            values = {k: v.item() if torch.is_tensor(v) else float(v) for k, v in totals.items()}   # syncs
+            seconds = time.perf_counter() - start
+        return seconds / self.probe.num_samples, values[objectives.LOSS] / values[objectives.COUNT]
+
+    def compare(self, configs):
+        """{config: (fastest seconds per sample, probe loss)} of ``configs`` timed in interleaved
+        rounds, so that a drift of the machine's speed hits each alike: ROUNDS passes each, but only
+        one for those whose first pass is slower than CONTENDER times the fastest first pass.
+        Configurations that do not apply, or fail to run, are left out."""
+        results = {}
+        for round_ in range(ROUNDS):
+            fastest = min((seconds for seconds, _ in results.values()), default=math.inf)
+            for config in configs:
+                if round_ and (config not in results or results[config][0] > CONTENDER * fastest):
+                    continue
+                try:
+                    measured = self.measure(config)
+                except (RuntimeError, TypeError):   # e.g. a folded model whose code depends on input values
+                    measured = None
+                if measured is not None:
+                    seconds, loss = measured
+                    results[config] = (min(seconds, results[config][0]) if config in results else seconds, loss)
+        return results
+
+    def run(self, always, samples_per_point, points_per_rank):
+        """(configuration, how, why) for the free parts, timed (or PLAIN when not worth it)."""
+        start = time.perf_counter()
+        reference = _with(PLAIN, self.given)
+        try:
+            return self._run(always, samples_per_point, points_per_rank, reference, start)
+        finally:
+            self.net.to(memory_format=torch.contiguous_format).eval()   # prepare_evaluation lays it out
+
+    def _run(self, always, samples_per_point, points_per_rank, reference, start):
+        if not self.free:
+            return reference, 'plain', 'nothing to choose for this model, data and flags'
+        base_time, base_loss = self.measure(reference)
+        run_seconds = base_time * samples_per_point * points_per_rank
+        steps = [name for name in ('channels_last', 'fold_bn', 'batch_size') if name in self.free]
+        configs = 1 + sum(len(self.batch_sizes) - 1 if name == 'batch_size' else 1 for name in steps)
+        passes = configs + ROUNDS * (configs + len(steps) - 1)   # warm-ups, and each step's rounds at most
+        search_seconds = base_time * passes * self.probe.num_samples
+        if not always and (run_seconds < MIN_RUN_SECONDS or search_seconds > SEARCH_SHARE * run_seconds):
+            return reference, 'plain', (f'the run, about {run_seconds:.2g} s, is too short to pay for timing '
+                                        f'{configs} configurations; --compute_config search times them')
+        rtol = AMP_VALUE_RTOL if self.amp else VALUE_RTOL
+        best, fastest, discarded = reference, {}, []   # fastest: over the interleaved passes only
+        for name in steps:
+            options = [True] if name != 'batch_size' else [b for b in self.batch_sizes if b != best.batch_size]
+            candidates = [best] + [dataclasses.replace(best, **{name: value}) for value in options]
+            results = self.compare(candidates)
+            kept = {}
+            for config, (seconds, loss) in results.items():
+                fastest[config] = min(seconds, fastest.get(config, math.inf))
+                if config == best or abs(loss - base_loss) <= rtol * abs(base_loss):
+                    kept[config] = seconds
+                else:
+                    discarded.append(config.describe())
+            best = min(kept, key=kept.get) if kept else best
+        took = time.perf_counter() - start
+        why = (f'{fastest.get(reference, base_time) / fastest.get(best, base_time):.2f}x the plain configuration\'s '
+               f'speed on {self.probe.num_samples} probe samples; {len(fastest) or 1} configurations timed in '
+               f'{took:.2g} s')
+        if discarded:
+            why += f'; discarded for changing the loss by more than {rtol:g}: {"; ".join(discarded)}'
+        return best, 'search', why + self.amp_hint(best, fastest.get(best, base_time))
+
+    def amp_hint(self, best, seconds):
+        """'; --amp ... faster here' when bfloat16 autocast of ``best`` pays on this device (native
+        bf16, AMP_HINT_SPEEDUP or more), else ''. --amp itself is never chosen: it changes values."""
+        if self.amp or not native_bf16(self.device):
+            return ''
+        self.amp = True
+        try:
+            timed = self.compare([best]).get(best)
+        finally:
+            self.amp = False
+        if timed is None or seconds / timed[0] < AMP_HINT_SPEEDUP:
+            return ''
+        speedup = seconds / timed[0]
+        return f'; --amp (bfloat16: the loss moves by about 1e-3 relative) would be {speedup:.1f}x faster here'
+
+
+# ----------------------------------------------------------------------------- the allocator
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3            # glibc's mallopt parameters (malloc.h)
+MMAP_THRESHOLD_BYTES = 32 << 20                        # the most glibc accepts on 64-bit systems
+TRIM_THRESHOLD_BYTES = 1 << 30
+MALLOC_VARIABLES = ('GLIBC_TUNABLES', 'MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_', 'MALLOC_TOP_PAD_')
+
+
+def keep_freed_memory():
+    """Have glibc's malloc serve allocations below 32 MB from its heap and keep up to 1 GiB of freed
+    memory there (mallopt M_MMAP_THRESHOLD, M_TRIM_THRESHOLD), so the activations of every batch
+    reuse memory already mapped instead of being mapped, faulted in and unmapped again. Changes no
+    value; the process keeps the memory of its largest batch. Left alone where the user tunes malloc
+    (GLIBC_TUNABLES, MALLOC_*_) and where there is no glibc. Returns whether it was set."""
+    if any(variable in os.environ for variable in MALLOC_VARIABLES) or not sys.platform.startswith('linux'):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    trimmed = bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+    return trimmed and bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+
+
+# ----------------------------------------------------------------------------- bf16
+
+def native_bf16(device):
+    """Whether ``device`` computes bfloat16 natively (a GPU with bf16 support; a CPU with
+    AVX512-BF16 or AMX, as oneDNN sees it): elsewhere --amp is emulated, and much slower."""
+    device = torch.device(device)
+    if device.type == 'cuda':
+        return torch.cuda.is_bf16_supported()
+    mkldnn = getattr(torch.ops, 'mkldnn', None)
+    check = getattr(mkldnn, '_is_mkldnn_bf16_supported', None)
+    try:
+        return bool(torch.backends.mkldnn.is_available() and check is not None and check())
+    except RuntimeError:
+        return False
+
+
+def warn_about_amp(settings, device):
+    """--amp on a CPU without bf16 instructions: say it is slow (rank 0 calls this)."""
+    if settings.amp and not native_bf16(device):
+        print('warning: --amp: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX), so bfloat16 is '
+              'emulated and far slower than float32 (15x in benchmarks/RESULTS.md); run without --amp',
+              file=sys.stderr, flush=True)

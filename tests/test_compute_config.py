@@ -1,0 +1,274 @@
+"""The automatic compute configuration (compute_config.py): recorded in the surface file, reused on
+resume (no timing, values equal bit for bit), overridden by explicit flags, within 1e-5 of the
+plain configuration, the same on every MPI rank; bad values refused."""
+import os
+import shutil
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+import compute_config
+import hdf5_layout
+import landscape
+import plot_surface
+from mpi_comm import SerialComm
+from tests.conftest import assert_one_line_error, call_main, run_script, snapshot, train_briefly
+from tests.test_plot_surface import DATA, expected_loss, local_copy
+
+MPIEXEC = os.path.join(os.path.dirname(sys.executable), 'mpiexec')
+GRID = ['--x=-1:1:4', '--y=-1:1:3', '--xnorm', 'filter', '--ynorm', 'filter', '--xignore', 'biasbn']
+FORCED = {'channels_last': True, 'batch_size': 32, 'fold_bn': True}   # what the fake timings below favour
+
+
+def run(capsys, *argv):
+    """plot_surface.py in this process; returns its stdout."""
+    from cli import run_main
+    try:
+        code = run_main(plot_surface.main, [str(a) for a in (*DATA, *argv)]) or 0
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out
+
+
+def record(path):
+    return hdf5_layout.decoded_attrs(hdf5_layout.read_surface(str(path)).attrs)[hdf5_layout.COMPUTE_ATTR]
+
+
+def losses(path):
+    return hdf5_layout.read_surface(str(path)).values['train_loss']
+
+
+@pytest.fixture
+def timings(monkeypatch):
+    """Search.measure with the real probe losses but fake, deterministic times favouring FORCED:
+    channels_last, then BatchNorm folding, then batch 32 are each faster. Returns the list of the
+    configurations measured."""
+    real, measured = compute_config.Search.measure, []
+
+    def fake(self, config, **passes):
+        got = real(self, config, **passes)
+        measured.append(config)
+        if got is None:
+            return None
+        seconds = 1.0 - 0.3 * config.channels_last - 0.2 * config.fold_bn - 0.1 * (config.batch_size == 32)
+        return seconds, got[1]
+    monkeypatch.setattr(compute_config.Search, 'measure', fake)
+    return measured
+
+
+def partial_copy(source, target, undone):
+    """``source`` as a run killed after some points would have left it: points ``undone`` not done."""
+    shutil.copy(source, target)
+    with h5py.File(target, 'r+') as f:
+        for name in ('train_loss', 'train_acc'):
+            f[f'done/{name}'][undone] = False
+            f[name][undone] = np.nan
+
+
+def test_the_choice_is_recorded_and_reused_on_resume_without_timing(tmp_path, checkpoints, capsys, timings,
+                                                                    monkeypatch):
+    common = ['--model', 'cnn_bn', '--model_file', local_copy(tmp_path, checkpoints['cnn_bn']), *GRID,
+              '--compute_config', 'search']
+    out = run(capsys, *common, '--surf_file', tmp_path / 'full.h5')
+    assert 'compute: channels_last, batch 32, BatchNorm folded (' in out
+    assert record(tmp_path / 'full.h5') == {'surface': {**FORCED, 'how': 'search'}}
+    assert timings[0] == compute_config.PLAIN and compute_config.ComputeConfig(**FORCED) in timings
+    run(capsys, *common, '--compute_config', 'plain', '--surf_file', tmp_path / 'plain.h5')
+    # The configuration matters to the bits (so the resume below could not equal by chance) ...
+    assert not np.array_equal(losses(tmp_path / 'full.h5'), losses(tmp_path / 'plain.h5'))
+
+    partial_copy(tmp_path / 'full.h5', tmp_path / 'resumed.h5', np.s_[1:, 1:])
+    timings.clear()
+    out = run(capsys, *common, '--surf_file', tmp_path / 'resumed.h5')
+    assert timings == []                                       # ... the resumed run timed nothing ...
+    assert 'compute: channels_last, batch 32, BatchNorm folded (reused from' in out and '6 points computed' in out
+    np.testing.assert_array_equal(losses(tmp_path / 'resumed.h5'), losses(tmp_path / 'full.h5'))   # ... bit for bit
+    assert record(tmp_path / 'resumed.h5') == record(tmp_path / 'full.h5')
+    # Under the default (auto) too, and with the timing broken: a recorded file is never timed.
+    monkeypatch.setattr(compute_config.Search, 'measure', lambda *a: pytest.fail('timed a recorded run'))
+    partial_copy(tmp_path / 'full.h5', tmp_path / 'auto.h5', np.s_[0, :])
+    run(capsys, *common[:-2], '--surf_file', tmp_path / 'auto.h5')
+    np.testing.assert_array_equal(losses(tmp_path / 'auto.h5'), losses(tmp_path / 'full.h5'))
+
+
+def test_explicit_flags_override_the_choice_and_the_record(tmp_path, checkpoints, capsys, timings):
+    common = ['--model', 'cnn_bn', '--model_file', local_copy(tmp_path, checkpoints['cnn_bn']), *GRID,
+              '--compute_config', 'search']
+    out = run(capsys, *common, '--batch_size', '64', '--no-channels_last', '--surf_file', tmp_path / 'given.h5')
+    assert {(c.batch_size, c.channels_last) for c in timings} == {(64, False)}   # only folding was timed
+    assert record(tmp_path / 'given.h5')['surface'] == {'channels_last': False, 'batch_size': 64, 'fold_bn': True,
+                                                        'how': 'search'}
+    assert '--no-channels_last given, --batch_size 64 given' in out
+    # Over a recorded configuration: the flag wins, the rest stays as recorded.
+    run(capsys, *common, '--surf_file', tmp_path / 'full.h5')
+    partial_copy(tmp_path / 'full.h5', tmp_path / 'resumed.h5', np.s_[2, :])
+    timings.clear()
+    run(capsys, *common, '--no-fold_bn', '--surf_file', tmp_path / 'resumed.h5')
+    assert timings == []
+    assert record(tmp_path / 'resumed.h5')['surface'] == {**FORCED, 'fold_bn': False, 'how': 'reused'}
+    # Every part given: nothing is timed, even with search.
+    run(capsys, *common, '--batch_size', '16', '--channels_last', '--no-fold_bn', '--surf_file', tmp_path / 'all.h5')
+    assert timings == []
+    assert record(tmp_path / 'all.h5')['surface']['how'] == 'given'
+
+
+def test_chosen_values_are_within_1e_5_of_the_plain_configuration(tmp_path, checkpoints, capsys):
+    """Real timings: whatever the search picks keeps the plain values within 1e-5 relative, and the
+    values of an independent computation."""
+    model = local_copy(tmp_path, checkpoints['cnn_bn'])
+    common = ['--model', 'cnn_bn', '--model_file', model, *GRID]
+    run(capsys, *common, '--compute_config', 'search', '--surf_file', tmp_path / 'chosen.h5')
+    run(capsys, *common, '--compute_config', 'plain', '--surf_file', tmp_path / 'plain.h5')
+    chosen, plain = (hdf5_layout.read_surface(str(tmp_path / n)) for n in ('chosen.h5', 'plain.h5'))
+    assert record(tmp_path / 'chosen.h5')['surface']['how'] == 'search'
+    assert record(tmp_path / 'plain.h5')['surface'] == {'channels_last': False, 'batch_size': 128, 'fold_bn': False,
+                                                        'how': 'plain'}
+    np.testing.assert_allclose(chosen.values['train_loss'], plain.values['train_loss'], rtol=1e-5, atol=0)
+    np.testing.assert_allclose(chosen.values['train_acc'], plain.values['train_acc'], atol=0.6)
+    loss, _ = expected_loss(model, chosen.dir_file, chosen.xcoordinates[3], chosen.ycoordinates[0])
+    assert chosen.values['train_loss'][0, 3] == pytest.approx(loss, rel=1e-5)
+
+
+def test_forced_configuration_is_within_1e_5_of_plain(tmp_path, checkpoints, capsys, timings):
+    """The configuration the fake timings force (channels_last, batch 32, folded and fused) on the
+    digits cnn_bn, with weights and with states directions."""
+    model = local_copy(tmp_path, checkpoints['cnn_bn'])
+    for dir_type in ('weights', 'states'):
+        common = ['--model', 'cnn_bn', '--model_file', model, *GRID, '--dir_type', dir_type]
+        run(capsys, *common, '--compute_config', 'search', '--surf_file', tmp_path / f'forced_{dir_type}.h5')
+        run(capsys, *common, '--compute_config', 'plain', '--surf_file', tmp_path / f'plain_{dir_type}.h5')
+        assert record(tmp_path / f'forced_{dir_type}.h5')['surface'] == {**FORCED, 'how': 'search'}
+        forced, plain = losses(tmp_path / f'forced_{dir_type}.h5'), losses(tmp_path / f'plain_{dir_type}.h5')
+        np.testing.assert_allclose(forced, plain, rtol=1e-5, atol=0)
+
+
+def test_a_candidate_that_changes_the_values_is_discarded(tmp_path, checkpoints, capsys, monkeypatch):
+    """A folding that moved the probe loss by more than VALUE_RTOL must not be chosen, however fast."""
+    real = compute_config.Search.measure
+
+    def folding_is_fast_but_wrong(self, config, **passes):
+        seconds, loss = real(self, config, **passes)
+        return (0.1, loss * (1 + 1e-4)) if config.fold_bn else (1.0, loss)
+    monkeypatch.setattr(compute_config.Search, 'measure', folding_is_fast_but_wrong)
+    out = run(capsys, '--model', 'cnn_bn', '--model_file', local_copy(tmp_path, checkpoints['cnn_bn']), *GRID,
+              '--compute_config', 'search', '--surf_file', tmp_path / 's.h5')
+    assert record(tmp_path / 's.h5')['surface']['fold_bn'] is False
+    assert 'discarded for changing the loss by more than 1e-05' in out
+
+
+def test_short_runs_are_not_timed_under_auto(tmp_path, checkpoints, capsys, timings):
+    out = run(capsys, '--model', 'cnn_bn', '--model_file', local_copy(tmp_path, checkpoints['cnn_bn']), *GRID,
+              '--surf_file', tmp_path / 's.h5')
+    assert timings == [compute_config.PLAIN]    # timed once, for the estimate of the run's time
+    assert record(tmp_path / 's.h5')['surface'] == {'channels_last': False, 'batch_size': 128, 'fold_bn': False,
+                                                    'how': 'plain'}
+    assert 'too short to pay for timing' in out
+
+
+def test_a_file_from_before_the_record_resumes_with_its_recorded_flags(tmp_path, checkpoints, capsys, timings):
+    """A surface file without the record (written before it existed): its 'args' say how it was computed."""
+    common = ['--model', 'cnn_bn', '--model_file', local_copy(tmp_path, checkpoints['cnn_bn']), *GRID]
+    run(capsys, *common, '--batch_size', '32', '--channels_last', '--surf_file', tmp_path / 'full.h5')
+    partial_copy(tmp_path / 'full.h5', tmp_path / 'old.h5', np.s_[1, :])
+    with h5py.File(tmp_path / 'old.h5', 'r+') as f:
+        del f.attrs[hdf5_layout.COMPUTE_ATTR]
+    timings.clear()
+    out = run(capsys, *common, '--compute_config', 'search', '--surf_file', tmp_path / 'old.h5')
+    assert timings == [] and 'by its recorded flags' in out
+    assert record(tmp_path / 'old.h5')['surface'] == {'channels_last': True, 'batch_size': 32, 'fold_bn': False,
+                                                      'how': 'reused'}
+    np.testing.assert_array_equal(losses(tmp_path / 'old.h5'), losses(tmp_path / 'full.h5'))
+
+
+def test_a_non_root_rank_takes_rank_0s_choice_without_timing(monkeypatch):
+    """Under MPI rank 0 decides and broadcasts; the other ranks never time (their comm.root_only
+    returns rank 0's result)."""
+    class Rank1(SerialComm):
+        rank = 1
+
+        def root_only(self, fn):
+            return {**FORCED}, 'compute: rank 0\'s line', {'surface': {**FORCED, 'how': 'search'}}
+    monkeypatch.setattr(compute_config, '_decide', lambda *a, **k: pytest.fail('rank 1 decided'))
+    settings = plot_surface_settings([])
+    choice = compute_config.choose(settings, Rank1(), compute_config.SURFACE, '', None, None, None, None, 'cpu', 12)
+    assert choice.config == compute_config.ComputeConfig(**FORCED)
+    assert choice.record == {'surface': {**FORCED, 'how': 'search'}}
+
+
+def plot_surface_settings(argv):
+    from run_setup import RunSettings
+    return RunSettings.from_args(plot_surface.get_args_parser().parse_args(['--model_file', 'm.t7', *argv]))
+
+
+@pytest.mark.skipif(not os.path.exists(MPIEXEC), reason='mpiexec (pip package mpich) is not installed')
+def test_two_ranks_use_rank_0s_choice(tmp_path, checkpoints):
+    """Both ranks compute with the configuration rank 0 timed and recorded: the surface equals a
+    serial run given that configuration, bit for bit."""
+    model = tmp_path / 'model.t7'
+    shutil.copy(checkpoints['cnn_bn'], model)
+    common = ['--dataset', 'digits', '--model', 'cnn_bn', '--model_file', model, '--x=-1:1:5', '--y=-1:0.5:4',
+              '--xnorm', 'filter', '--ynorm', 'filter', '--data_split', '3', '--threads', '1']
+    parallel = run_script('plot_surface.py', *common, '--mpi', '--compute_config', 'search', '--surf_file',
+                          tmp_path / 'mpi.h5', launcher=(MPIEXEC, '-n', '2'))
+    assert parallel.returncode == 0, parallel.stderr
+    assert parallel.stdout.count('compute: ') == 1        # rank 0 says it once
+    chosen = record(tmp_path / 'mpi.h5')['surface']
+    flags = ['--batch_size', chosen['batch_size'], '--fold_bn' if chosen['fold_bn'] else '--no-fold_bn',
+             '--channels_last' if chosen['channels_last'] else '--no-channels_last']
+    serial = run_script('plot_surface.py', *common, *flags, '--surf_file', tmp_path / 'serial.h5')
+    assert serial.returncode == 0, serial.stderr
+    np.testing.assert_array_equal(losses(tmp_path / 'mpi.h5'), losses(tmp_path / 'serial.h5'))
+
+
+def test_python_api_takes_the_compute_flags(tmp_path, checkpoints, capsys):
+    import dataloader
+    import torch
+    net = train_briefly('cnn_bn', 0)
+    data = dataloader.load_dataset('digits', '', True, False, 4, 1)
+    dataset = torch.utils.data.TensorDataset(data.normalize(data.inputs), data.targets)
+    plain = landscape.surface(net, dataset, x='-1:1:3', xnorm='filter', threads=1, compute_config='plain',
+                              surf_file=str(tmp_path / 'plain.h5'))
+    given = landscape.surface(net, dataset, x='-1:1:3', xnorm='filter', threads=1, channels_last=True, fold_bn=True,
+                              batch_size=32, surf_file=str(tmp_path / 'given.h5'))
+    assert record(tmp_path / 'given.h5')['surface'] == {**FORCED, 'how': 'given'}
+    assert given.values['train_loss'].shape == plain.values['train_loss'].shape
+
+
+@pytest.mark.parametrize('argv,words', [
+    (['--compute_config', 'fast'], ['--compute_config', 'invalid choice']),
+    (['--batch_size', '0'], ['--batch_size', 'at least 1']),
+    (['--channels_last=yes'], ['--channels_last', 'ignored explicit argument']),
+    (['--fold_bn', '--points_per_call', '2'], ['--points_per_call', '--fold_bn']),
+], ids=['unknown mode', 'batch size zero', 'channels_last with a value', 'fold_bn with points_per_call'])
+def test_bad_compute_flags_are_refused(tmp_path, checkpoints, capsys, argv, words):
+    model = local_copy(tmp_path, checkpoints['cnn_bn'])
+    before = snapshot(tmp_path)
+    code, err = call_main(plot_surface.main, [*DATA, '--model', 'cnn_bn', '--model_file', model, '--x=-1:1:3', *argv],
+                          capsys)
+    assert_one_line_error(code, err, words)
+    assert snapshot(tmp_path) == before
+
+
+def test_glibc_keeps_freed_memory_unless_the_user_tunes_malloc(monkeypatch):
+    import platform
+    for variable in compute_config.MALLOC_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    if not (sys.platform.startswith('linux') and platform.libc_ver()[0] == 'glibc'):
+        assert compute_config.keep_freed_memory() is False
+        return
+    assert compute_config.keep_freed_memory() is True
+    monkeypatch.setenv('MALLOC_TRIM_THRESHOLD_', '0')
+    assert compute_config.keep_freed_memory() is False
+
+
+def test_amp_without_bf16_instructions_warns(tmp_path, checkpoints, capsys, monkeypatch):
+    monkeypatch.setattr(compute_config, 'native_bf16', lambda device: False)
+    from cli import run_main
+    model = local_copy(tmp_path, checkpoints['cnn_bn'])
+    code = run_main(plot_surface.main, [*DATA, '--model', 'cnn_bn', '--model_file', model, '--x=-1:1:3', '--amp',
+                                        '--surf_file', str(tmp_path / 's.h5')]) or 0
+    assert code == 0 and 'warning: --amp: this CPU has no bfloat16 instructions' in capsys.readouterr().err
