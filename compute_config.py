@@ -29,8 +29,11 @@ from handing freed activations back to the kernel: without it each batch's activ
 are mapped afresh, and the page faults of touching them cost as much as the convolutions of an NCHW
 batch of 128 (2.4x the time per point on resnet20, benchmarks/RESULTS.md).
 
-The Hessian scripts (``kind`` HESSIAN) take parts 1-3 and otherwise PLAIN, never timed, never
-folded: their time goes into double back-propagation, which forward-pass timings do not predict.
+The Hessian scripts (``kind`` HESSIAN: plot_hessian_eigen.py) take parts 1-3 the same way and are
+never folded (the Hessian is of the unfolded weights) and never laid out channels_last unless
+given (slower for double back-propagation, benchmarks/RESULTS.md); part 4 times the batch size
+alone, by Hessian-vector products on the probe samples rather than forward passes, whose speed
+does not predict theirs (HessianSearch).
 --amp is a flag of its own, never chosen: it changes the values by far more than rounding.
 """
 import ctypes
@@ -41,6 +44,7 @@ import os
 import sys
 import time
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -126,7 +130,10 @@ def _decide(settings, comm, kind, surf_file, net, the_objective, train_data, tes
         why = (f'reused from {surf_file!r}' if kind in record else f'as {surf_file!r} was computed, by its '
                'recorded flags') + ': the points added are computed as its others were'
     elif kind == HESSIAN:
-        config, how, why = _with(PLAIN, given), 'plain', 'the Hessian scripts\' plain configuration'
+        import hessian
+        params = hessian.hessian_parameters(net, settings.directions.include_params, settings.directions.exclude_params)
+        search = HessianSearch(net, the_objective, train_data, device, params, given, free=settings.ngpu == 1)
+        config, how, why = search.run(settings.compute_config == 'search', math.ceil(num_points / comm.size))
     else:
         search = Search(settings, net, the_objective, train_data, device, given)
         samples = _samples_per_point(settings, train_data, test_data)
@@ -373,6 +380,83 @@ class Search:
             return ''
         speedup = seconds / timed[0]
         return f'; --amp (bfloat16: the loss moves by about 1e-3 relative) would be {speedup:.1f}x faster here'
+
+
+HESSIAN_CPU_BATCH_SIZES = (64, 128, 256, 512, 1024)    # double back-propagation often wants larger
+HESSIAN_GPU_BATCH_SIZES = (256, 512, 1024, 2048)       # batches than a forward pass (RESULTS.md)
+PRODUCTS_PER_POINT = 42   # two Lanczos solves of ncv + 1 = 21 products at plot_hessian_eigen.py's defaults
+PRODUCT_RTOL = 1e-4       # a candidate's probe product may differ from the plain batch's by this (relative norm)
+
+
+class HessianSearch:
+    """Part 4 for the Hessian scripts: the batch size alone, timed by Hessian-vector products
+    (hessian.MeanLossHessian, gradient graphs kept as in a run) over the probe samples, for runs
+    of ``units`` of ``products`` products each at the same weights (plot_hessian_eigen.py: points
+    of PRODUCTS_PER_POINT; hessian_spectrum.py: its one point). A unit's cost is modelled as its
+    first product (which builds the gradient graphs) plus the others through them, each measured;
+    candidates are timed in ROUNDS interleaved passes, the fastest counting. ``free``: whether the
+    batch size is the run's to choose (not given, not recorded: the caller knows)."""
+
+    def __init__(self, net, the_objective, train_data, device, params, given=None, products=PRODUCTS_PER_POINT,
+                 free=True):
+        from hessian import MeanLossHessian   # only the Hessian runs need it
+        self.MeanLossHessian = MeanLossHessian
+        self.net, self.objective, self.device, self.params = net, the_objective, torch.device(device), params
+        self.given, self.products = given or {}, products
+        sizes = HESSIAN_GPU_BATCH_SIZES if self.device.type == 'cuda' else HESSIAN_CPU_BATCH_SIZES
+        n = train_data.num_samples
+        self.batch_sizes = sorted({min(b, n) for b in (*sizes, PLAIN.batch_size)})
+        self.free = free and 'batch_size' not in self.given and isinstance(train_data, dataloader.CachedBatches) \
+            and len(self.batch_sizes) > 1
+        self.probe = Probe(train_data, max(self.batch_sizes), device) if self.free else None
+        self.vector = None
+        self.train_samples = n
+
+    def measure(self, batch_size):
+        """(seconds per probe sample of one unit's products, the first product) at ``batch_size``."""
+        operator = self.MeanLossHessian(self.net, self.probe.cached, self.objective, batch_size=batch_size,
+                                        params=self.params)
+        if self.vector is None:
+            self.vector = np.random.default_rng(0).standard_normal(operator.size)
+            operator.hvp(self.vector)          # warm-up: the first products create kernels and map memory
+            operator.invalidate()
+        start = time.perf_counter()
+        first = operator.hvp(self.vector)
+        built = time.perf_counter()
+        operator.hvp(self.vector)
+        seconds = (built - start) + (self.products - 1) * (time.perf_counter() - built)
+        return seconds / self.probe.num_samples, first
+
+    def run(self, always, units):
+        """(configuration, how, why): the batch size timed, or PLAIN's when not worth it."""
+        reference = _with(PLAIN, self.given)
+        if not self.free:
+            return reference, 'plain', ('the batch size is given, or batches are fixed by the data source: '
+                                        'only a built-in data set\'s is timed')
+        start = time.perf_counter()
+        plain_size = min(PLAIN.batch_size, self.train_samples)
+        base_time, base_product = self.measure(plain_size)
+        run_seconds = base_time * self.train_samples * units
+        search_seconds = base_time * self.probe.num_samples * ROUNDS * len(self.batch_sizes)
+        if not always and (run_seconds < MIN_RUN_SECONDS or search_seconds > SEARCH_SHARE * run_seconds):
+            return reference, 'plain', (f'the run, about {run_seconds:.2g} s, is too short to pay for timing '
+                                        f'{len(self.batch_sizes)} batch sizes; --compute_config search times them')
+        fastest, discarded = {plain_size: base_time}, []
+        for _ in range(ROUNDS):
+            for size in self.batch_sizes:
+                seconds, product = self.measure(size)
+                if np.linalg.norm(product - base_product) > PRODUCT_RTOL * np.linalg.norm(base_product):
+                    discarded.append(size)
+                    continue
+                fastest[size] = min(seconds, fastest.get(size, math.inf))
+        chosen = min((size for size in fastest if size not in discarded), key=fastest.get)
+        why = (f'{fastest[plain_size] / fastest[chosen]:.2f}x the products of batch {plain_size} on '
+               f'{self.probe.num_samples} probe samples; {len(self.batch_sizes)} batch sizes timed in '
+               f'{time.perf_counter() - start:.2g} s')
+        if discarded:
+            why += f'; discarded for changing the products by more than {PRODUCT_RTOL:g}: ' + \
+                ', '.join(f'batch {size}' for size in sorted(set(discarded)))
+        return dataclasses.replace(reference, batch_size=chosen), 'search', why
 
 
 # ----------------------------------------------------------------------------- the allocator

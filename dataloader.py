@@ -492,12 +492,17 @@ def choose_mode(dataset, batch_size, device, share=1):
     host's available memory for the CPU), divided by ``share`` (the ranks on this node)."""
     first = next(iter(torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)))
     estimate = batch_bytes(first) * -(-len(dataset) // batch_size)
+    return 'resident' if estimate <= RESIDENT_MEMORY_SHARE * free_memory_bytes(device) / share else 'stream'
+
+
+def free_memory_bytes(device):
+    """The free memory of ``device`` in bytes: the GPU's free memory for CUDA, else the host's
+    available memory (what --data_mode auto and the Hessian's retained gradient graphs size
+    themselves against)."""
     device = torch.device(device)
     if device.type == 'cuda':
-        free = torch.cuda.mem_get_info(device)[0]
-    else:
-        free = os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
-    return 'resident' if estimate <= RESIDENT_MEMORY_SHARE * free / share else 'stream'
+        return torch.cuda.mem_get_info(device)[0]
+    return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
 
 
 def batch_source(dataset, datapath, train, batch_size, device, mode='auto', workers=None, *, raw_data=False,

@@ -68,7 +68,8 @@ def make_hessian_evaluator(run, solver):
     previous point (under MPI that is the point nranks before it, still a near neighbour)."""
     params = hessian.hessian_parameters(run.net, run.settings.directions.include_params,
                                         run.settings.directions.exclude_params)
-    operator = hessian.MeanLossHessian(run.eval_net, run.train_data, run.objective, params)
+    operator = hessian.MeanLossHessian(run.eval_net, run.train_data, run.objective, params=params,
+                                       share=run.comm.local_size)
     tracker = hessian.EigenTracker(solver.tol, solver.maxiter, solver.ncv, warm_start=solver.warm_start)
 
     def evaluate_point(k, names):

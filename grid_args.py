@@ -103,14 +103,15 @@ def check_device(parser, args):
         parser.error('--threads must be at least 1')
 
 
-def add_point_script_arguments(parser, subset_what, subset_rest):
+def add_point_script_arguments(parser, subset_what, subset_rest, **data_options):
     """The flags of the scripts that measure one model (hessian_spectrum.py, sharpness.py): the
-    model and objective, the data, the parameter subset, the device."""
+    model and objective, the data, the parameter subset, the device. ``data_options`` go to
+    add_data_arguments. Returns the 'compute' group, for a script's own compute flags."""
     add_centre_arguments(parser)
-    add_data_arguments(parser)
+    add_data_arguments(parser, **data_options)
     subset = parser.add_argument_group('parameters')
     add_param_subset_arguments(subset, subset_what, subset_rest)
-    add_device_arguments(parser)
+    return add_device_arguments(parser)
 
 
 def validate_point_script(parser, args, extra_checks=()):
@@ -316,9 +317,8 @@ def add_compute_arguments(parser):
                          'for short runs; plain: the suite\'s former defaults (NCHW, batch 128, unfolded: the '
                          'original code\'s arithmetic). A timed choice keeps the loss within '
                          f'{compute_config.VALUE_RTOL:g} relative of the plain one on the probe batches; the choice '
-                         'is printed in one line and recorded in the surface file. plot_hessian_eigen.py never times '
-                         '(its double back-propagation is not the forward pass timed): plain where not given or '
-                         'recorded')
+                         'is printed in one line and recorded in the surface file. plot_hessian_eigen.py times the '
+                         'batch size alone, by Hessian-vector products (NCHW and unfolded unless given)')
     compute.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=None,
                          help='NHWC memory layout for the model and the images (faster convolutions on many CPUs and '
                          'GPUs; changes float rounding); --no-channels_last: NCHW; default: chosen, see '

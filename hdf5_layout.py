@@ -436,7 +436,7 @@ def read_projection_file(path):
 #     residuals        float64 (k,)   ||H v - lambda v|| of each unit eigenvector
 #     eigenvectors     float32 (k, n) the unit eigenvectors over the Hessian's parameters (flat, in
 #                                     net.parameters() order), so --save_directions needs no solve
-#     trace, trace_stderr   float64 scalars: the Hutch++ estimate and its standard error
+#     trace, trace_stderr   float64 scalars: the trace estimate (spectrum.krylov_trace) and its standard error
 #     density_grid, density float64 (m,): the smoothed spectral density (integral 1)
 #     slq_nodes, slq_weights float64 (starts, nodes): the quadrature each random start gave
 #     hvp_count        float64 scalar: Hessian-vector products of everything stored

@@ -8,12 +8,15 @@ plot_hessian_eigen.py (weights with dim > 1, --include_params / --exclude_params
     python plot_surface.py ... --dir_file demo_out/sharpest.h5      (the landscape along them)
 
 --top_k: the K largest eigenvalues by Lanczos, each with its residual ||H v - lambda v||.
---trace: Hutch++ (exact on a sketched top subspace, Hutchinson on the rest), with a standard error.
+--trace: exact on the Krylov space of the --top_k solve (extended by a quarter of --trace_hvps),
+Hutchinson's estimate on the rest, with a standard error.
 --density: stochastic Lanczos quadrature with the top eigenpairs deflated, smoothed by Gaussians,
 on a grid, plotted with a log density axis (PNG + PDF). --save_directions: the top two
 eigenvectors as a direction file (unit norm over the Hessian's parameters, zero elsewhere).
 Everything lands in one HDF5 spectrum file (layout in hdf5_layout.py); rerunning the same
-command reuses what it holds (see spectrum.py for the methods).
+command reuses what it holds (see spectrum.py for the methods). Under `mpiexec -n N ... --mpi`
+every product is split by data shard (each rank every N-th batch, the products summed), and
+every rank runs the same solves on the summed products.
 """
 import os
 import time
@@ -21,6 +24,8 @@ import time
 import numpy as np
 import torch
 
+import compute_config
+import dataloader
 import grid_args
 import hdf5_layout as layout
 import hessian
@@ -28,14 +33,24 @@ import net_plotter
 import spectrum
 from cli import ArgumentParser, check_output_folder, run_main
 from errors import UsageError
-from mpi_comm import SerialComm
+from mpi_comm import fail_all_ranks, get_comm
 from run_setup import PointSettings, prepare_point
 
 
 def get_args_parser():
     parser = ArgumentParser('hessian_spectrum.py', description=__doc__.split('\n\n')[0])
-    grid_args.add_point_script_arguments(parser, 'take the Hessian over the parameters (dim > 1)',
-                                         'the others are held fixed')
+    compute = grid_args.add_point_script_arguments(
+        parser, 'take the Hessian over the parameters (dim > 1)', 'the others are held fixed', batch_size_default=None,
+        batch_size_help='batch size of the Hessian-vector products (it changes only speed, memory and float '
+        'rounding: the Hessian is of the mean over the whole data set); default: timed, see --compute_config')
+    compute.add_argument('--compute_config', default='auto', choices=compute_config.MODES,
+                         help='how the batch size is chosen when --batch_size is not given: auto (default) times '
+                         'batch sizes by Hessian-vector products on the first training samples when the products '
+                         'asked for are many enough to pay for it, else takes the plain 128; search: always times; '
+                         'plain: 128. The choice is printed in one line')
+    compute.add_argument('--mpi', action='store_true', help='split every Hessian-vector product over the MPI '
+                         'ranks by data shard (each rank every N-th batch, the products summed); launch with '
+                         'mpiexec -n N; every rank runs the same solves, rank 0 writes and prints')
 
     spec = parser.add_argument_group('spectrum')
     spec.add_argument('--top_k', default=spectrum.DEFAULT_TOP_K, type=int,
@@ -43,11 +58,13 @@ def get_args_parser():
     spec.add_argument('--eig_tol', default=spectrum.DEFAULT_EIG_TOL, type=float,
                       help='the Lanczos iteration stops when every top eigenpair\'s residual ||Hv - lambda v|| is '
                       'at most this times the largest eigenvalue\'s magnitude (the residuals are reported)')
-    spec.add_argument('--trace', action='store_true', help='estimate the trace (Hutch++, with its standard error)')
+    spec.add_argument('--trace', action='store_true', help='estimate the trace, with its standard error (exact on '
+                      'the Krylov space of the top-k solve, Hutchinson\'s estimate on the rest)')
     spec.add_argument('--trace_hvps', default=spectrum.DEFAULT_TRACE_HVPS, type=int,
-                      help='Hessian-vector products for the trace: a third sketches the top subspace, a third '
-                      'takes the trace there exactly, a third estimates the rest; at 3 x (number of parameters) '
-                      'or more the trace is exact')
+                      help='Hessian-vector products for the trace beyond those of the top-k solve (whose Krylov '
+                      'space it reuses): a quarter extend that space, where the trace is taken exactly, three '
+                      'quarters are random probes of the rest; when they could span all parameters the trace is '
+                      'exact')
     spec.add_argument('--density', action='store_true', help='the spectral density by stochastic Lanczos '
                       'quadrature, stored on a grid and plotted beside the spectrum file (PNG + PDF)')
     spec.add_argument('--density_starts', default=spectrum.DEFAULT_DENSITY_STARTS, type=int,
@@ -75,8 +92,9 @@ def check_spectrum(parser, args):
         parser.error('--top_k must be at least 1')
     if not 0 < args.eig_tol < 1:
         parser.error('--eig_tol must be in (0, 1)')
-    if args.trace_hvps < 3:
-        parser.error('--trace_hvps must be at least 3 (Hutch++ splits them in three)')
+    if args.trace_hvps < spectrum.MIN_TRACE_HVPS:
+        parser.error(f'--trace_hvps must be at least {spectrum.MIN_TRACE_HVPS} (one extends the Krylov space, the '
+                     'others probe the rest: two at least, for a standard error)')
     if args.density_starts < 1 or args.density_steps < 2:
         parser.error('--density_starts must be at least 1 and --density_steps at least 2')
     if not 0 < args.density_sigma < 1:
@@ -96,7 +114,7 @@ def part_settings(args):
     """What each part of the file was computed with: a part is reused when these agree."""
     return {layout.EIG_SETTINGS: {'top_k': args.top_k, 'eig_tol': args.eig_tol, 'seed': args.seed},
             layout.TRACE_SETTINGS: {'trace_hvps': args.trace_hvps, 'seed': args.seed, 'deflated': args.top_k,
-                                    'eig_tol': args.eig_tol},
+                                    'eig_tol': args.eig_tol, 'method': 'krylov'},
             layout.DENSITY_SETTINGS: {'starts': args.density_starts, 'steps': args.density_steps,
                                       'sigma': args.density_sigma, 'seed': args.seed, 'deflated': args.top_k,
                                       'eig_tol': args.eig_tol}}
@@ -167,9 +185,50 @@ def main(argv=None):
     identity = settings.identity()
     data, attrs = stored_parts(out_path, identity)
 
-    point = prepare_point(settings, SerialComm())
+    comm = get_comm(args.mpi)
+    if comm.size == 1:
+        return compute_spectrum(args, comm, out_path, identity, data, attrs)
+    try:
+        return compute_spectrum(args, comm, out_path, identity, data, attrs)
+    except UsageError:
+        raise   # the ranks compute alike, so all of them refuse alike: rank 0 says it once
+    except Exception as err:   # one rank failing alone would leave the others waiting in a sum
+        fail_all_ranks(comm, err)
+
+
+def estimated_products(args):
+    """About how many Hessian-vector products the parts asked for take (the top-k solve's count
+    depends on the spectrum: a rough 10 per eigenpair, what the digits CNN needed at the default tol)."""
+    return 10 * args.top_k + (args.trace_hvps if args.trace else 0) + \
+        (args.density_starts * args.density_steps if args.density else 0)
+
+
+def choose_batch_size(args, comm, point, params):
+    """--batch_size not given: the products' batch size, timed on rank 0 (compute_config.HessianSearch)
+    and taken by every rank; rank 0 says which in one line. The batch size changes only rounding."""
+    if args.batch_size is not None:
+        return
+    if args.compute_config == 'plain':
+        chosen, why = compute_config.PLAIN, '--compute_config plain'
+    else:
+        def timed():
+            search = compute_config.HessianSearch(point.net, point.objective, point.data, point.device, params,
+                                                  products=estimated_products(args))
+            return search.run(args.compute_config == 'search', 1)
+        chosen, _, why = comm.root_only(timed)
+    if comm.is_root:
+        print(f'compute: batch {chosen.batch_size} ({why})', flush=True)
+    if isinstance(point.data, dataloader.CachedBatches):   # batched as it is read; other sources keep theirs
+        point.data.batch_size = chosen.batch_size
+
+
+def compute_spectrum(args, comm, out_path, identity, data, attrs):
+    """The parts asked for and not yet stored, on every rank alike (rank 0 writes and prints)."""
+    point = prepare_point(PointSettings.from_args(args), comm)
     params = hessian.hessian_parameters(point.net, args.include_params, args.exclude_params)
-    operator = hessian.MeanLossHessian(point.net, point.data, point.objective, params=params)
+    choose_batch_size(args, comm, point, params)
+    operator = hessian.MeanLossHessian(point.net, point.data, point.objective, params=params, share=comm.local_size,
+                                       comm=comm)
     n = operator.size
     if 'num_params' in attrs and attrs['num_params'] != n:
         raise UsageError(f'spectrum file {out_path!r} was made over {attrs["num_params"]} parameters, not {n}; '
@@ -186,24 +245,32 @@ def main(argv=None):
         attrs[part] = wanted[part]
         attrs[part + '_hvps'] = hvps
         data[layout.HVP_COUNT] = float(sum(attrs.get(p + '_hvps', 0) for p in layout.SPECTRUM_PARTS))
-        layout.write_spectrum_file(out_path, data, attrs)   # each finished part survives a later kill
+        if comm.is_root:
+            layout.write_spectrum_file(out_path, data, attrs)   # each finished part survives a later kill
 
     def rng(part):
         return np.random.default_rng((args.seed, list(layout.SPECTRUM_PARTS).index(part)))
 
     need_eigen = args.top_k and (not reusable(data, attrs, layout.EIG_SETTINGS, wanted[layout.EIG_SETTINGS]))
-    if need_eigen:
+    need_trace = args.trace and not reusable(data, attrs, layout.TRACE_SETTINGS, wanted[layout.TRACE_SETTINGS])
+    basis = None   # the top-k solve's Lanczos basis, which the trace extends
+    if need_eigen or need_trace:
+        # With the eigenpairs already stored and the trace still to do (a run stopped between the
+        # two), the same solve is made again for its basis: the trace then equals an uninterrupted run's.
         before = operator.hvp_count
+        basis = spectrum.Lanczos(product, rng(layout.EIG_SETTINGS).standard_normal(n))
         values, vectors, residuals = spectrum.top_eigenpairs(product, n, min(args.top_k, n), args.eig_tol,
-                                                             rng(layout.EIG_SETTINGS))
-        finish(layout.EIG_SETTINGS, {layout.EIGENVALUES: values, layout.RESIDUALS: residuals,
-                                     layout.EIGENVECTORS: vectors.T.astype(np.float32)}, operator.hvp_count - before)
+                                                             lanczos=basis)
+        if need_eigen:
+            finish(layout.EIG_SETTINGS, {layout.EIGENVALUES: values, layout.RESIDUALS: residuals,
+                                         layout.EIGENVECTORS: vectors.T.astype(np.float32)},
+                   operator.hvp_count - before)
     values, residuals = data[layout.EIGENVALUES], data[layout.RESIDUALS]
     vectors = data[layout.EIGENVECTORS].astype(np.float64)
-    if args.trace and not reusable(data, attrs, layout.TRACE_SETTINGS, wanted[layout.TRACE_SETTINGS]):
+    if need_trace:
         before = operator.hvp_count
-        trace, stderr = spectrum.hutch_plus_plus(product, n, args.trace_hvps, rng(layout.TRACE_SETTINGS),
-                                                 matmat=operator.hvp_block, deflate=(values, vectors.T))
+        trace, stderr = spectrum.krylov_trace(product, n, args.trace_hvps, rng(layout.TRACE_SETTINGS),
+                                              matmat=operator.hvp_block, lanczos=basis)
         finish(layout.TRACE_SETTINGS, {layout.TRACE: trace, layout.TRACE_STDERR: stderr}, operator.hvp_count - before)
     if args.density and not reusable(data, attrs, layout.DENSITY_SETTINGS, wanted[layout.DENSITY_SETTINGS]):
         before = operator.hvp_count
@@ -215,6 +282,8 @@ def main(argv=None):
         finish(layout.DENSITY_SETTINGS, {layout.DENSITY_GRID: grid, layout.DENSITY: density,
                                          layout.SLQ_NODES: pad([r[0] for r in runs]),
                                          layout.SLQ_WEIGHTS: pad([r[1] for r in runs])}, operator.hvp_count - before)
+    if not comm.is_root:
+        return 0
     report(out_path, data, n, time.perf_counter() - started, operator.hvp_count)
     if args.density:
         plot_density(data[layout.DENSITY_GRID], data[layout.DENSITY], out_path + '_density',

@@ -3,10 +3,14 @@
 Serial runs use ``SerialComm`` with the same interface, so callers never test for MPI themselves.
 There is no collective per grid point: workers send each result to rank 0 as a small point-to-point
 message, and rank 0 -- the only writer of the surface file -- collects them between its own points.
+The one collective, ``sum``, is for hessian_spectrum.py, whose ranks split each Hessian-vector
+product by data shard.
 """
 import os
 import sys
 import traceback
+
+import numpy as np
 
 from errors import UsageError
 
@@ -43,6 +47,10 @@ class SerialComm:
         """Run ``fn`` on rank 0 and return its result on every rank (see MPIComm.root_only)."""
         return fn()
 
+    def sum(self, array):
+        """The elementwise sum of ``array`` (float64 numpy) over the ranks, the same bits on every rank."""
+        return array
+
 
 class MPIComm(SerialComm):
     """COMM_WORLD through mpi4py."""
@@ -77,6 +85,16 @@ class MPIComm(SerialComm):
         sys.stdout.flush()
         sys.stderr.flush()
         self.comm.Abort(code)
+
+    def sum(self, array):
+        # Reduced on rank 0 and broadcast, not Allreduce: an allreduce may add in another order on
+        # each rank, and ranks that go on computing from the sum (Lanczos, hessian_spectrum.py)
+        # must hold the same bits, or they would drift apart.
+        array = np.ascontiguousarray(array, dtype=np.float64)
+        total = np.empty_like(array)
+        self.comm.Reduce(array, total, op=self.MPI.SUM, root=0)
+        self.comm.Bcast(total, root=0)
+        return total
 
     def root_only(self, fn):
         """Run ``fn`` on rank 0 only and broadcast its result. If it fails, every rank fails the

@@ -465,7 +465,8 @@ def prepare_point(settings, comm):
     net = model_loader.load(settings.dataset, settings.model, settings.model_file)
     the_objective = objective.resolve(settings.loss_name)
     data = dataloader.batch_source(
-        settings.dataset, settings.datapath, True, settings.batch_size, device, settings.data_mode, settings.workers,
+        settings.dataset, settings.datapath, True, settings.batch_size or compute_config.PLAIN.batch_size, device,
+        settings.data_mode, settings.workers,
         raw_data=settings.raw_data, data_split=settings.data_split, split_idx=settings.split_idx,
         download=settings.download, labels_file=settings.train_labels, share=comm.local_size)
     net.to(device)

@@ -4,6 +4,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 
 from benchmarks import bench_hessian, bench_surface
@@ -57,11 +58,33 @@ def test_bench_spectrum_table(tmp_path, capsys):
     from benchmarks import bench_spectrum
     out = tmp_path / 'spectrum.json'
     results = bench_spectrum.main(['--num_samples', '48', '--train_steps', '2', '--hvps', '2', '--threads', '1',
+                                   '--seeds', '2', '--trace_budgets', '4', '8',
                                    '--pyhessian_path', str(tmp_path / 'none'), '--json', str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(results))
     assert results['parameters'] == 1864 and results['samples'] == 48
+    assert set(results['hvp_per_second']) == {'double backward, graph rebuilt per product',
+                                              'double backward, gradient graph kept',
+                                              'forward-over-reverse, vmap blocks of 8'}
+    exact = results['exact']
     for row in results['rows']:
-        assert row['top_eig'] == pytest.approx(results['exact']['top'], rel=1e-3)
-        assert row['trace_rel_error'] == pytest.approx(abs(row['trace'] - results['exact']['trace'])
-                                                       / abs(results['exact']['trace']))
+        assert row['seeds'] == len(row['runs']) and row['seeds'] in (1, 2)
+        assert row['eig_rms_rel_error'] == pytest.approx(
+            np.sqrt(np.mean([((r['top_eig'] - exact['top']) / exact['top']) ** 2 for r in row['runs']])))
+        assert row['trace_rms_rel_error'] == pytest.approx(
+            np.sqrt(np.mean([((r['trace'] - exact['trace']) / exact['trace']) ** 2 for r in row['runs']])))
+        assert row['eig_rms_rel_error'] < 1e-3
+    budgets = {row['tool']: row for row in results['rows']}
+    cheap, dearer = (budgets[f'this suite, Lanczos tol 0.001, krylov_trace {b}'] for b in (4, 8))
+    assert dearer['products'] == cheap['products'] + 4        # the same eigen solve, 4 more trace products
+    assert results['verdict'] is None                          # nothing to compare with
     assert 'PyHessian not found' in results['note'] and 'PyHessian not found' in capsys.readouterr().out
+
+
+def test_bench_spectrum_verdict_needs_both_numbers_as_exact_as_pyhessian():
+    from benchmarks.bench_spectrum import verdict
+    row = lambda tool, eig, trace, seconds: {'tool': tool, 'eig_rms_rel_error': eig, 'trace_rms_rel_error': trace,
+                                             'seconds': seconds}
+    rows = [row('PyHessian 0.1', 1e-3, 0.05, 0.3), row('fast, trace too rough', 1e-8, 0.08, 0.05),
+            row('as exact', 1e-8, 0.05, 0.12), row('more exact, slower', 1e-8, 0.01, 0.2)]
+    assert verdict(rows) == {'row': 'as exact', 'speedup': pytest.approx(2.5)}
+    assert verdict(rows[:2]) == {'row': None, 'speedup': None}

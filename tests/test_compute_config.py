@@ -11,7 +11,9 @@ import pytest
 
 import compute_config
 import hdf5_layout
+import hessian_spectrum
 import landscape
+import plot_hessian_eigen
 import plot_surface
 from mpi_comm import SerialComm
 from tests.conftest import assert_one_line_error, call_main, run_script, snapshot, train_briefly
@@ -22,11 +24,11 @@ GRID = ['--x=-1:1:4', '--y=-1:1:3', '--xnorm', 'filter', '--ynorm', 'filter', '-
 FORCED = {'channels_last': True, 'batch_size': 32, 'fold_bn': True}   # what the fake timings below favour
 
 
-def run(capsys, *argv):
-    """plot_surface.py in this process; returns its stdout."""
+def run(capsys, *argv, script=plot_surface, common=DATA):
+    """plot_surface.py (or ``script``) in this process, with the ``common`` flags; returns its stdout."""
     from cli import run_main
     try:
-        code = run_main(plot_surface.main, [str(a) for a in (*DATA, *argv)]) or 0
+        code = run_main(script.main, [str(a) for a in (*common, *argv)]) or 0
     except SystemExit as stop:
         code = stop.code
     out, err = capsys.readouterr()
@@ -272,3 +274,93 @@ def test_amp_without_bf16_instructions_warns(tmp_path, checkpoints, capsys, monk
     code = run_main(plot_surface.main, [*DATA, '--model', 'cnn_bn', '--model_file', model, '--x=-1:1:3', '--amp',
                                         '--surf_file', str(tmp_path / 's.h5')]) or 0
     assert code == 0 and 'warning: --amp: this CPU has no bfloat16 instructions' in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the Hessian scripts
+
+EIGEN = ['--dataset', 'digits', '--data_split', '8', '--threads', '1', '--model', 'mlp', '--x=-1:1:3',
+         '--xnorm', 'filter', '--eig_tol', '1e-6', '--eig_maxiter', '1000']
+
+
+def run_eigen(capsys, *argv):
+    return run(capsys, *argv, script=plot_hessian_eigen, common=EIGEN)
+
+
+@pytest.fixture
+def product_timings(monkeypatch):
+    """HessianSearch.measure with real products but fake times favouring batch 64; returns the
+    batch sizes measured."""
+    real, measured = compute_config.HessianSearch.measure, []
+
+    def fake(self, batch_size):
+        seconds, product = real(self, batch_size)
+        measured.append(batch_size)
+        return (0.5 if batch_size == 64 else 1.0), product
+    monkeypatch.setattr(compute_config.HessianSearch, 'measure', fake)
+    return measured
+
+
+def eigen_values(path):
+    return hdf5_layout.read_surface(str(path)).values[hdf5_layout.MAX_EIG]
+
+
+def test_the_hessian_batch_size_is_timed_by_products_recorded_and_reused(tmp_path, checkpoints, capsys,
+                                                                         product_timings):
+    model = local_copy(tmp_path, checkpoints['mlp'])
+    out = run_eigen(capsys, '--model_file', model, '--compute_config', 'search', '--surf_file', tmp_path / 'h.h5')
+    assert 'compute: batch 64 (' in out and 'probe samples' in out
+    assert record(tmp_path / 'h.h5') == {'hessian': {'channels_last': False, 'batch_size': 64, 'fold_bn': False,
+                                                     'how': 'search'}}
+    assert {64, 128} <= set(product_timings) and max(product_timings) > 128    # every batch size, the data's too
+    shutil.copy(tmp_path / 'h.h5', tmp_path / 'resumed.h5')
+    with h5py.File(tmp_path / 'resumed.h5', 'r+') as f:
+        for name in (hdf5_layout.MAX_EIG, hdf5_layout.MIN_EIG, hdf5_layout.HVP_COUNT):
+            f[f'done/{name}'][1:] = False
+            f[name][1:] = np.nan
+    product_timings.clear()
+    out = run_eigen(capsys, '--model_file', model, '--compute_config', 'search', '--surf_file', tmp_path / 'resumed.h5')
+    assert product_timings == [] and 'compute: batch 64 (reused from' in out
+    np.testing.assert_array_equal(eigen_values(tmp_path / 'resumed.h5'), eigen_values(tmp_path / 'h.h5'))
+    # A surface of the same file keeps its own record beside the Hessian's.
+    assert set(record(tmp_path / 'resumed.h5')) == {'hessian'}
+
+
+def test_the_timed_hessian_batch_size_keeps_the_eigenvalues(tmp_path, checkpoints, capsys):
+    """Real timings: whichever batch size wins, the eigenvalues are the plain configuration's to the
+    solver's tolerance; a short run under auto is not timed at all."""
+    model = local_copy(tmp_path, checkpoints['mlp'])
+    run_eigen(capsys, '--model_file', model, '--compute_config', 'search', '--surf_file', tmp_path / 'timed.h5')
+    out = run_eigen(capsys, '--model_file', model, '--surf_file', tmp_path / 'auto.h5')
+    assert 'too short to pay for timing' in out
+    assert record(tmp_path / 'auto.h5')['hessian'] == {'channels_last': False, 'batch_size': 128, 'fold_bn': False,
+                                                       'how': 'plain'}
+    assert record(tmp_path / 'timed.h5')['hessian']['how'] == 'search'
+    np.testing.assert_allclose(eigen_values(tmp_path / 'timed.h5'), eigen_values(tmp_path / 'auto.h5'), rtol=1e-4)
+
+
+def test_an_explicit_batch_size_is_not_timed_for_the_hessian(tmp_path, checkpoints, capsys, product_timings):
+    model = local_copy(tmp_path, checkpoints['mlp'])
+    out = run_eigen(capsys, '--model_file', model, '--compute_config', 'search', '--batch_size', '32',
+                    '--surf_file', tmp_path / 'h.h5')
+    assert product_timings == [] and '--batch_size 32 given' in out
+    assert record(tmp_path / 'h.h5')['hessian']['batch_size'] == 32
+
+
+SPECTRUM = ['--dataset', 'digits', '--data_split', '4', '--threads', '1', '--model', 'mlp', '--top_k', '2',
+            '--eig_tol', '1e-8']
+
+
+def test_hessian_spectrum_times_its_batch_size_unless_given(tmp_path, checkpoints, capsys, product_timings):
+    model = local_copy(tmp_path, checkpoints['mlp'])
+    out = run(capsys, '--model_file', model, '--compute_config', 'search', '--spectrum_file', tmp_path / 'timed.h5',
+              script=hessian_spectrum, common=SPECTRUM)
+    assert 'compute: batch 64 (' in out and {64, 128} <= set(product_timings)
+    product_timings.clear()
+    out = run(capsys, '--model_file', model, '--batch_size', '128', '--spectrum_file', tmp_path / 'given.h5',
+              script=hessian_spectrum, common=SPECTRUM)
+    assert product_timings == [] and 'compute:' not in out
+    timed, given = (hdf5_layout.read_spectrum_file(str(tmp_path / name))[0] for name in ('timed.h5', 'given.h5'))
+    np.testing.assert_allclose(timed['eigenvalues'], given['eigenvalues'], rtol=1e-5)
+    out = run(capsys, '--model_file', model, '--spectrum_file', tmp_path / 'auto.h5', script=hessian_spectrum,
+              common=SPECTRUM)
+    assert 'compute: batch 128 (the run, about' in out and product_timings == [128]   # the estimate only

@@ -14,8 +14,10 @@ import dataloader
 import evaluation
 import hdf5_layout
 import hessian
+import model_loader
 import plot_hessian_eigen
 import plot_surface
+from errors import UsageError
 from tests.conftest import call_main, run_script
 
 TIGHT = dict(tol=1e-6, maxiter=1000, ncv=20)   # solve to well within the 1 % the tests ask
@@ -175,6 +177,158 @@ def test_warm_start_reuses_previous_eigenvectors():
     assert warm.hvp_count <= cold.hvp_count
 
 
+# ----------------------------------------------------------------------------- retained gradient graphs
+
+RETAIN_BATCH = 16      # 48 digits in 3 batches
+
+
+def digits_problem(model='cnn', seed=0):
+    """A digits model (training mode, which products must switch off) on 48 digits."""
+    from digits.models import MODELS
+    torch.manual_seed(seed)
+    return MODELS[model](), dataloader.load_digits(train=True).subset(range(3 * RETAIN_BATCH))
+
+
+def forward_counter(net):
+    """A list that grows by one at every forward call of ``net``."""
+    calls = []
+    net.register_forward_pre_hook(lambda module, args: calls.append(1))
+    return calls
+
+
+def assert_products_close(actual, expected):
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+
+
+def recompute_reference(net, data, vectors):
+    """The products of a fresh operator that recomputes every batch's graph (the original path)."""
+    return hessian.MeanLossHessian(net, data, batch_size=RETAIN_BATCH, retain_graphs=False).hvp_block(vectors)
+
+
+@pytest.mark.parametrize('retain', [True, 'auto'])
+def test_retained_graph_products_equal_recomputed(retain):
+    net, data = digits_problem()
+    recomputed = hessian.MeanLossHessian(net, data, batch_size=RETAIN_BATCH, retain_graphs=False)
+    retained = hessian.MeanLossHessian(net, data, batch_size=RETAIN_BATCH, retain_graphs=retain)
+    vectors = np.random.default_rng(0).standard_normal((5, recomputed.size))
+    expected = np.stack([recomputed.hvp(v) for v in vectors])
+    assert recomputed.retained_batches == 0
+    got = np.stack([retained.hvp(v) for v in vectors])
+    assert retained.retained_batches == 3
+    assert_products_close(got, expected)
+    assert_products_close(retained.hvp_block(vectors), expected)
+    assert_products_close(recomputed.hvp_block(vectors), expected)    # the forward-over-reverse path
+    assert retained.hvp_count == recomputed.hvp_count == 2 * len(vectors)
+
+
+def test_forward_calls_per_product_follow_retention(monkeypatch):
+    """No retention: a forward pass per batch and product. All kept: none after the first product,
+    for hvp and hvp_block alike. One of three kept: two per product, and the same products."""
+    net, data = digits_problem()
+    vectors = np.random.default_rng(1).standard_normal((3, sum(p.numel() for p in hessian.hessian_parameters(net))))
+    calls = forward_counter(net)
+    recomputed = hessian.MeanLossHessian(net, data, batch_size=RETAIN_BATCH, retain_graphs=False)
+    expected = np.stack([recomputed.hvp(v) for v in vectors])
+    assert len(calls) == 3 * len(vectors)
+
+    everything = hessian.MeanLossHessian(net, data, batch_size=RETAIN_BATCH, retain_graphs='auto')
+    calls.clear()
+    everything.hvp(vectors[0])
+    assert len(calls) == 3                   # the pass that builds the graphs
+    calls.clear()
+    everything.hvp(vectors[1])
+    everything.hvp_block(vectors)
+    assert len(calls) == 0
+    per_batch = everything.graph_bytes_per_batch
+    assert per_batch > 0
+
+    # A budget of one and a half batches' graphs: the first batch's is kept, the other two recomputed.
+    monkeypatch.setattr(dataloader, 'free_memory_bytes', lambda device: 1.5 * per_batch / hessian.RETAINED_MEMORY_SHARE)
+    partial = hessian.MeanLossHessian(net, data, batch_size=RETAIN_BATCH, retain_graphs='auto')
+    calls.clear()
+    first = partial.hvp(vectors[0])
+    assert partial.retained_batches == 1 and len(calls) == 3
+    calls.clear()
+    rest = [partial.hvp(v) for v in vectors[1:]]
+    assert len(calls) == 2 * (len(vectors) - 1)
+    assert_products_close(np.stack([first, *rest]), expected)
+    assert_products_close(partial.hvp_block(vectors), expected)       # not all kept: the vmap path
+
+    monkeypatch.setattr(dataloader, 'free_memory_bytes', lambda device: 0.5 * per_batch / hessian.RETAINED_MEMORY_SHARE)
+    none_fit = hessian.MeanLossHessian(net, data, batch_size=RETAIN_BATCH, retain_graphs='auto')
+    assert_products_close(np.stack([none_fit.hvp(v) for v in vectors]), expected)
+    assert none_fit.retained_batches == 0
+
+
+def test_moving_the_weights_in_place_rebuilds_the_graphs():
+    import net_plotter
+    net, data = digits_problem()
+    operator = hessian.MeanLossHessian(net, data, batch_size=RETAIN_BATCH, retain_graphs=True)
+    v = np.random.default_rng(2).standard_normal(operator.size)
+    at_start = operator.hvp(v)
+    gen = torch.Generator().manual_seed(3)
+    direction = [torch.randn(p.shape, generator=gen) for p in net.parameters()]
+    net_plotter.set_weights(net, net_plotter.get_weights(net), direction, x=0.5)
+    moved = operator.hvp(v)
+    expected = recompute_reference(net, data, v[None])[0]
+    assert_products_close(moved, expected)
+    assert np.abs(moved - at_start).max() > 1e-2 * np.abs(at_start).max()
+    # A parameter outside the Hessian's (a bias) moves the graphs too.
+    with torch.no_grad():
+        net.classifier.bias.add_(1.0)
+    assert_products_close(operator.hvp(v), recompute_reference(net, data, v[None])[0])
+
+
+def test_a_buffer_change_rebuilds_the_graphs():
+    net, data = digits_problem('cnn_bn')
+    operator = hessian.MeanLossHessian(net, data, batch_size=RETAIN_BATCH, retain_graphs=True)
+    v = np.random.default_rng(4).standard_normal(operator.size)
+    before = operator.hvp(v)
+    with torch.no_grad():
+        net.features[0][1].running_var.mul_(4.0)
+    after = operator.hvp(v)
+    assert_products_close(after, recompute_reference(net, data, v[None])[0])
+    assert np.abs(after - before).max() > 1e-2 * np.abs(before).max()
+    # A replaced buffer (new tensor, same values as one step back) is seen as well.
+    net.features[0][1].running_var = net.features[0][1].running_var / 4.0
+    assert_products_close(operator.hvp(v), before)
+
+
+def test_invalidate_covers_changes_behind_the_version_counter():
+    net, data = digits_problem()
+    operator = hessian.MeanLossHessian(net, data, batch_size=RETAIN_BATCH, retain_graphs=True)
+    v = np.random.default_rng(5).standard_normal(operator.size)
+    operator.hvp(v)
+    net.classifier.weight.data.mul_(3.0)     # .data: autograd's version counter does not see it
+    operator.invalidate()
+    assert operator.retained_batches == 0
+    assert_products_close(operator.hvp(v), recompute_reference(net, data, v[None])[0])
+
+
+def test_non_finite_product_leaves_the_retained_graphs_usable():
+    net, data = digits_problem()
+    operator = hessian.MeanLossHessian(net, data, batch_size=RETAIN_BATCH, retain_graphs=True)
+    v = np.random.default_rng(6).standard_normal(operator.size)
+    expected = operator.hvp(v)
+    bad = v.copy()
+    bad[0] = np.nan
+    with pytest.raises(hessian.NonFiniteProduct):
+        operator.hvp(bad)
+    with pytest.raises(hessian.NonFiniteProduct):
+        operator.hvp_block(np.stack([v, bad]))
+    calls = forward_counter(net)
+    np.testing.assert_array_equal(operator.hvp(v), expected)
+    assert not calls and operator.retained_batches == 3
+    assert operator.hvp_count == 5      # failed products count, as they always did
+
+
+@pytest.mark.parametrize('value', ['yes', 1, 0, None])
+def test_bad_retain_graphs_is_refused(value):
+    net, data = digits_problem()
+    with pytest.raises(UsageError, match='retain_graphs'):
+        hessian.MeanLossHessian(net, data, retain_graphs=value)
+
+
 # ----------------------------------------------------------------------------- the script
 
 DATA = ['--dataset', 'digits', '--data_split', '8', '--threads', '1']
@@ -208,6 +362,26 @@ def test_script_end_to_end_2d_same_dir(tmp_path, checkpoints):
     # With y = x direction, (x=1, y=-1) and (x=-1, y=1) are both the trained model itself.
     assert s.values[hdf5_layout.MAX_EIG][0, 2] == pytest.approx(s.values[hdf5_layout.MAX_EIG][1, 0], rel=1e-3)
     assert any(p.endswith('abs_ratio_heat_sns.png') for p in os.listdir(tmp_path))
+
+
+def test_include_params_restricts_the_hessian_of_the_eigen_maps(tmp_path, checkpoints, capsys):
+    """--include_params fc2.*: the grid's max_eig at the centre is the top eigenvalue of the Hessian
+    over fc2 alone (the positive definite last-layer block), not of the whole weights'."""
+    model = local_copy(tmp_path, checkpoints['mlp'])
+    net = model_loader.load('digits', 'mlp', model)
+    data = dataloader.load_dataset('digits', '', True, False, 8, 0)
+    block = hessian.MeanLossHessian(net, data, 'crossentropy', params=hessian.hessian_parameters(net, 'fc2.*'))
+    whole = hessian.MeanLossHessian(net, data, 'crossentropy')
+    dense = lambda op: np.linalg.eigvalsh(np.column_stack([op.hvp(e) for e in np.eye(op.size)]))
+    top_block = dense(block)[-1]
+    top_whole = hessian.extreme_eigenvalues(whole, **TIGHT).max_eig
+    assert top_whole > 1.05 * top_block              # the restriction matters for the number
+    common = ['--model', 'mlp', '--model_file', model, '--x=0:0:1', '--xnorm', 'filter', '--eig_tol', '1e-6',
+              '--eig_maxiter', '1000']
+    restricted = run_eigen(capsys, *common, '--include_params', 'fc2.*', '--surf_file', tmp_path / 'fc2.h5')
+    assert restricted.values[hdf5_layout.MAX_EIG].ravel()[0] == pytest.approx(top_block, rel=1e-3)
+    everything = run_eigen(capsys, *common, '--surf_file', tmp_path / 'all.h5')
+    assert everything.values[hdf5_layout.MAX_EIG].ravel()[0] == pytest.approx(top_whole, rel=1e-3)
 
 
 def test_same_file_as_plot_surface_and_resume_after_interrupt(tmp_path, checkpoints, capsys, monkeypatch):
