@@ -124,7 +124,11 @@ class MeanLossHessian:
     copy_, add_ under no_grad), recomputed BatchNorm statistics and replaced tensors all rebuild
     them. Not seen: a ``.data`` assignment that changes values but keeps the data pointer (and
     anything else that writes into the tensors' memory behind autograd's version counter); call
-    ``invalidate()`` after such a change."""
+    ``invalidate()`` after such a change.
+
+    ``comm`` (an mpi_comm comm; default serial): every rank holds the whole data source and takes
+    every comm.size-th batch of it; each product (and a custom objective's count) is summed over
+    the ranks, so every rank gets the same H v and the solves built on it run alike everywhere."""
 
     def __init__(self, net, data, loss='crossentropy', batch_size=128, params=None, retain_graphs='auto',
                  share=1, comm=None):
