@@ -51,6 +51,7 @@ from torch import nn
 import bn_folding
 import dataloader
 import hdf5_layout
+import hessian
 import objective as objectives
 from errors import UsageError
 
@@ -130,7 +131,6 @@ def _decide(settings, comm, kind, surf_file, net, the_objective, train_data, tes
         why = (f'reused from {surf_file!r}' if kind in record else f'as {surf_file!r} was computed, by its '
                'recorded flags') + ': the points added are computed as its others were'
     elif kind == HESSIAN:
-        import hessian
         params = hessian.hessian_parameters(net, settings.directions.include_params, settings.directions.exclude_params)
         search = HessianSearch(net, the_objective, train_data, device, params, given, free=settings.ngpu == 1)
         config, how, why = search.run(settings.compute_config == 'search', math.ceil(num_points / comm.size))
@@ -399,8 +399,6 @@ class HessianSearch:
 
     def __init__(self, net, the_objective, train_data, device, params, given=None, products=PRODUCTS_PER_POINT,
                  free=True):
-        from hessian import MeanLossHessian   # only the Hessian runs need it
-        self.MeanLossHessian = MeanLossHessian
         self.net, self.objective, self.device, self.params = net, the_objective, torch.device(device), params
         self.given, self.products = given or {}, products
         sizes = HESSIAN_GPU_BATCH_SIZES if self.device.type == 'cuda' else HESSIAN_CPU_BATCH_SIZES
@@ -414,8 +412,8 @@ class HessianSearch:
 
     def measure(self, batch_size):
         """(seconds per probe sample of one unit's products, the first product) at ``batch_size``."""
-        operator = self.MeanLossHessian(self.net, self.probe.cached, self.objective, batch_size=batch_size,
-                                        params=self.params)
+        operator = hessian.MeanLossHessian(self.net, self.probe.cached, self.objective, batch_size=batch_size,
+                                           params=self.params)
         if self.vector is None:
             self.vector = np.random.default_rng(0).standard_normal(operator.size)
             operator.hvp(self.vector)          # warm-up: the first products create kernels and map memory
