@@ -90,6 +90,32 @@ def selected_entries(names, include='', exclude='', dir_type='weights'):
     return keep
 
 
+def tied_entries(net):
+    """Groups of state_dict() positions holding one tensor (tied weights: a language model's input
+    and output embeddings, say), each group in state_dict order; named_parameters() lists such a
+    tensor once, state_dict() under every name."""
+    positions = {}
+    for i, tensor in enumerate(net.state_dict(keep_vars=True).values()):
+        positions.setdefault(id(tensor), []).append(i)
+    return [group for group in positions.values() if len(group) > 1]
+
+
+def tie_state_directions(net, keep, *directions):
+    """'states' directions of a model with tied weights: set_states writes a shared tensor once per
+    name, so the last name's entry is the one that moves it; the earlier names' entries get a copy
+    of it (in place), so the direction file says how the tensor moves. A parameter subset that keeps
+    some names of a tied tensor but not the others would leave it where the last name says: refused."""
+    names = list(net.state_dict())
+    for group in tied_entries(net):
+        if len({keep[i] for i in group}) > 1:
+            raise UsageError('--include_params/--exclude_params: ' + ', '.join(repr(names[i]) for i in group)
+                             + ' are one tensor (tied weights) under --dir_type states: keep all of them or none')
+        for direction in directions:
+            if direction is not None:
+                for i in group[:-1]:
+                    direction[i].copy_(direction[group[-1]])
+
+
 def restrict(direction, keep):
     """Zero the direction of every entry not kept (in place)."""
     for d, kept in zip(direction, keep):
@@ -331,6 +357,8 @@ def build_directions(spec, net, base, load_model):
             ydirection = [d.clone() for d in xdirection]
         else:
             ydirection = make_random_direction(base, generator, spec.ynorm, spec.yignore)
+    if spec.dir_type == 'states':
+        tie_state_directions(net, keep, xdirection, ydirection)
     return restrict(xdirection, keep), ydirection if ydirection is None else restrict(ydirection, keep)
 
 

@@ -122,6 +122,34 @@ def test_model_losses_are_weighted_by_their_counted_tokens(tmp_path, capsys, los
 
 # ----------------------------------------------------------------------------- parameter subsets
 
+def test_tied_weights_move_once_along_the_stored_direction_under_states(tmp_path, capsys):
+    """state_dict() names a tied tensor twice: both entries of a 'states' direction hold how it
+    moves (the surface is the loss with the tensor moved by it), and a subset that keeps one name
+    of it but not the other is refused before anything is written."""
+    net = fx.tied_tagger_model()
+    model = save(net, tmp_path / 'tied.t7')
+    common = [*TOKENS, '--model', f'{PKG}:tied_tagger_model', '--model_file', model, '--loss_name', 'model',
+              '--x=0:1:2', '--dir_type', 'states']
+    before = snapshot(tmp_path)
+    code, err = call_main(plot_surface.main, [*common, '--include_params', 'embed.*'], capsys)
+    assert_one_line_error(code, err, ["'embed.weight'", "'head.weight'", 'tied weights'])
+    assert snapshot(tmp_path) == before
+    surface_run([*common, '--surf_file', tmp_path / 's.h5'], capsys)
+    s = hdf5_layout.read_surface(str(tmp_path / 's.h5'))
+    xdir, _, _ = hdf5_layout.read_direction_file(s.dir_file)
+    names = list(net.state_dict())
+    direction = dict(zip(names, (torch.as_tensor(d) for d in xdir)))
+    assert torch.equal(direction['embed.weight'], direction['head.weight'])
+    moved = fx.tied_tagger_model()
+    moved.load_state_dict(torch.load(model, weights_only=True)['state_dict'])
+    with torch.no_grad():
+        moved.embed.weight.add_(direction['embed.weight'])
+        moved.head.bias.add_(direction['head.bias'])
+    dataset = fx.token_data('', True)
+    mean, _ = token_losses(moved, dataset, dict(moved.named_parameters()), shift=False)
+    assert s.values['train_loss'][1] == pytest.approx(mean, rel=1e-5)
+
+
 def test_include_params_moves_only_the_named_parameters(tmp_path, capsys):
     net = fx.tagger_model()
     model = save(net, tmp_path / 'm.t7')
