@@ -42,7 +42,6 @@ from errors import UsageError
 
 CURVE_TYPES = ('bezier', 'polychain')
 MIN_BENDS = 2                             # the ends alone: the straight line, nothing to train
-DECAY_EPOCHS_OF_300 = (150, 225, 275)     # cifar10.main's step schedule, scaled to other lengths
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
@@ -209,19 +208,6 @@ def stored_bends(record, net, what):
 
 
 # ----------------------------------------------------------------------------- training
-
-def learning_rate(epoch, base_lr, lr_decay, epochs):
-    """cifar10.main's schedule: ``base_lr`` times ``lr_decay`` once per decay epoch passed, the decay
-    epochs being 150, 225 and 275 of 300 scaled to ``epochs`` (rounded half up, each counted once)."""
-    milestones = {(m * epochs + 150) // 300 for m in DECAY_EPOCHS_OF_300}
-    return base_lr * lr_decay ** sum(epoch > m for m in milestones)
-
-
-def epoch_generator(seed, epoch):
-    """The CPU generator of one epoch's batch order and t values."""
-    state = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
-
 
 def epoch_batches(source, generator):
     """One epoch's training batches of a dataloader batch source, in an order drawn from

@@ -27,6 +27,7 @@ import grid_args
 import hdf5_layout as layout
 import model_loader
 import objective
+import training_schedule
 from cli import ArgumentParser, check_file_exists, check_output_folder, run_main
 from errors import UsageError
 from file_safety import FileLock, remove_stale_temporaries
@@ -231,9 +232,9 @@ def main(argv=None):
         elif first > 1:
             print(f'{args.curve_file}: resuming after epoch {first - 1} of {args.epochs}')
         for epoch in range(first, args.epochs + 1) if optimizer is not None else ():
-            lr = curves.learning_rate(epoch, args.lr, args.lr_decay, args.epochs)
+            lr = training_schedule.learning_rate(epoch, args.lr, args.lr_decay, args.epochs)
             loss = curves.train_epoch(curve, net, train_data, the_objective, optimizer, lr,
-                                      curves.epoch_generator(args.rand_seed, epoch))
+                                      training_schedule.epoch_generator(args.rand_seed, epoch))
             for key, value in zip(layout.HISTORY_KEYS, (epoch, lr, loss)):
                 history[key].append(value)
             write({})

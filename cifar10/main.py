@@ -48,9 +48,9 @@ from cifar10.zoo import MODELS as CIFAR10_MODELS
 from cli import ArgumentParser, UsageError, check_file_exists, check_writable_folder, run_main
 from file_safety import atomic_path
 from mpi_comm import select_device
+from training_schedule import decay_epochs, epoch_generator, learning_rate
 
 OPTIMIZERS = ('sgd', 'adam')
-DECAY_EPOCHS_OF_300 = (150, 225, 275)   # the original's schedule, scaled to other lengths
 AUGMENT_SIZE = (32, 32)                 # CIFAR-sized images are the ones augmented
 CROP_PADDING = 4
 TRAIN_LABELS_FILE = dataloader.TRAIN_LABELS_FILE
@@ -185,24 +185,6 @@ def name_save_folder(args):
     if args.idx > 0:
         name += f'_idx={args.idx}'
     return name
-
-
-def decay_epochs(epochs):
-    """The epochs after which the learning rate decays: 150, 225, 275 for 300, scaled and rounded
-    half up for other lengths (4 -> 2, 3, 4). Milestones that round to the same epoch count once
-    (3 -> 2, 3): short runs must not decay twice in one step."""
-    return sorted({(m * epochs + 150) // 300 for m in DECAY_EPOCHS_OF_300})
-
-
-def learning_rate(epoch, base_lr, lr_decay, epochs):
-    """The learning rate of (1-based) ``epoch``: one factor ``lr_decay`` per decay epoch passed."""
-    return base_lr * lr_decay ** sum(epoch > m for m in decay_epochs(epochs))
-
-
-def epoch_generator(rand_seed, epoch):
-    """The CPU generator of one epoch's batch order and augmentation."""
-    seed = np.random.SeedSequence([rand_seed, epoch]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(seed))
 
 
 # ----------------------------------------------------------------------------- labels
