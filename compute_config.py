@@ -340,10 +340,10 @@ class Search:
         steps = [name for name in ('channels_last', 'fold_bn', 'batch_size') if name in self.free]
         configs = 1 + sum(len(self.batch_sizes) - 1 if name == 'batch_size' else 1 for name in steps)
         passes = configs + ROUNDS * (configs + len(steps) - 1)   # warm-ups, and each step's rounds at most
-        search_seconds = base_time * passes * self.probe.num_samples
-        if not always and (run_seconds < MIN_RUN_SECONDS or search_seconds > SEARCH_SHARE * run_seconds):
-            return reference, 'plain', (f'the run, about {run_seconds:.2g} s, is too short to pay for timing '
-                                        f'{configs} configurations; --compute_config search times them')
+        too_short = _too_short(always, run_seconds, base_time * passes * self.probe.num_samples,
+                               f'{configs} configurations')
+        if too_short:
+            return reference, 'plain', too_short
         rtol = AMP_VALUE_RTOL if self.amp else VALUE_RTOL
         best, fastest, discarded = reference, {}, []   # fastest: over the interleaved passes only
         for name in steps:
@@ -386,6 +386,15 @@ HESSIAN_CPU_BATCH_SIZES = (64, 128, 256, 512, 1024)    # double back-propagation
 HESSIAN_GPU_BATCH_SIZES = (256, 512, 1024, 2048)       # batches than a forward pass (RESULTS.md)
 PRODUCTS_PER_POINT = 42   # two Lanczos solves of ncv + 1 = 21 products at plot_hessian_eigen.py's defaults
 PRODUCT_RTOL = 1e-4       # a candidate's probe product may differ from the plain batch's by this (relative norm)
+
+
+def _too_short(always, run_seconds, search_seconds, what):
+    """Why a run is not timed under auto ('' when it is: ``always``, or long enough to pay for
+    timing ``what``): estimated under MIN_RUN_SECONDS, or the timing over SEARCH_SHARE of it."""
+    if always or (run_seconds >= MIN_RUN_SECONDS and search_seconds <= SEARCH_SHARE * run_seconds):
+        return ''
+    return (f'the run, about {run_seconds:.2g} s, is too short to pay for timing {what}; '
+            '--compute_config search times them')
 
 
 class HessianSearch:
@@ -436,9 +445,9 @@ class HessianSearch:
         base_time, base_product = self.measure(plain_size)
         run_seconds = base_time * self.train_samples * units
         search_seconds = base_time * self.probe.num_samples * ROUNDS * len(self.batch_sizes)
-        if not always and (run_seconds < MIN_RUN_SECONDS or search_seconds > SEARCH_SHARE * run_seconds):
-            return reference, 'plain', (f'the run, about {run_seconds:.2g} s, is too short to pay for timing '
-                                        f'{len(self.batch_sizes)} batch sizes; --compute_config search times them')
+        too_short = _too_short(always, run_seconds, search_seconds, f'{len(self.batch_sizes)} batch sizes')
+        if too_short:
+            return reference, 'plain', too_short
         fastest, discarded = {plain_size: base_time}, []
         for _ in range(ROUNDS):
             for size in self.batch_sizes:

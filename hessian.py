@@ -130,8 +130,9 @@ class MeanLossHessian:
     every comm.size-th batch of it; each product (and a custom objective's count) is summed over
     the ranks, so every rank gets the same H v and the solves built on it run alike everywhere."""
 
-    def __init__(self, net, data, loss='crossentropy', batch_size=128, params=None, retain_graphs='auto',
+    def __init__(self, net, data, loss='crossentropy', batch_size=128, *, params=None, retain_graphs='auto',
                  share=1, comm=None):
+        # The options by keyword only: a parameter list passed where batch_size stood once went unnoticed.
         if not (retain_graphs is True or retain_graphs is False
                 or (isinstance(retain_graphs, str) and retain_graphs == 'auto')):
             raise UsageError(f"retain_graphs must be 'auto', True or False, not {retain_graphs!r}")
@@ -230,17 +231,12 @@ class MeanLossHessian:
         total = torch.zeros(self.size, dtype=torch.float64, device=self.params[0].device)
         with torch.enable_grad():
             for batch in self.shard.batches():
-                # This batch's share of the mean loss: summed over its samples, divided by the total.
-                loss = self.objective.loss_sum(self.net, batch) / n
-                grads = torch.autograd.grad(loss, self.params, create_graph=True)
-                grad_dot_v = sum((g * v).sum() for g, v in zip(grads, vs))
-                products = torch.autograd.grad(grad_dot_v, self.params)
-                total += torch.cat([h.reshape(-1) for h in products]).double()
+                total += self._product_through(self._batch_gradient(batch, n), vs, keep=False)
         return total
 
     def _batch_gradient(self, batch, n):
-        """d (this batch's share of the mean loss, ``n`` the total count) / d params, with its
-        graph (create_graph)."""
+        """d (this batch's share of the mean loss: summed over its samples, divided by ``n``, the
+        total count) / d params, with its graph (create_graph)."""
         loss = self.objective.loss_sum(self.net, batch) / n
         return torch.autograd.grad(loss, self.params, create_graph=True)
 

@@ -186,14 +186,14 @@ def main(argv=None):
     data, attrs = stored_parts(out_path, identity)
 
     comm = get_comm(args.mpi)
-    if comm.size == 1:
-        return compute_spectrum(args, comm, out_path, identity, data, attrs)
     try:
         return compute_spectrum(args, comm, out_path, identity, data, attrs)
     except UsageError:
         raise   # the ranks compute alike, so all of them refuse alike: rank 0 says it once
-    except Exception as err:   # one rank failing alone would leave the others waiting in a sum
-        fail_all_ranks(comm, err)
+    except Exception as err:
+        if comm.size == 1:
+            raise
+        fail_all_ranks(comm, err)   # one rank failing alone would leave the others waiting in a sum
 
 
 def estimated_products(args):

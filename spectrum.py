@@ -200,13 +200,6 @@ def hutch_plus_plus(matvec, n, num_hvps=DEFAULT_TRACE_HVPS, rng=None, matmat=Non
     return exact_part + rest, stderr
 
 
-def lanczos(matvec, start, steps):
-    """(alphas, betas) of ``steps`` Lanczos iterations from ``start`` with full
-    reorthogonalization (every new vector made orthogonal to all earlier ones, twice, so the Ritz
-    values carry no spurious copies). Stops early at an invariant subspace."""
-    return lanczos_lockstep(lambda rows: np.stack([matvec(r) for r in rows]), start[None], steps)[0]
-
-
 def lanczos_lockstep(matmat, starts, steps):
     """[(alphas, betas)] of one Lanczos run per row of ``starts``, advanced together so that each
     step applies H to all the runs' vectors at once (``matmat``: rows in, rows out). A run that
