@@ -159,6 +159,70 @@ def test_fused_convolutions_give_the_unfused_folded_values_exactly(name):
     assert (low - reference).abs().max() <= 5e-2 * reference.abs().max()
 
 
+class ShortcutReadLater(nn.Module):
+    """Residual additions whose shortcut may not be overwritten: one is read again after the
+    block, one is the model's input itself; the middle block's may be."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c, self.d = (nn.Conv2d(3, 3, 3, padding=1) for _ in range(4))
+
+    def forward(self, x):
+        first = (self.a(x) + x).relu()           # shortcut: the caller's input
+        s = self.b(first)
+        second = (self.c(first) + s).relu()      # shortcut s is read again below
+        third = (self.d(second) + first).relu()  # shortcut first: nothing reads it afterwards
+        return third + s
+
+
+def _in_place_calls(model, x, autocast=False):
+    """{fused call: whether its result sat in its shortcut's memory} over one forward pass."""
+    seen, hooks = {}, []
+    for name, m in model.named_modules():
+        if isinstance(m, bn_folding.FusedConv):
+            hooks.append(m.register_forward_hook(
+                lambda mod, args, out, name=name: seen.__setitem__(name, len(args) == 2 and out.data_ptr() == args[1].data_ptr()),
+            ))
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+        result = outputs(model, x)
+    for h in hooks:
+        h.remove()
+    return seen, result
+
+
+@pytest.mark.parametrize('autocast', [False, True])
+def test_residual_sums_land_in_the_dead_shortcut_and_change_no_value(autocast):
+    """resnet20's nine residual additions write into their shortcut tensors (no output buffer), and
+    the values are those of the unfused model, bit for bit in float32."""
+    if not bn_folding.fusion_available():
+        pytest.skip('this PyTorch has no oneDNN fused convolution')
+    net = randomize_statistics(build('resnet20')).to(memory_format=torch.channels_last)
+    fused, unfused = BatchNormFolding(net), BatchNormFolding(net, fuse=False)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)).contiguous(memory_format=torch.channels_last)
+    seen, result = _in_place_calls(fused.module, x, autocast)
+    assert fused.num_in_place == 9 == sum(seen.values())
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+        reference = outputs(unfused.module, x)
+    if autocast:
+        assert (result.float() - reference.float()).abs().max() <= 5e-2 * reference.float().abs().max()
+    else:
+        assert torch.equal(result, reference)
+
+
+def test_a_shortcut_read_later_or_given_by_the_caller_is_not_overwritten():
+    if not bn_folding.fusion_available():
+        pytest.skip('this PyTorch has no oneDNN fused convolution')
+    net = ShortcutReadLater().eval().to(memory_format=torch.channels_last)
+    fused = BatchNormFolding(net)
+    assert fused.num_fused == 3 and fused.num_in_place == 1
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)).contiguous(memory_format=torch.channels_last)
+    kept = x.clone()
+    seen, result = _in_place_calls(fused.module, x)
+    assert sorted(name for name, wrote in seen.items() if wrote) == ['fused_d']
+    assert torch.equal(x, kept)
+    assert torch.equal(result, outputs(BatchNormFolding(net, fuse=False).module, x))
+
+
 def test_fused_convolutions_follow_the_model_and_fall_back_off_the_fast_path():
     """FusedConv reads the convolution's weights at every call (no refresh of its own), and computes
     the same thing unfused where oneDNN cannot fuse (NCHW tensors)."""
