@@ -13,7 +13,9 @@ the float32 rounding (the loss stays the mean over the whole data set, whatever 
      in a file written before configurations were recorded, what its recorded flags say, else
      PLAIN), so a resumed run computes its points exactly as the first run did and ends with the
      values an uninterrupted run gives, bit for bit;
-  4. otherwise they are timed -- always with --compute_config search; with auto (the default) when
+  4. otherwise, under auto (the default), they are what an earlier timing of the same model, data
+     and flags on this machine chose, when the machine's timing cache holds one (timing_cache.py);
+  5. otherwise they are timed -- always with --compute_config search; with auto when
      the run is long enough to pay for it (its estimated time at least MIN_RUN_SECONDS and the
      timing at most SEARCH_SHARE of it), else PLAIN. The probe: the first training samples (as
      many as the largest candidate batch size) at the centre. Timed first is the configuration
@@ -23,15 +25,16 @@ the float32 rounding (the loss stays the mean over the whole data set, whatever 
      other batch sizes: each step's configurations in interleaved passes (Search.compare), the
      fastest pass of each counting. A candidate whose probe loss differs from that of the
      configuration with every free part plain by more than VALUE_RTOL (relative) is discarded.
+     A timed choice goes into the timing cache, so the next such run on this machine starts at once.
 
 Whatever the configuration, ``keep_freed_memory`` (called first by every run) stops glibc's malloc
 from handing freed activations back to the kernel: without it each batch's activations of a few MB
 are mapped afresh, and the page faults of touching them cost as much as the convolutions of an NCHW
 batch of 128 (2.4x the time per point on resnet20, benchmarks/RESULTS.md).
 
-The Hessian scripts (``kind`` HESSIAN: plot_hessian_eigen.py) take parts 1-3 the same way and are
+The Hessian scripts (``kind`` HESSIAN: plot_hessian_eigen.py) take parts 1-4 the same way and are
 never folded (the Hessian is of the unfolded weights) and never laid out channels_last unless
-given (slower for double back-propagation, benchmarks/RESULTS.md); part 4 times the batch size
+given (slower for double back-propagation, benchmarks/RESULTS.md); part 5 times the batch size
 alone, by Hessian-vector products on the probe samples rather than forward passes, whose speed
 does not predict theirs (HessianSearch).
 --amp is a flag of its own, never chosen: it changes the values by far more than rounding.
@@ -53,6 +56,7 @@ import dataloader
 import hdf5_layout
 import hessian
 import objective as objectives
+import timing_cache
 from errors import UsageError
 
 MODES = ('auto', 'search', 'plain')
@@ -130,19 +134,40 @@ def _decide(settings, comm, kind, surf_file, net, the_objective, train_data, tes
         config, how = _with(ComputeConfig(**entry_parts), given), 'reused'
         why = (f'reused from {surf_file!r}' if kind in record else f'as {surf_file!r} was computed, by its '
                'recorded flags') + ': the points added are computed as its others were'
-    elif kind == HESSIAN:
-        params = hessian.hessian_parameters(net, settings.directions.include_params, settings.directions.exclude_params)
-        search = HessianSearch(net, the_objective, train_data, device, params, given, free=settings.ngpu == 1)
-        config, how, why = search.run(settings.compute_config == 'search', math.ceil(num_points / comm.size))
     else:
-        search = Search(settings, net, the_objective, train_data, device, given)
-        samples = _samples_per_point(settings, train_data, test_data)
-        config, how, why = search.run(settings.compute_config == 'search', samples, math.ceil(num_points / comm.size))
+        config, how, why = _timed(settings, kind, net, the_objective, train_data, test_data, device, given,
+                                  math.ceil(num_points / comm.size))
     # An entry that still holds is kept as it is, so a resumed run leaves the file's attributes alone.
     kept = record.get(kind)
     entry = kept if _valid_parts(kept) == dataclasses.asdict(config) else {**dataclasses.asdict(config), 'how': how}
     line = f'compute: {config.describe()} ({why}' + (f'; {shown}' if shown else '') + ')'
     return dataclasses.asdict(config), line, {**record, kind: entry}
+
+
+def _timed(settings, kind, net, the_objective, train_data, test_data, device, given, points_per_rank):
+    """Parts 4 and 5: (configuration, how, why) from the machine's timing cache under auto, else timed
+    (and then cached, timing_cache.py)."""
+    always = settings.compute_config == 'search'
+    if kind == HESSIAN:
+        params = hessian.hessian_parameters(net, settings.directions.include_params, settings.directions.exclude_params)
+        search = HessianSearch(net, the_objective, train_data, device, params, given, free=settings.ngpu == 1)
+        timed = lambda: search.run(always, points_per_rank)
+    else:
+        search = Search(settings, net, the_objective, train_data, device, given)
+        samples = _samples_per_point(settings, train_data, test_data)
+        timed = lambda: search.run(always, samples, points_per_rank)
+    key = search.cache_key()
+    cached = None if always or key is None else timing_cache.lookup(key)
+    parts = _valid_parts(cached)
+    if parts is not None and isinstance(cached.get('why'), str):
+        where = timing_cache.cache_file()
+        return ComputeConfig(**parts), 'cached', (f'timed on this machine on {cached.get("stored", "an earlier run")}, '
+                                                  f'kept in {where}: {cached["why"]}; --compute_config search times '
+                                                  'it again')
+    config, how, why = timed()
+    if how == 'search' and key is not None:
+        timing_cache.store(key, {**dataclasses.asdict(config), 'why': why})
+    return config, how, why
 
 
 def _flag(name, value):
@@ -230,7 +255,7 @@ class Probe:
 
 
 class Search:
-    """The timed search of part 4 (module docstring) over the parts not given."""
+    """The timed search of part 5 (module docstring) over the parts not given."""
 
     def __init__(self, settings, net, the_objective, train_data, device, given):
         self.net, self.objective, self.device, self.amp = net, the_objective, torch.device(device), settings.amp
@@ -260,6 +285,17 @@ class Search:
                 and self.settings.ngpu == 1 and len(self.batch_sizes) > 1:
             free.append('batch_size')
         return free
+
+    def cache_key(self):
+        """The timing cache's key for this search (None when there is nothing to time)."""
+        if not self.free:
+            return None
+        first = self.probe.first
+        return timing_cache.make_key(
+            kind=SURFACE, device=timing_cache.device_identity(self.device), model=timing_cache.model_identity(self.net),
+            input=None if first is None else [list(first.shape[1:]), str(first.dtype)],
+            probe_samples=self.probe.num_samples, batch_sizes=self.batch_sizes, objective=self.objective.name,
+            amp=self.amp, given=self.given, free=self.free)
 
     def model(self, config):
         """The model that evaluates ``config`` (net itself, or its folded view); None when the
@@ -398,7 +434,7 @@ def _too_short(always, run_seconds, search_seconds, what):
 
 
 class HessianSearch:
-    """Part 4 for the Hessian scripts: the batch size alone, timed by Hessian-vector products
+    """Part 5 for the Hessian scripts: the batch size alone, timed by Hessian-vector products
     (hessian.MeanLossHessian, gradient graphs kept as in a run) over the probe samples, for runs
     of ``units`` of ``products`` products each at the same weights (plot_hessian_eigen.py: points
     of PRODUCTS_PER_POINT; hessian_spectrum.py: its one point). A unit's cost is modelled as its
@@ -418,6 +454,17 @@ class HessianSearch:
         self.probe = Probe(train_data, max(self.batch_sizes), device) if self.free else None
         self.vector = None
         self.train_samples = n
+
+    def cache_key(self):
+        """The timing cache's key for this search (None when the batch size is not free)."""
+        if not self.free:
+            return None
+        first = self.probe.first
+        return timing_cache.make_key(
+            kind=HESSIAN, device=timing_cache.device_identity(self.device), model=timing_cache.model_identity(self.net),
+            input=[list(first.shape[1:]), str(first.dtype)], probe_samples=self.probe.num_samples,
+            batch_sizes=self.batch_sizes, objective=self.objective.name, given=self.given, products=self.products,
+            params=[tuple(p.shape) for p in self.params], train_samples=self.train_samples)
 
     def measure(self, batch_size):
         """(seconds per probe sample of one unit's products, the first product) at ``batch_size``."""

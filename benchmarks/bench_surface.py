@@ -10,8 +10,11 @@ Measured side by side in one run, on the same model, data and directions:
   (c) floor    -- one plain forward pass of the suite's model (as its flags configure it) over the
                   already-normalised data.
 Each lever's row also gives its start-up (prepare_run: data, model, directions, and the timing of the
-compute configuration when the defaults choose it), the configuration it ran, and the largest relative
-change of train_loss it causes over the grid against the naive loop's (and against the first lever's).
+compute configuration when the defaults choose it, each repeat on an empty timing cache as on a
+machine's first run) and that of a second run, which finds the timing in the cache; the whole run
+(start-up plus points) against the naive loop's (its set-up of data set and loader plus points), for
+both; the configuration it ran, and the largest relative change of train_loss it causes over the grid
+against the naive loop's (and against the first lever's).
 Prints a table (median of --repeats) and writes it as JSON. Fake CIFAR-shaped data is used: the
 timing does not depend on the pixel values.
 
@@ -20,6 +23,7 @@ timing does not depend on the pixel values.
         --mpi_levers "" "--channels_last --batch_size 64 --fold_bn" --mpi
 """
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -40,6 +44,7 @@ import hdf5_layout  # noqa: E402
 import model_loader  # noqa: E402
 import net_plotter  # noqa: E402
 import plot_surface  # noqa: E402
+import timing_cache  # noqa: E402
 from cifar10.fake_data import write_fake_cifar10  # noqa: E402
 from mpi_comm import SerialComm  # noqa: E402
 import evaluators  # noqa: E402
@@ -95,23 +100,48 @@ def batch_size_flag(opts):
 
 
 def time_suite(workdir, model_file, opts, repeat, lever=''):
-    """(seconds per point of the suite's own grid loop, seconds of its start-up, the run), on a
-    fresh surface file each repeat (so the defaults choose their configuration each time)."""
-    surf = os.path.join(workdir, f'suite_{repeat}_{abs(hash(lever))}.h5')
-    args = surface_args(workdir, model_file, opts, ['--surf_file', surf, *lever.split()])
+    """(seconds per point of the suite's own grid loop, seconds of its start-up, seconds of the
+    start-up of a second run on this machine, the run), on a fresh surface file and a fresh timing
+    cache each repeat (so the defaults choose their configuration each time, as on a machine's first
+    run); the second run, on another fresh surface file, finds the first one's timing in the cache."""
+    tag = f'{repeat}_{abs(hash(lever))}'
+    with fresh_timing_cache(workdir, tag):
+        startup, run, args = start_suite(workdir, model_file, opts, lever, f'suite_{tag}.h5')
+        start = time.perf_counter()
+        run_grid(SerialComm(), run.grid, run.open_writer(run.value_names()), evaluators.make_loss_evaluator(run),
+                 points_per_call=args.points_per_call)
+        sync(opts)
+        seconds = (time.perf_counter() - start) / run.grid.num_points
+        second_startup, _, _ = start_suite(workdir, model_file, opts, lever, f'second_{tag}.h5')
+    return seconds, startup, second_startup, run
+
+
+@contextlib.contextmanager
+def fresh_timing_cache(workdir, tag):
+    """An empty timing cache (timing_cache.py) for the block, in ``workdir``: the developer's own is
+    neither read nor written."""
+    before = os.environ.get(timing_cache.ENV_VARIABLE)
+    os.environ[timing_cache.ENV_VARIABLE] = os.path.join(workdir, f'cache_{tag}')
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[timing_cache.ENV_VARIABLE]
+        else:
+            os.environ[timing_cache.ENV_VARIABLE] = before
+
+
+def start_suite(workdir, model_file, opts, lever, name):
+    """(seconds of prepare_run, the run, its arguments) for ``lever`` on a new surface file ``name``."""
+    args = surface_args(workdir, model_file, opts, ['--surf_file', os.path.join(workdir, name), *lever.split()])
     start = time.perf_counter()
     run = prepare_run(RunSettings.from_args(args), SerialComm())
     sync(opts)
-    startup = time.perf_counter() - start
-    start = time.perf_counter()
-    run_grid(SerialComm(), run.grid, run.open_writer(run.value_names()), evaluators.make_loss_evaluator(run),
-             points_per_call=args.points_per_call)
-    sync(opts)
-    return (time.perf_counter() - start) / run.grid.num_points, startup, run
+    return time.perf_counter() - start, run, args
 
 
 def time_naive(workdir, model_file, run, opts):
-    """(seconds per point, train_loss per point) of the naive loop (naive_loop), timed in a fresh
+    """(seconds per point, seconds of set-up, train_loss per point) of the naive loop (naive_loop), timed in a fresh
     process as the original code runs: untouched by what the suite's runs did to this one (its
     allocator setting, warmed-up kernels)."""
     out = os.path.join(workdir, f'naive_{time.monotonic_ns()}.json')
@@ -123,7 +153,7 @@ def time_naive(workdir, model_file, run, opts):
         raise RuntimeError(done.stderr)
     with open(out) as fh:
         result = json.load(fh)
-    return result['seconds_per_point'], np.asarray(result['train_loss'])
+    return result['seconds_per_point'], result['setup_s'], np.asarray(result['train_loss'])
 
 
 def naive_worker(opts):
@@ -133,18 +163,23 @@ def naive_worker(opts):
     if opts.threads:
         torch.set_num_threads(opts.threads)
     device = torch.device('cuda' if opts.cuda else 'cpu')
+    start = time.perf_counter()
     net = model_loader.load('cifar10', opts.model, model_file).to(device)
     base = [w.to(device) for w in net_plotter.get_base(net, 'weights')]
     grid = Grid(parse_axis(f'-1:1:{opts.grid}', '--x'), parse_axis(f'-1:1:{opts.grid}', '--y'))
     xdirection, ydirection = net_plotter.load_directions(dir_file, [w.cpu() for w in base], True, device)
-    seconds, losses = naive_loop(os.path.dirname(model_file), net, base, xdirection, ydirection, grid, device, opts)
+    loaded = time.perf_counter() - start
+    seconds, setup, losses = naive_loop(os.path.dirname(model_file), net, base, xdirection, ydirection, grid, device,
+                                        opts)
     with open(opts.json, 'w') as fh:
-        json.dump({'seconds_per_point': seconds, 'train_loss': losses.tolist()}, fh)
+        json.dump({'seconds_per_point': seconds, 'setup_s': loaded + setup, 'train_loss': losses.tolist()}, fh)
 
 
 def naive_loop(workdir, net, base, xdirection, ydirection, grid, device, opts):
-    """(seconds per point, train_loss per point) of the per-point loop the original code and most
-    loss-landscape scripts use: a torchvision dataset through a DataLoader at every point."""
+    """(seconds per point, seconds of set-up (the data set and its loader), train_loss per point) of
+    the per-point loop the original code and most loss-landscape scripts use: a torchvision data
+    set through a DataLoader at every point."""
+    start = time.perf_counter()
     import torchvision
     import torchvision.transforms as T
 
@@ -156,6 +191,7 @@ def naive_loop(workdir, net, base, xdirection, ydirection, grid, device, opts):
     criterion = torch.nn.CrossEntropyLoss()
     points, losses = grid.num_points, np.zeros(grid.shape)
     sync(opts)
+    setup = time.perf_counter() - start
     start = time.perf_counter()
     for k in range(points):
         x, y = grid.point(k)
@@ -171,7 +207,7 @@ def naive_loop(workdir, net, base, xdirection, ydirection, grid, device, opts):
                 total += len(targets)
         losses[grid.index(k)] = loss_sum / total
     sync(opts)
-    return (time.perf_counter() - start) / points, losses
+    return (time.perf_counter() - start) / points, setup, losses
 
 
 def time_floor(run, opts):
@@ -198,7 +234,9 @@ def time_mpi(workdir, model_file, opts, ranks, lever=''):
            f'--x=-1:1:{opts.grid}', f'--y=-1:1:{opts.grid}', '--xnorm', 'filter', '--xignore', 'biasbn',
            '--ynorm', 'filter', '--yignore', 'biasbn', *batch_size_flag(opts), '--surf_file', surf,
            *lever.split()]
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    cache = os.path.join(workdir, f'cache_mpi_{time.monotonic_ns()}')   # each MPI run times its configuration
+    out = subprocess.run(cmd, capture_output=True, text=True,
+                         env={**os.environ, 'OMP_NUM_THREADS': '1', timing_cache.ENV_VARIABLE: cache})
     if out.returncode:
         raise RuntimeError(out.stderr)
     # The summary line: "<file>: N points computed in S s, ..." (the grid loop's own time).
@@ -239,23 +277,25 @@ def measure(opts, workdir):
     torch.save({'state_dict': MODELS[opts.model]().state_dict(), 'epoch': 0, 'acc': 0.0}, model_file)
 
     levers = opts.levers or ['']
-    suite, startup, floor = ({lv: [] for lv in levers} for _ in range(3))
+    suite, startup, second_startup, floor = ({lv: [] for lv in levers} for _ in range(4))
     configs = {lv: [] for lv in levers}   # the compute configuration each repeat ran
-    naive, naive_losses, run = [], None, None
+    naive, naive_setup, naive_losses, run = [], [], None, None
     losses = {}   # lever -> train_loss surface of its last repeat
     ranks2 = {lv: [] for lv in opts.mpi_levers}
     mpi_configs = {lv: [] for lv in opts.mpi_levers}
     for r in range(opts.repeats):   # interleaved, so slow drifts of the machine hit every path alike
         for lever in levers:
-            seconds, started, run = time_suite(workdir, model_file, opts, r, lever)
+            seconds, started, started_again, run = time_suite(workdir, model_file, opts, r, lever)
             suite[lever].append(seconds)
             startup[lever].append(started)
+            second_startup[lever].append(started_again)
             configs[lever].append(run.compute.config.describe() + (', bf16 autocast' if run.settings.amp else ''))
             losses[lever] = hdf5_layout.read_surface(run.surf_file).values[hdf5_layout.TRAIN_LOSS]
             floor[lever].append(time_floor(run, opts))
             if lever == levers[0] and not opts.skip_naive:
-                seconds, naive_losses = time_naive(workdir, model_file, run, opts)
+                seconds, setup, naive_losses = time_naive(workdir, model_file, run, opts)
                 naive.append(seconds)
+                naive_setup.append(setup)
         for lever in opts.mpi_levers:
             seconds_per_point, config = time_mpi(workdir, model_file, opts, 2, lever)
             ranks2[lever].append(seconds_per_point)
@@ -269,19 +309,28 @@ def measure(opts, workdir):
         'resident_data_mb': run.train_data.data.inputs.element_size() * run.train_data.data.inputs.nelement() / 2**20,
         'levers': {},
     }
+    points = opts.grid ** 2
     if naive:
         results['naive_s_per_point'] = statistics.median(naive)
+        results['naive_setup_s'] = statistics.median(naive_setup)
+        results['naive_whole_run_s'] = results['naive_setup_s'] + points * results['naive_s_per_point']
     for lever in levers:
         row = {'suite_s_per_point': statistics.median(suite[lever]),
                'startup_s': statistics.median(startup[lever]),
+               'second_run_startup_s': statistics.median(second_startup[lever]),
                'floor_s_per_point': statistics.median(floor[lever]),
                'configurations': configs[lever]}
         row['efficiency'] = row['floor_s_per_point'] / row['suite_s_per_point']
         # What the lever does to the numbers: the largest relative train_loss change over the grid.
         row['max_rel_loss_change'] = max_relative_change(losses[lever], losses[levers[0]])
         row['suite_images_per_s'] = opts.num_images / row['suite_s_per_point']
+        # Whole runs: start-up plus the grid loop, on a machine's first run and on a later one.
+        row['whole_run_s'] = row['startup_s'] + points * row['suite_s_per_point']
+        row['second_whole_run_s'] = row['second_run_startup_s'] + points * row['suite_s_per_point']
         if naive:
             row['speedup_over_naive'] = results['naive_s_per_point'] / row['suite_s_per_point']
+            row['whole_run_speedup'] = results['naive_whole_run_s'] / row['whole_run_s']
+            row['second_whole_run_speedup'] = results['naive_whole_run_s'] / row['second_whole_run_s']
             row['max_rel_change_vs_naive'] = max_relative_change(losses[lever], naive_losses)
             row['max_abs_change_vs_naive'] = float(np.max(np.abs(losses[lever] - naive_losses)))
         results['levers'][lever.strip() or 'default'] = row
@@ -314,21 +363,27 @@ def cpu_model():
 def print_table(r):
     print(f"{r['model']}, {r['num_images']} images, {r['grid']} grid, {r['machine']['device']} "
           f"({r['machine']['cpu_model']}), {r['machine']['threads']} threads, median of {r['repeats']}")
-    print(f"{'path':<58}{'s/point':>9}{'start s':>9}{'vs naive':>10}{'efficiency':>11}{'rel. change':>13}"
-          "  configuration")
+    print(f"{'path':<58}{'s/point':>9}{'start s':>13}{'vs naive':>10}{'whole run':>13}{'efficiency':>11}"
+          f"{'rel. change':>13}  configuration")
     if 'naive_s_per_point' in r:
         n = r['naive_s_per_point']
-        print(f"{'naive (DataLoader, bs 128)':<58}{n:>9.3f}{'':>9}{1:>9.2f}x{'':>11}{'':>13}"
-              "  batch 128 (NCHW, unfolded)")
+        print(f"{'naive (DataLoader, bs 128)':<58}{n:>9.3f}{r['naive_setup_s']:>13.2f}{1:>9.2f}x{1:>12.2f}x"
+              f"{'':>11}{'':>13}  batch 128 (NCHW, unfolded)")
     for lever, row in r['levers'].items():
         speed = f"{row['speedup_over_naive']:>9.2f}x" if 'speedup_over_naive' in row else f"{'':>10}"
-        start = f"{row['startup_s']:>9.2f}" if 'startup_s' in row else f"{'':>9}"
+        start = f"{row['startup_s']:>6.2f} /{row['second_run_startup_s']:>5.2f}" if 'startup_s' in row else f"{'':>13}"
+        whole = (f"{row['whole_run_speedup']:>6.2f} /{row['second_whole_run_speedup']:>5.2f}"
+                 if 'whole_run_speedup' in row else f"{'':>13}")
         efficiency = f"{row['efficiency']:>11.3f}" if 'efficiency' in row else f"{'':>11}"
         change = row.get('max_rel_change_vs_naive', row.get('max_rel_loss_change'))
         change = f"{change:>13.2e}" if change is not None else f"{'':>13}"
         chosen = ' | '.join(dict.fromkeys(row['configurations']))   # each distinct one, in order
-        print(f"{'suite ' + lever:<58}{row['suite_s_per_point']:>9.3f}{start}{speed}{efficiency}{change}  {chosen}")
+        print(f"{'suite ' + lever:<58}{row['suite_s_per_point']:>9.3f}{start}{speed}{whole}{efficiency}{change}"
+              f"  {chosen}")
     reference = 'the naive loop' if 'naive_s_per_point' in r else 'the first suite row'
+    print("start s: the set-up before the first point (the suite's: on this machine's first run of the model, "
+          "which times its configuration / on a later run, which finds it in the timing cache); whole run: the "
+          "naive loop's set-up and points against the suite's, first / later run")
     print(f"rel. change: the largest relative change of train_loss over the grid against {reference}")
     print(f"resident data: {r['resident_data_mb']:.1f} MB, peak RSS {r['peak_rss_mb']:.0f} MB")
     if 'mpi_scaling' in r:

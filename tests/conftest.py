@@ -18,6 +18,13 @@ from digits.models import MODELS  # noqa: E402
 torch.set_num_threads(1)   # deterministic, and fair to the other test process on a 2-core box
 
 
+@pytest.fixture(autouse=True)
+def private_timing_cache(tmp_path_factory, monkeypatch):
+    """Every test starts with an empty cache of timed compute configurations of its own
+    (timing_cache.py), so no test sees another's timings or the developer's."""
+    monkeypatch.setenv('LANDSCAPE_CACHE_DIR', str(tmp_path_factory.mktemp('timing_cache')))
+
+
 def train_briefly(name, seed, steps=40, batch_size=64, lr=0.1):
     """A digits model after a few SGD steps: trained enough that BN statistics and weights are
     not at their initial values, in well under a second."""

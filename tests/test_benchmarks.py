@@ -26,8 +26,11 @@ def test_bench_surface_table(tmp_path, capsys, with_mpi):
     default, folded = results['levers']['default'], results['levers']['--fold_bn']
     for row in (default, folded):
         assert row['efficiency'] == pytest.approx(row['floor_s_per_point'] / row['suite_s_per_point'])
+        assert row['second_whole_run_s'] == pytest.approx(row['second_run_startup_s'] + 4 * row['suite_s_per_point'])
         if not with_mpi:
             assert row['speedup_over_naive'] == pytest.approx(results['naive_s_per_point'] / row['suite_s_per_point'])
+            assert row['whole_run_speedup'] == pytest.approx(results['naive_whole_run_s'] / row['whole_run_s'])
+            assert results['naive_whole_run_s'] > 4 * results['naive_s_per_point']   # its set-up counts too
     assert default['max_rel_loss_change'] == 0
     assert 0 < folded['max_rel_loss_change'] < 1e-4      # folding moves only the rounding
     # The configuration each row ran: --batch_size given, the rest plain (too short a run to time).

@@ -329,9 +329,9 @@ def test_the_timed_hessian_batch_size_keeps_the_eigenvalues(tmp_path, checkpoint
     """Real timings: whichever batch size wins, the eigenvalues are the plain configuration's to the
     solver's tolerance; a short run under auto is not timed at all."""
     model = local_copy(tmp_path, checkpoints['mlp'])
-    run_eigen(capsys, '--model_file', model, '--compute_config', 'search', '--surf_file', tmp_path / 'timed.h5')
     out = run_eigen(capsys, '--model_file', model, '--surf_file', tmp_path / 'auto.h5')
     assert 'too short to pay for timing' in out
+    run_eigen(capsys, '--model_file', model, '--compute_config', 'search', '--surf_file', tmp_path / 'timed.h5')
     assert record(tmp_path / 'auto.h5')['hessian'] == {'channels_last': False, 'batch_size': 128, 'fold_bn': False,
                                                        'how': 'plain'}
     assert record(tmp_path / 'timed.h5')['hessian']['how'] == 'search'
@@ -364,3 +364,88 @@ def test_hessian_spectrum_times_its_batch_size_unless_given(tmp_path, checkpoint
     out = run(capsys, '--model_file', model, '--spectrum_file', tmp_path / 'auto.h5', script=hessian_spectrum,
               common=SPECTRUM)
     assert 'compute: batch 128 (the run, about' in out and product_timings == [128]   # the estimate only
+
+
+# ----------------------------------------------------------------------------- the machine's timing cache
+
+def test_a_timed_choice_serves_the_next_run_of_the_model_on_this_machine(tmp_path, checkpoints, capsys, timings):
+    """A search's choice is kept in the timing cache: a later run of the same model and data under
+    auto takes it without timing (the values those of the timed run, bit for bit); search times
+    again; a run whose key differs (a part given) finds nothing."""
+    common = ['--model', 'cnn_bn', '--model_file', local_copy(tmp_path, checkpoints['cnn_bn']), *GRID]
+    run(capsys, *common, '--compute_config', 'search', '--surf_file', tmp_path / 'timed.h5')
+    assert timings
+    timings.clear()
+    out = run(capsys, *common, '--surf_file', tmp_path / 'later.h5')
+    assert timings == []
+    assert 'compute: channels_last, batch 32, BatchNorm folded (timed on this machine on ' in out
+    assert os.environ['LANDSCAPE_CACHE_DIR'] in out and '--compute_config search times it again' in out
+    assert record(tmp_path / 'later.h5') == {'surface': {**FORCED, 'how': 'cached'}}
+    np.testing.assert_array_equal(losses(tmp_path / 'later.h5'), losses(tmp_path / 'timed.h5'))
+    run(capsys, *common, '--compute_config', 'search', '--surf_file', tmp_path / 'again.h5')
+    assert timings and record(tmp_path / 'again.h5')['surface']['how'] == 'search'
+    timings.clear()
+    # Another key: found nothing, so the short run under auto times its plain configuration only
+    # (its estimate) and takes it.
+    run(capsys, *common, '--batch_size', '64', '--surf_file', tmp_path / 'given.h5')
+    assert timings == [compute_config.ComputeConfig(batch_size=64)]
+    assert record(tmp_path / 'given.h5')['surface']['how'] == 'plain'
+
+
+def test_another_model_or_amp_is_another_entry(tmp_path, checkpoints, capsys, timings):
+    common = [*GRID, '--compute_config', 'search']
+    run(capsys, '--model', 'cnn_bn', '--model_file', local_copy(tmp_path, checkpoints['cnn_bn']), *common,
+        '--surf_file', tmp_path / 'cnn.h5')
+    timings.clear()
+    run(capsys, '--model', 'mlp', '--model_file', local_copy(tmp_path, checkpoints['mlp']), *GRID,
+        '--surf_file', tmp_path / 'mlp.h5')
+    assert record(tmp_path / 'mlp.h5')['surface']['how'] == 'plain'
+    run(capsys, '--model', 'cnn_bn', '--model_file', local_copy(tmp_path, checkpoints['cnn_bn']), *GRID, '--amp',
+        '--surf_file', tmp_path / 'amp.h5')
+    assert record(tmp_path / 'amp.h5')['surface']['how'] == 'plain'
+
+
+@pytest.mark.parametrize('damage', ['garbage', 'not a folder', 'off'])
+def test_a_broken_or_disabled_cache_never_stops_a_run(tmp_path, checkpoints, capsys, timings, monkeypatch, damage):
+    """A cache file that is not JSON is ignored (and replaced by the next search); a cache folder that
+    cannot be made, or LANDSCAPE_CACHE_DIR set empty, leaves runs uncached but running."""
+    folder = tmp_path / 'cache'
+    if damage == 'garbage':
+        folder.mkdir()
+        (folder / 'compute_configs.json').write_text('{"truncated": ')
+    elif damage == 'not a folder':
+        (tmp_path / 'file').write_text('x')
+        folder = tmp_path / 'file' / 'cache'      # under a regular file: not even root can make it
+    monkeypatch.setenv('LANDSCAPE_CACHE_DIR', '' if damage == 'off' else str(folder))
+    common = ['--model', 'cnn_bn', '--model_file', local_copy(tmp_path, checkpoints['cnn_bn']), *GRID]
+    run(capsys, *common, '--compute_config', 'search', '--surf_file', tmp_path / 'timed.h5')
+    run(capsys, *common, '--surf_file', tmp_path / 'later.h5')
+    how = record(tmp_path / 'later.h5')['surface']['how']
+    assert how == ('cached' if damage == 'garbage' else 'plain')
+
+
+def test_the_cache_keeps_the_newest_entries_and_keys_what_the_timing_depends_on(monkeypatch):
+    import timing_cache
+    monkeypatch.setattr(timing_cache, 'MAX_ENTRIES', 3)
+    keys = [timing_cache.make_key(model='m', amp=amp, batch_sizes=sizes) for amp in (False, True)
+            for sizes in ([32, 64], [32])]
+    assert len(set(keys)) == 4
+    for number, key in enumerate(keys):
+        assert timing_cache.store(key, {'number': number})
+    assert timing_cache.lookup(keys[0]) is None
+    assert [timing_cache.lookup(k)['number'] for k in keys[1:]] == [1, 2, 3]
+    assert timing_cache.store(keys[1], {'number': 4})           # stored again: the newest now
+    assert timing_cache.store(timing_cache.make_key(model='n'), {'number': 5})
+    assert timing_cache.lookup(keys[2]) is None and timing_cache.lookup(keys[1])['number'] == 4
+    cpu = timing_cache.device_identity('cpu')
+    assert cpu['isa'] and cpu['threads'] >= 1
+
+
+def test_the_hessian_batch_size_is_cached_apart_from_the_surface(tmp_path, checkpoints, capsys, product_timings):
+    model = local_copy(tmp_path, checkpoints['mlp'])
+    run_eigen(capsys, '--model_file', model, '--compute_config', 'search', '--surf_file', tmp_path / 'timed.h5')
+    product_timings.clear()
+    out = run_eigen(capsys, '--model_file', model, '--surf_file', tmp_path / 'later.h5')
+    assert product_timings == [] and 'compute: batch 64 (timed on this machine on ' in out
+    assert record(tmp_path / 'later.h5')['hessian']['how'] == 'cached'
+    np.testing.assert_array_equal(eigen_values(tmp_path / 'later.h5'), eigen_values(tmp_path / 'timed.h5'))
