@@ -19,12 +19,13 @@ the float32 rounding (the loss stays the mean over the whole data set, whatever 
      the run is long enough to pay for it (its estimated time at least MIN_RUN_SECONDS and the
      timing at most SEARCH_SHARE of it), else PLAIN. The probe: the first training samples (as
      many as the largest candidate batch size) at the centre. Timed first is the configuration
-     with every free part plain (the estimate of the run's time); then, step by step, channels_last
-     against the best so far, BatchNorm folded against the best so far (on the CPU the ReLU and
-     residual addition after each convolution are fused into it too, see bn_folding.py), and the
-     other batch sizes: each step's configurations in interleaved passes (Search.compare), the
-     fastest pass of each counting. A candidate whose probe loss differs from that of the
-     configuration with every free part plain by more than VALUE_RTOL (relative) is discarded.
+     with every free part plain (the estimate of the run's time). BatchNorm is then folded by rule
+     wherever the model folds (on the CPU the ReLU and residual addition after each convolution
+     are fused into it too, see bn_folding.py): it only removes work, so one pass just checks its
+     loss. Then, step by step, channels_last against the best so far and the other batch sizes:
+     each step's configurations in interleaved passes (Search.compare), the fastest pass of each
+     counting. A candidate whose probe loss differs from that of the configuration with every
+     free part plain by more than VALUE_RTOL (relative) is discarded.
      A timed choice goes into the timing cache, so the next such run on this machine starts at once.
 
 Whatever the configuration, ``keep_freed_memory`` (called first by every run) stops glibc's malloc
@@ -325,11 +326,15 @@ class Search:
         if model is None:
             return None
         model.eval()
+        # One warm-up per model (layout, folding, dtype): the first calls map its memory and create
+        # its kernels; another batch size of a warmed model only adds kernels for a new shape, a few
+        # percent of a pass (benchmarks/RESULTS.md).
+        warm_key = (config.channels_last, config.fold_bn, self.amp)
         with torch.inference_mode():
-            for _ in range(1 if (config, self.amp) not in self.warmed_up else 0):
+            for _ in range(1 if warm_key not in self.warmed_up else 0):
                 for batch in self.probe.batches(config):
                     self.objective.sums(model, batch, self.amp)
-            self.warmed_up.add((config, self.amp))
+            self.warmed_up.add(warm_key)
             start = time.perf_counter()
             totals = {}
             for batch in self.probe.batches(config):
@@ -338,6 +343,13 @@ class Search:
             values = {k: v.item() if torch.is_tensor(v) else float(v) for k, v in totals.items()}   # syncs
             seconds = time.perf_counter() - start
         return seconds / self.probe.num_samples, values[objectives.LOSS] / values[objectives.COUNT]
+
+    def try_measure(self, config):
+        """measure(config), or None when it fails to run."""
+        try:
+            return self.measure(config)
+        except (RuntimeError, TypeError):   # e.g. a folded model whose code depends on input values
+            return None
 
     def compare(self, configs):
         """{config: (fastest seconds per sample, probe loss)} of ``configs`` timed in interleaved
@@ -350,10 +362,7 @@ class Search:
             for config in configs:
                 if round_ and (config not in results or results[config][0] > CONTENDER * fastest):
                     continue
-                try:
-                    measured = self.measure(config)
-                except (RuntimeError, TypeError):   # e.g. a folded model whose code depends on input values
-                    measured = None
+                measured = self.try_measure(config)
                 if measured is not None:
                     seconds, loss = measured
                     results[config] = (min(seconds, results[config][0]) if config in results else seconds, loss)
@@ -373,9 +382,12 @@ class Search:
             return reference, 'plain', 'nothing to choose for this model, data and flags'
         base_time, base_loss = self.measure(reference)
         run_seconds = base_time * samples_per_point * points_per_rank
-        steps = [name for name in ('channels_last', 'fold_bn', 'batch_size') if name in self.free]
+        steps = [name for name in ('fold_bn', 'channels_last', 'batch_size') if name in self.free]
         configs = 1 + sum(len(self.batch_sizes) - 1 if name == 'batch_size' else 1 for name in steps)
-        passes = configs + ROUNDS * (configs + len(steps) - 1)   # warm-ups, and each step's rounds at most
+        # At most: a warm-up and a pass per model (layout x folding), and each timed step's rounds.
+        models = 1 + ('fold_bn' in steps) + ('channels_last' in steps)
+        passes = 2 * models + ROUNDS * sum(len(self.batch_sizes) if name == 'batch_size' else 2
+                                           for name in steps if name != 'fold_bn')
         too_short = _too_short(always, run_seconds, base_time * passes * self.probe.num_samples,
                                f'{configs} configurations')
         if too_short:
@@ -383,6 +395,20 @@ class Search:
         rtol = AMP_VALUE_RTOL if self.amp else VALUE_RTOL
         best, fastest, discarded = reference, {}, []   # fastest: over the interleaved passes only
         for name in steps:
+            if name == 'fold_bn':
+                # By rule, not by timing: folding drops a pass over each folded convolution's output
+                # (and fusing, on the CPU, more), so it is taken wherever the model folds and the
+                # probe loss holds. One pass checks that; timing it against the unfolded model would
+                # only let the machine's noise choose (it did, once, under --amp: RESULTS.md).
+                folded = dataclasses.replace(best, fold_bn=True)
+                measured = self.try_measure(folded)
+                if measured is None:
+                    continue
+                if abs(measured[1] - base_loss) <= rtol * abs(base_loss):
+                    best = folded
+                else:
+                    discarded.append(folded.describe())
+                continue
             options = [True] if name != 'batch_size' else [b for b in self.batch_sizes if b != best.batch_size]
             candidates = [best] + [dataclasses.replace(best, **{name: value}) for value in options]
             results = self.compare(candidates)

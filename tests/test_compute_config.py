@@ -162,6 +162,24 @@ def test_a_candidate_that_changes_the_values_is_discarded(tmp_path, checkpoints,
     assert 'discarded for changing the loss by more than 1e-05' in out
 
 
+def test_batchnorm_is_folded_by_rule_not_by_timing(tmp_path, checkpoints, capsys, monkeypatch):
+    """Folding only removes work: it is taken even when the (noisy) clock says it is slower, after
+    one pass of the folded model checks its loss; the layout and batch size are still timed."""
+    real, measured = compute_config.Search.measure, []
+
+    def folding_looks_slow(self, config, **passes):
+        seconds, loss = real(self, config, **passes)
+        measured.append(config)
+        return (2.0 if config.fold_bn else 1.0), loss
+    monkeypatch.setattr(compute_config.Search, 'measure', folding_looks_slow)
+    run(capsys, '--model', 'cnn_bn', '--model_file', local_copy(tmp_path, checkpoints['cnn_bn']), *GRID,
+        '--compute_config', 'search', '--surf_file', tmp_path / 's.h5')
+    assert record(tmp_path / 's.h5')['surface']['fold_bn'] is True
+    unfolded = [c for c in measured if not c.fold_bn]
+    assert unfolded == [compute_config.PLAIN]        # the reference alone: nothing unfolded is compared
+    assert {c.channels_last for c in measured} == {False, True} and len({c.batch_size for c in measured}) > 1
+
+
 def test_short_runs_are_not_timed_under_auto(tmp_path, checkpoints, capsys, timings):
     out = run(capsys, '--model', 'cnn_bn', '--model_file', local_copy(tmp_path, checkpoints['cnn_bn']), *GRID,
               '--surf_file', tmp_path / 's.h5')
