@@ -28,6 +28,7 @@ the fused call writes its result into that tensor's memory (oneDNN's sum post-op
 the same bits, without an output to allocate and a second input stream to read. On resnet20 this
 made a grid point 4-6 % faster in float32 and 4-12 % under --amp (benchmarks/RESULTS.md).
 """
+import functools
 import operator
 
 import torch
@@ -130,10 +131,22 @@ def fusion_available():
         hasattr(mkldnn, '_convolution_pointwise') and hasattr(mkldnn, '_convolution_pointwise_')
 
 
+@functools.cache
+def onednn_bf16():
+    """Whether oneDNN runs bfloat16 convolutions on this CPU (AVX512-BF16, AMX): elsewhere (an
+    AVX2 CPU, or ONEDNN_MAX_CPU_ISA=AVX2) its fused bfloat16 call raises, and FusedConv runs the
+    unfused operations, which PyTorch emulates."""
+    check = getattr(torch.ops.mkldnn, '_is_mkldnn_bf16_supported', None)
+    try:
+        return bool(check is not None and check())
+    except RuntimeError:
+        return False
+
+
 class FusedConv(nn.Module):
     """``relu(conv(x))``, or ``relu(conv(x) + other)``, as one oneDNN convolution with post-ops for
-    channels_last float32 (or, under autocast, bfloat16) tensors on the CPU; the same operations
-    one by one otherwise (oneDNN has no such post-ops for NCHW bfloat16). It
+    channels_last float32 (or, under autocast, bfloat16 where oneDNN has it) tensors on the CPU;
+    the same operations one by one otherwise (oneDNN has no such post-ops for NCHW bfloat16). It
     reads ``conv``'s weights at every call, so it follows the folded weights' refresh and the
     model's moves without a refresh of its own."""
 
@@ -151,7 +164,8 @@ class FusedConv(nn.Module):
             x, weight = x.to(dtype), weight.to(dtype)
             bias = None if bias is None else bias.to(dtype)
             other = None if other is None else other.to(dtype)
-        if not (x.device.type == 'cpu' and x.dim() == 4 and x.dtype in (torch.float32, torch.bfloat16)
+        if not (x.device.type == 'cpu' and x.dim() == 4
+                and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and onednn_bf16()))
                 and weight.dtype == x.dtype and x.is_contiguous(memory_format=torch.channels_last)
                 and (other is None or (other.dtype == x.dtype and other.shape == _output_shape(conv, x)
                                        and other.is_contiguous(memory_format=torch.channels_last)))):

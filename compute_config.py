@@ -289,14 +289,7 @@ class Search:
 
     def cache_key(self):
         """The timing cache's key for this search (None when there is nothing to time)."""
-        if not self.free:
-            return None
-        first = self.probe.first
-        return timing_cache.make_key(
-            kind=SURFACE, device=timing_cache.device_identity(self.device), model=timing_cache.model_identity(self.net),
-            input=None if first is None else [list(first.shape[1:]), str(first.dtype)],
-            probe_samples=self.probe.num_samples, batch_sizes=self.batch_sizes, objective=self.objective.name,
-            amp=self.amp, given=self.given, free=self.free)
+        return _cache_key(SURFACE, self, amp=self.amp, free=self.free) if self.free else None
 
     def model(self, config):
         """The model that evaluates ``config`` (net itself, or its folded view); None when the
@@ -327,8 +320,8 @@ class Search:
             return None
         model.eval()
         # One warm-up per model (layout, folding, dtype): the first calls map its memory and create
-        # its kernels; another batch size of a warmed model only adds kernels for a new shape, a few
-        # percent of a pass (benchmarks/RESULTS.md).
+        # its kernels; another batch size of a warmed model only adds kernels for a new shape, up to
+        # about 15 % of one pass (benchmarks/RESULTS.md), which the interleaved rounds then absorb.
         warm_key = (config.channels_last, config.fold_bn, self.amp)
         with torch.inference_mode():
             for _ in range(1 if warm_key not in self.warmed_up else 0):
@@ -450,6 +443,17 @@ PRODUCTS_PER_POINT = 42   # two Lanczos solves of ncv + 1 = 21 products at plot_
 PRODUCT_RTOL = 1e-4       # a candidate's probe product may differ from the plain batch's by this (relative norm)
 
 
+def _cache_key(kind, search, **more):
+    """timing_cache's key for ``search`` (a Search or HessianSearch): what every timing depends on
+    (device, model, probe, candidates, loss, given parts), and ``more``."""
+    first = search.probe.first
+    return timing_cache.make_key(
+        kind=kind, device=timing_cache.device_identity(search.device), model=timing_cache.model_identity(search.net),
+        input=None if first is None else [list(first.shape[1:]), str(first.dtype)],
+        probe_samples=search.probe.num_samples, batch_sizes=search.batch_sizes, objective=search.objective.name,
+        given=search.given, **more)
+
+
 def _too_short(always, run_seconds, search_seconds, what):
     """Why a run is not timed under auto ('' when it is: ``always``, or long enough to pay for
     timing ``what``): estimated under MIN_RUN_SECONDS, or the timing over SEARCH_SHARE of it."""
@@ -485,12 +489,8 @@ class HessianSearch:
         """The timing cache's key for this search (None when the batch size is not free)."""
         if not self.free:
             return None
-        first = self.probe.first
-        return timing_cache.make_key(
-            kind=HESSIAN, device=timing_cache.device_identity(self.device), model=timing_cache.model_identity(self.net),
-            input=[list(first.shape[1:]), str(first.dtype)], probe_samples=self.probe.num_samples,
-            batch_sizes=self.batch_sizes, objective=self.objective.name, given=self.given, products=self.products,
-            params=[tuple(p.shape) for p in self.params], train_samples=self.train_samples)
+        return _cache_key(HESSIAN, self, products=self.products, params=[tuple(p.shape) for p in self.params],
+                          train_samples=self.train_samples)
 
     def measure(self, batch_size):
         """(seconds per probe sample of one unit's products, the first product) at ``batch_size``."""

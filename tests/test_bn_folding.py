@@ -1,6 +1,9 @@
 """--fold_bn: BatchNorm folded into the convolution before it gives the same outputs as the model,
 at every grid point, and leaves the model itself alone."""
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,6 +14,7 @@ import net_plotter
 from bn_folding import BatchNormFolding
 from cifar10.zoo import build
 from cli import UsageError
+from tests.conftest import ROOT
 from tests.synthetic_weights import synthetic_state_dict
 from tests.test_model_zoo import LAYOUTS
 
@@ -196,6 +200,8 @@ def test_residual_sums_land_in_the_dead_shortcut_and_change_no_value(autocast):
     the values are those of the unfused model, bit for bit in float32."""
     if not bn_folding.fusion_available():
         pytest.skip('this PyTorch has no oneDNN fused convolution')
+    if autocast and not bn_folding.onednn_bf16():
+        pytest.skip('oneDNN has no bfloat16 convolution on this CPU: FusedConv runs unfused (tested below)')
     net = randomize_statistics(build('resnet20')).to(memory_format=torch.channels_last)
     fused, unfused = BatchNormFolding(net), BatchNormFolding(net, fuse=False)
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)).contiguous(memory_format=torch.channels_last)
@@ -207,6 +213,35 @@ def test_residual_sums_land_in_the_dead_shortcut_and_change_no_value(autocast):
         assert (result.float() - reference.float()).abs().max() <= 5e-2 * reference.float().abs().max()
     else:
         assert torch.equal(result, reference)
+
+
+WITHOUT_BF16 = """
+import torch
+import bn_folding
+from cifar10.zoo import build
+from tests.test_bn_folding import outputs, randomize_statistics
+assert not bn_folding.onednn_bf16()
+net = randomize_statistics(build('resnet20')).to(memory_format=torch.channels_last)
+fused, unfused = bn_folding.BatchNormFolding(net), bn_folding.BatchNormFolding(net, fuse=False)
+x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)).contiguous(memory_format=torch.channels_last)
+with torch.autocast('cpu', dtype=torch.bfloat16):
+    assert torch.equal(outputs(fused.module, x), outputs(unfused.module, x))
+assert torch.equal(outputs(fused.module, x), outputs(unfused.module, x))
+print('ok', fused.num_in_place)
+"""
+
+
+def test_without_onednn_bf16_autocast_runs_the_fused_calls_unfused():
+    """Where oneDNN has no bfloat16 convolution (an AVX2 CPU; here oneDNN limited to AVX2) its fused
+    call raises: FusedConv then runs the operations one by one and gives the unfused model's values."""
+    if not bn_folding.fusion_available():
+        pytest.skip('this PyTorch has no oneDNN fused convolution')
+    env = {**os.environ, 'ONEDNN_MAX_CPU_ISA': 'AVX2', 'MKL_ENABLE_INSTRUCTIONS': 'AVX2', 'PYTHONPATH': ROOT,
+           'OMP_NUM_THREADS': '1'}
+    done = subprocess.run([sys.executable, '-c', WITHOUT_BF16], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ['ok', '9']
 
 
 def test_a_shortcut_read_later_or_given_by_the_caller_is_not_overwritten():
