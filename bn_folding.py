@@ -237,8 +237,9 @@ def _fuse_activations(module):
     return fused
 
 
-def _fresh_output(node, module):
-    """Whether ``node``'s result is a new tensor (a convolution's output), not a view of another."""
+def _is_convolution_call(node, module):
+    """Whether ``node`` calls a convolution (fused or not): its result is a new tensor, never a view
+    of its input."""
     return node.op == 'call_module' and isinstance(module.get_submodule(node.target), (FusedConv,) + CONVOLUTIONS)
 
 
@@ -247,8 +248,9 @@ def _sum_into_dead_shortcuts(module):
     tensor is a convolution's fresh output that nothing reads after the call; returns how many.
 
     A call that writes in place returns its shortcut's memory, so memory is tracked by ``owner``
-    (the node that allocated it): the shortcut may be overwritten only if no node holding the same
-    memory is read after this call."""
+    (the node that allocated it). The shortcut may be overwritten only if every other reader of
+    that memory is a convolution called before this one: a reader of another kind might have
+    made a view of it that is read later."""
     order = {node: i for i, node in enumerate(module.graph.nodes)}
     owner, in_place = {}, 0
     for node in module.graph.nodes:
@@ -256,10 +258,10 @@ def _sum_into_dead_shortcuts(module):
         if node.op != 'call_module' or len(node.args) != 2 or not isinstance(module.get_submodule(node.target), FusedConv):
             continue
         other = node.args[1]
-        if not isinstance(other, torch.fx.Node) or not _fresh_output(owner[other], module):
+        if not isinstance(other, torch.fx.Node) or not _is_convolution_call(owner[other], module):
             continue
-        sharing = [n for n, o in owner.items() if o is owner[other]]
-        if all(order[user] < order[node] for n in sharing for user in n.users if user is not node):
+        readers = [user for n, o in owner.items() if o is owner[other] for user in n.users if user is not node]
+        if all(order[user] < order[node] and _is_convolution_call(user, module) for user in readers):
             module.get_submodule(node.target).overwrite_other = True
             owner[node] = owner[other]
             in_place += 1

@@ -165,18 +165,22 @@ def test_fused_convolutions_give_the_unfused_folded_values_exactly(name):
 
 class ShortcutReadLater(nn.Module):
     """Residual additions whose shortcut may not be overwritten: one is read again after the
-    block, one is the model's input itself; the middle block's may be."""
+    block, one is the model's input itself, one has a view taken before the block and read after
+    it; the third block's may be."""
 
     def __init__(self):
         super().__init__()
-        self.a, self.b, self.c, self.d = (nn.Conv2d(3, 3, 3, padding=1) for _ in range(4))
+        self.a, self.b, self.c, self.d, self.e, self.f = (nn.Conv2d(3, 3, 3, padding=1) for _ in range(6))
 
     def forward(self, x):
         first = (self.a(x) + x).relu()           # shortcut: the caller's input
         s = self.b(first)
         second = (self.c(first) + s).relu()      # shortcut s is read again below
         third = (self.d(second) + first).relu()  # shortcut first: nothing reads it afterwards
-        return third + s
+        t = self.e(third)
+        part = t[:, :1]                          # a view of t ...
+        fourth = (self.f(third) + t).relu()      # ... so t is read after this block, through it
+        return fourth + s + part
 
 
 def _in_place_calls(model, x, autocast=False):
@@ -249,7 +253,7 @@ def test_a_shortcut_read_later_or_given_by_the_caller_is_not_overwritten():
         pytest.skip('this PyTorch has no oneDNN fused convolution')
     net = ShortcutReadLater().eval().to(memory_format=torch.channels_last)
     fused = BatchNormFolding(net)
-    assert fused.num_fused == 3 and fused.num_in_place == 1
+    assert fused.num_fused == 4 and fused.num_in_place == 1
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)).contiguous(memory_format=torch.channels_last)
     kept = x.clone()
     seen, result = _in_place_calls(fused.module, x)
