@@ -22,8 +22,9 @@ the values are those of the folded model without fusion; under bf16 autocast (--
 is made before the result is rounded to bf16. Elsewhere (GPUs, other dtypes) ``FusedConv`` runs the
 same operations unfused.
 
-Where the tensor added (a residual block's shortcut) is a temporary that no later operation reads,
-the fused call writes its result into that tensor's memory (oneDNN's sum post-op,
+Where the tensor added (a residual block's shortcut) is a convolution's output that no later
+operation reads, and that only convolutions read before (another reader might have made a view of
+it that lives on), the fused call writes its result into that tensor's memory (oneDNN's sum post-op,
 ``_convolution_pointwise_``) instead of into a new output: the same additions in the same order, so
 the same bits, without an output to allocate and a second input stream to read. On resnet20 this
 made a grid point 4-6 % faster in float32 and 4-12 % under --amp (benchmarks/RESULTS.md).
