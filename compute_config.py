@@ -572,12 +572,7 @@ def native_bf16(device):
     device = torch.device(device)
     if device.type == 'cuda':
         return torch.cuda.is_bf16_supported()
-    mkldnn = getattr(torch.ops, 'mkldnn', None)
-    check = getattr(mkldnn, '_is_mkldnn_bf16_supported', None)
-    try:
-        return bool(torch.backends.mkldnn.is_available() and check is not None and check())
-    except RuntimeError:
-        return False
+    return torch.backends.mkldnn.is_available() and bn_folding.onednn_bf16()
 
 
 def warn_about_amp(settings, device):

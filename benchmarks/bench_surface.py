@@ -23,7 +23,6 @@ timing does not depend on the pixel values.
         --mpi_levers "" "--channels_last --batch_size 64 --fold_bn" --mpi
 """
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -33,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from unittest import mock
 
 import numpy as np
 import torch
@@ -105,7 +105,8 @@ def time_suite(workdir, model_file, opts, repeat, lever=''):
     cache each repeat (so the defaults choose their configuration each time, as on a machine's first
     run); the second run, on another fresh surface file, finds the first one's timing in the cache."""
     tag = f'{repeat}_{abs(hash(lever))}'
-    with fresh_timing_cache(workdir, tag):
+    # An empty timing cache in workdir: the developer's own is neither read nor written.
+    with mock.patch.dict(os.environ, {timing_cache.ENV_VARIABLE: os.path.join(workdir, f'cache_{tag}')}):
         startup, run, args = start_suite(workdir, model_file, opts, lever, f'suite_{tag}.h5')
         start = time.perf_counter()
         run_grid(SerialComm(), run.grid, run.open_writer(run.value_names()), evaluators.make_loss_evaluator(run),
@@ -114,21 +115,6 @@ def time_suite(workdir, model_file, opts, repeat, lever=''):
         seconds = (time.perf_counter() - start) / run.grid.num_points
         second_startup, _, _ = start_suite(workdir, model_file, opts, lever, f'second_{tag}.h5')
     return seconds, startup, second_startup, run
-
-
-@contextlib.contextmanager
-def fresh_timing_cache(workdir, tag):
-    """An empty timing cache (timing_cache.py) for the block, in ``workdir``: the developer's own is
-    neither read nor written."""
-    before = os.environ.get(timing_cache.ENV_VARIABLE)
-    os.environ[timing_cache.ENV_VARIABLE] = os.path.join(workdir, f'cache_{tag}')
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ[timing_cache.ENV_VARIABLE]
-        else:
-            os.environ[timing_cache.ENV_VARIABLE] = before
 
 
 def start_suite(workdir, model_file, opts, lever, name):

@@ -8,6 +8,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
+import torch
 
 import compute_config
 import hdf5_layout
@@ -418,6 +419,15 @@ def test_another_model_or_amp_is_another_entry(tmp_path, checkpoints, capsys, ti
     run(capsys, '--model', 'mlp', '--model_file', local_copy(tmp_path, checkpoints['mlp']), *GRID,
         '--surf_file', tmp_path / 'mlp.h5')
     assert record(tmp_path / 'mlp.h5')['surface']['how'] == 'plain'
+    # The same parts free and the same data, another architecture (no BatchNorm): another entry ...
+    cnn = tmp_path / 'cnn_plain.t7'
+    torch.save({'state_dict': train_briefly('cnn', 0, steps=2).state_dict()}, cnn)
+    run(capsys, '--model', 'cnn', '--model_file', cnn, *GRID, '--surf_file', tmp_path / 'no_bn.h5')
+    assert record(tmp_path / 'no_bn.h5')['surface']['how'] == 'plain'
+    # ... while other weights of the same architecture find the timed entry.
+    run(capsys, '--model', 'cnn_bn', '--model_file', local_copy(tmp_path, checkpoints['cnn_bn_b']), *GRID,
+        '--surf_file', tmp_path / 'other_weights.h5')
+    assert record(tmp_path / 'other_weights.h5')['surface']['how'] == 'cached'
     run(capsys, '--model', 'cnn_bn', '--model_file', local_copy(tmp_path, checkpoints['cnn_bn']), *GRID, '--amp',
         '--surf_file', tmp_path / 'amp.h5')
     assert record(tmp_path / 'amp.h5')['surface']['how'] == 'plain'
