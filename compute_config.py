@@ -313,21 +313,22 @@ class Search:
 
     def measure(self, config):
         """(seconds per probe sample, probe loss) of one pass of ``config`` over the probe samples,
-        after a warm-up pass the first time (the first calls of a configuration create its kernels
+        after a warm-up batch the first time (the first calls of a configuration create its kernels
         and map its memory); None when ``config`` does not apply."""
         model = self.model(config)
         if model is None:
             return None
         model.eval()
-        # One warm-up per model (layout, folding, dtype): the first calls map its memory and create
-        # its kernels; another batch size of a warmed model only adds kernels for a new shape, up to
-        # about 15 % of one pass (benchmarks/RESULTS.md), which the interleaved rounds then absorb.
+        # One warm-up per model (layout, folding, dtype), of one batch: the first call creates the
+        # kernels and maps the memory the later batches reuse (keep_freed_memory), so a whole pass
+        # would only cost more. Another batch size of a warmed model only adds kernels for a new
+        # shape, up to about 15 % of one pass (benchmarks/RESULTS.md), which the interleaved rounds
+        # then absorb.
         warm_key = (config.channels_last, config.fold_bn, self.amp)
         with torch.inference_mode():
-            for _ in range(1 if warm_key not in self.warmed_up else 0):
-                for batch in self.probe.batches(config):
-                    self.objective.sums(model, batch, self.amp)
-            self.warmed_up.add(warm_key)
+            if warm_key not in self.warmed_up:
+                self.objective.sums(model, next(iter(self.probe.batches(config))), self.amp)
+                self.warmed_up.add(warm_key)
             start = time.perf_counter()
             totals = {}
             for batch in self.probe.batches(config):
@@ -344,16 +345,19 @@ class Search:
         except (RuntimeError, TypeError):   # e.g. a folded model whose code depends on input values
             return None
 
-    def compare(self, configs):
+    def compare(self, configs, first_round=None):
         """{config: (fastest seconds per sample, probe loss)} of ``configs`` timed in interleaved
         rounds, so that a drift of the machine's speed hits each alike: ROUNDS passes each, but only
         one for those whose first pass is slower than CONTENDER times the fastest first pass.
+        ``first_round``: {config: measure(config)} just taken, standing for its first-round pass.
         Configurations that do not apply, or fail to run, are left out."""
-        results = {}
+        results = dict(first_round or {})
         for round_ in range(ROUNDS):
             fastest = min((seconds for seconds, _ in results.values()), default=math.inf)
             for config in configs:
                 if round_ and (config not in results or results[config][0] > CONTENDER * fastest):
+                    continue
+                if not round_ and config in results:
                     continue
                 measured = self.try_measure(config)
                 if measured is not None:
@@ -387,6 +391,7 @@ class Search:
             return reference, 'plain', too_short
         rtol = AMP_VALUE_RTOL if self.amp else VALUE_RTOL
         best, fastest, discarded = reference, {}, []   # fastest: over the interleaved passes only
+        just_measured = {}   # the folding's pass, the first-round pass of the step after it
         for name in steps:
             if name == 'fold_bn':
                 # By rule, not by timing: folding drops a pass over each folded convolution's output
@@ -398,13 +403,13 @@ class Search:
                 if measured is None:
                     continue
                 if abs(measured[1] - base_loss) <= rtol * abs(base_loss):
-                    best = folded
+                    best, just_measured = folded, {folded: measured}
                 else:
                     discarded.append(folded.describe())
                 continue
             options = [True] if name != 'batch_size' else [b for b in self.batch_sizes if b != best.batch_size]
             candidates = [best] + [dataclasses.replace(best, **{name: value}) for value in options]
-            results = self.compare(candidates)
+            results, just_measured = self.compare(candidates, just_measured), {}
             kept = {}
             for config, (seconds, loss) in results.items():
                 fastest[config] = min(seconds, fastest.get(config, math.inf))
@@ -428,7 +433,7 @@ class Search:
             return ''
         self.amp = True
         try:
-            timed = self.compare([best]).get(best)
+            timed = self.try_measure(best)   # one pass: a hint, not a choice
         finally:
             self.amp = False
         if timed is None or seconds / timed[0] < AMP_HINT_SPEEDUP:

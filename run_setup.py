@@ -325,12 +325,21 @@ def prepare_evaluation(settings, net, comm, device, datasets, announce=True):
     return eval_net, folding
 
 
-def probe_objective(the_objective, eval_net, data, amp=False, differentiable=False):
+CHECK_SAMPLES = 2   # the first check of the objective, on a built-in data set (probe_objective)
+
+
+def probe_objective(the_objective, eval_net, data, amp=False, differentiable=False, samples=None):
     """The objective's value keys, from one batch at the centre: a loss function that returns the
     wrong thing, or a batch the model cannot take, is refused here, before any file is made.
-    ``differentiable``: also take the loss sum the Hessian differentiates (plot_hessian_eigen)."""
+    ``differentiable``: also take the loss sum the Hessian differentiates (plot_hessian_eigen).
+    ``samples``: a batch of only this many samples where the source can batch so (the built-in
+    data sets): a check needs no more, and a whole batch of a model that is timed or folded next
+    would be a pass of work thrown away."""
     try:
-        first = next(iter(data.batches()))
+        if samples is not None and isinstance(data, dataloader.CachedBatches):
+            first = next(data.data.batches(samples, data.device if data.streamed else None))
+        else:
+            first = next(iter(data.batches()))
     except (TypeError, RuntimeError) as err:
         raise UsageError(f'the data cannot be batched ({str(err).splitlines()[0]})') from None
     eval_net.eval()
@@ -375,7 +384,8 @@ def prepare_run(settings, comm, net=None, train_dataset=None, test_dataset=None,
     train_data, test_data = load_data(settings, device, comm, train_dataset, test_dataset)
     base_cpu = [t.cpu() for t in net_plotter.get_base(net, settings.dir_type)]
     # The objective on the model as it is first: bad results are refused before anything is timed.
-    value_keys = probe_objective(the_objective, net.to(device), train_data, settings.amp, differentiable)
+    value_keys = probe_objective(the_objective, net.to(device), train_data, settings.amp, differentiable,
+                                 samples=CHECK_SAMPLES)
     if comm.is_root:
         compute_config.warn_about_amp(settings, device)
     fold_given = settings.fold_bn is True

@@ -14,8 +14,10 @@ import compute_config
 import hdf5_layout
 import hessian_spectrum
 import landscape
+import objective
 import plot_hessian_eigen
 import plot_surface
+import run_setup
 from mpi_comm import SerialComm
 from tests.conftest import assert_one_line_error, call_main, run_script, snapshot, train_briefly
 from tests.test_plot_surface import DATA, expected_loss, local_copy
@@ -179,6 +181,54 @@ def test_batchnorm_is_folded_by_rule_not_by_timing(tmp_path, checkpoints, capsys
     unfolded = [c for c in measured if not c.fold_bn]
     assert unfolded == [compute_config.PLAIN]        # the reference alone: nothing unfolded is compared
     assert {c.channels_last for c in measured} == {False, True} and len({c.batch_size for c in measured}) > 1
+
+
+@pytest.fixture
+def counted_sums(monkeypatch):
+    """Every ClassificationObjective.sums call's number of samples, in order."""
+    real, samples = objective.ClassificationObjective.sums, []
+
+    def counting(self, model, batch, amp=False):
+        samples.append(objective.first_tensor(batch).shape[0])
+        return real(self, model, batch, amp)
+    monkeypatch.setattr(objective.ClassificationObjective, 'sums', counting)
+    return samples
+
+
+def test_the_search_warms_each_model_on_one_batch_and_passes_no_more_than_it_times(
+        tmp_path, checkpoints, capsys, monkeypatch, counted_sums):
+    """The search is the start-up of a model's first run on a machine, so it does no work it does
+    not use: a model (layout x folding x dtype) is warmed up on one batch, not a whole pass; the
+    folding's checking pass is the folded model's first-round pass of the layout step; the --amp
+    hint is one pass."""
+    real, measured = compute_config.Search.measure, []
+
+    def measure(self, config):
+        before = len(counted_sums)
+        got = real(self, config)
+        measured.append((config, self.amp, len(counted_sums) - before, len(list(self.probe.batches(config)))))
+        # channels_last a little faster: chosen, yet the other layout is a contender for the second round
+        return None if got is None else (1.0 - 0.1 * config.channels_last, got[1])
+    monkeypatch.setattr(compute_config.Search, 'measure', measure)
+    monkeypatch.setattr(compute_config, 'native_bf16', lambda device: True)   # so the hint is timed
+    run(capsys, '--model', 'cnn_bn', '--model_file', local_copy(tmp_path, checkpoints['cnn_bn']), *GRID,
+        '--compute_config', 'search', '--surf_file', tmp_path / 's.h5')
+    warmed = set()
+    for config, amp, passed, batches in measured:
+        key = (config.channels_last, config.fold_bn, amp)
+        assert passed == batches + (key not in warmed), (config, amp)
+        warmed.add(key)
+    folded = [c for c, amp, _, _ in measured if c.fold_bn and not c.channels_last and not amp]
+    assert len(folded) == compute_config.ROUNDS          # the checking pass, then one more round
+    assert [amp for _, amp, _, _ in measured].count(True) == 1
+
+
+def test_the_first_check_of_the_objective_takes_a_few_samples(tmp_path, checkpoints, capsys, counted_sums):
+    """The check before anything is timed needs no whole batch (a built-in data set batches any size)."""
+    run(capsys, '--model', 'cnn_bn', '--model_file', local_copy(tmp_path, checkpoints['cnn_bn']), *GRID,
+        '--compute_config', 'plain', '--surf_file', tmp_path / 's.h5')
+    assert counted_sums[0] == run_setup.CHECK_SAMPLES
+    assert counted_sums[1] == compute_config.PLAIN.batch_size     # then the points, in whole batches
 
 
 def test_short_runs_are_not_timed_under_auto(tmp_path, checkpoints, capsys, timings):
