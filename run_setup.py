@@ -51,12 +51,10 @@ def describe(value):
 
 
 @dataclasses.dataclass(frozen=True)
-class RunSettings:
-    """What a grid run is asked to do: the grid scripts' flags, typed (see grid_args.py for each
-    flag's meaning). ``dataset`` and ``loss_name`` may also be Python objects (landscape.py)."""
-    x: str
-    y: str
-    directions: net_plotter.DirectionSpec
+class ModelDataSettings:
+    """The flags every script that evaluates one model shares, typed: the centre model and its
+    objective, its data, the device (grid_args.py: add_centre_arguments, add_data_arguments,
+    add_device_arguments). ``dataset`` and ``loss_name`` may also be Python objects (landscape.py)."""
     model: str
     model_file: str
     loss_name: object
@@ -66,13 +64,36 @@ class RunSettings:
     raw_data: bool
     data_split: int
     split_idx: int
-    batch_size: int       # None, channels_last None, fold_bn None: chosen (compute_config.py)
+    batch_size: int       # None: chosen (compute_config.py); PLAIN's until then
     train_labels: str
-    eval_test: bool
     data_mode: str
     workers: int
-    surf_file: str
     cuda: bool
+    threads: int
+
+    @classmethod
+    def from_args(cls, args):
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+    def batch_source(self, train, device, comm, dataset=None):
+        """The training (``train``) or test batch source of these flags; ``dataset``: a data set
+        given from Python instead of --dataset."""
+        return dataloader.batch_source(
+            dataset if dataset is not None else self.dataset, self.datapath, train,
+            self.batch_size or compute_config.PLAIN.batch_size, device, self.data_mode, self.workers,
+            raw_data=self.raw_data, data_split=self.data_split, split_idx=self.split_idx, download=self.download,
+            labels_file=self.train_labels if train else None, share=comm.local_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings(ModelDataSettings):
+    """What a grid run is asked to do: the grid scripts' flags, typed (see grid_args.py for each
+    flag's meaning). channels_last None and fold_bn None, like batch_size None: chosen."""
+    x: str
+    y: str
+    directions: net_plotter.DirectionSpec
+    eval_test: bool
+    surf_file: str
     ngpu: int
     channels_last: bool
     fold_bn: bool
@@ -80,7 +101,6 @@ class RunSettings:
     compile: bool
     amp: bool
     points_per_call: int
-    threads: int
     curve_file: str       # evaluate along this trained curve (x = t) instead of directions
     recompute_bn: bool
     recorded_args: dict   # every flag as the surface file's 'args' attribute records it
@@ -261,18 +281,11 @@ def build_model(settings, net=None):
 def load_data(settings, device, comm, train_dataset=None, test_dataset=None):
     """The training batch source (and the test one with --eval_test), before any file is made:
     a data error must leave the folder as it was."""
-    def source(train, given):
-        dataset = given if given is not None else settings.dataset
-        return dataloader.batch_source(
-            dataset, settings.datapath, train, settings.batch_size or compute_config.PLAIN.batch_size, device,
-            settings.data_mode, settings.workers, raw_data=settings.raw_data, data_split=settings.data_split,
-            split_idx=settings.split_idx, download=settings.download,
-            labels_file=settings.train_labels if train else None, share=comm.local_size)
-    train = source(True, train_dataset)
+    train = settings.batch_source(True, device, comm, train_dataset)
     wanted_test = settings.eval_test and (test_dataset is not None or isinstance(settings.dataset, str))
     if settings.eval_test and not wanted_test:
         raise UsageError('eval_test needs a test_dataset')
-    return train, source(False, test_dataset) if wanted_test else None
+    return train, settings.batch_source(False, device, comm, test_dataset) if wanted_test else None
 
 
 def choose_compute(settings, comm, kind, surf_file, grid, net, the_objective, train_data, test_data, device,
@@ -411,29 +424,10 @@ def prepare_run(settings, comm, net=None, train_dataset=None, test_dataset=None,
 # ----------------------------------------------------------------------------- one point
 
 @dataclasses.dataclass(frozen=True)
-class PointSettings:
+class PointSettings(ModelDataSettings):
     """The model and data at one point (hessian_spectrum.py, sharpness.py): their flags, typed."""
-    model: str
-    model_file: str
-    loss_name: object
-    dataset: object
-    datapath: str
-    download: bool
-    raw_data: bool
-    data_split: int
-    split_idx: int
-    batch_size: int
-    train_labels: str
-    data_mode: str
-    workers: int
     include_params: str
     exclude_params: str
-    cuda: bool
-    threads: int
-
-    @classmethod
-    def from_args(cls, args):
-        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
     def default_file(self, kind):
         """Where a script's results at this point go by default: beside --model_file, named after
@@ -474,11 +468,7 @@ def prepare_point(settings, comm):
     device = select_device(settings.cuda, comm.local_rank)
     net = model_loader.load(settings.dataset, settings.model, settings.model_file)
     the_objective = objective.resolve(settings.loss_name)
-    data = dataloader.batch_source(
-        settings.dataset, settings.datapath, True, settings.batch_size or compute_config.PLAIN.batch_size, device,
-        settings.data_mode, settings.workers,
-        raw_data=settings.raw_data, data_split=settings.data_split, split_idx=settings.split_idx,
-        download=settings.download, labels_file=settings.train_labels, share=comm.local_size)
+    data = settings.batch_source(True, device, comm)
     net.to(device)
     probe_objective(the_objective, net, data, differentiable=True)
     return Point(settings=settings, device=device, net=net, objective=the_objective, data=data)
