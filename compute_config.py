@@ -38,6 +38,9 @@ never folded (the Hessian is of the unfolded weights) and never laid out channel
 given (slower for double back-propagation, benchmarks/RESULTS.md); part 5 times the batch size
 alone, by Hessian-vector products on the probe samples rather than forward passes, whose speed
 does not predict theirs (HessianSearch).
+hessian_spectrum.py and sharpness.py, which measure one point and write no surface file, time the
+batch size alone too (choose_point_batch_size: given, plain, cached or timed): by Hessian-vector
+products (HessianSearch) and by gradients over the probe samples (GradientSearch).
 --amp is a flag of its own, never chosen: it changes the values by far more than rounding.
 """
 import ctypes
@@ -62,6 +65,7 @@ from errors import UsageError
 
 MODES = ('auto', 'search', 'plain')
 SURFACE, HESSIAN = 'surface', 'hessian'   # the kinds of run a record keeps apart (one file may hold both)
+GRADIENT = 'gradient'                     # sharpness.py's batch size (timing cache only: it writes no surface)
 FIELDS = ('channels_last', 'batch_size', 'fold_bn')
 CPU_BATCH_SIZES = (32, 64, 128, 256)      # small batches keep a CPU's activations in its caches
 GPU_BATCH_SIZES = (128, 256, 512, 1024)
@@ -157,6 +161,12 @@ def _timed(settings, kind, net, the_objective, train_data, test_data, device, gi
         search = Search(settings, net, the_objective, train_data, device, given)
         samples = _samples_per_point(settings, train_data, test_data)
         timed = lambda: search.run(always, samples, points_per_rank)
+    return _cached_or_timed(search, always, timed)
+
+
+def _cached_or_timed(search, always, timed=None):
+    """(configuration, how, why) from the machine's timing cache (unless ``always``), else from
+    ``timed()`` (default: ``search.run(always, 1)``, one unit of work), cached when it timed."""
     key = search.cache_key()
     cached = None if always or key is None else timing_cache.lookup(key)
     parts = _valid_parts(cached)
@@ -165,7 +175,7 @@ def _timed(settings, kind, net, the_objective, train_data, test_data, device, gi
         return ComputeConfig(**parts), 'cached', (f'timed on this machine on {cached.get("stored", "an earlier run")}, '
                                                   f'kept in {where}: {cached["why"]}; --compute_config search times '
                                                   'it again')
-    config, how, why = timed()
+    config, how, why = timed() if timed is not None else search.run(always, 1)
     if how == 'search' and key is not None:
         timing_cache.store(key, {**dataclasses.asdict(config), 'why': why})
     return config, how, why
@@ -477,11 +487,14 @@ class HessianSearch:
     candidates are timed in ROUNDS interleaved passes, the fastest counting. ``free``: whether the
     batch size is the run's to choose (not given, not recorded: the caller knows)."""
 
+    KIND, WORK = HESSIAN, 'products'   # its timing cache kind; what its line calls the work timed
+    CPU_SIZES, GPU_SIZES = HESSIAN_CPU_BATCH_SIZES, HESSIAN_GPU_BATCH_SIZES
+
     def __init__(self, net, the_objective, train_data, device, params, given=None, products=PRODUCTS_PER_POINT,
                  free=True):
         self.net, self.objective, self.device, self.params = net, the_objective, torch.device(device), params
         self.given, self.products = given or {}, products
-        sizes = HESSIAN_GPU_BATCH_SIZES if self.device.type == 'cuda' else HESSIAN_CPU_BATCH_SIZES
+        sizes = self.GPU_SIZES if self.device.type == 'cuda' else self.CPU_SIZES
         n = train_data.num_samples
         self.batch_sizes = sorted({min(b, n) for b in (*sizes, PLAIN.batch_size)})
         self.free = free and 'batch_size' not in self.given and isinstance(train_data, dataloader.CachedBatches) \
@@ -494,7 +507,7 @@ class HessianSearch:
         """The timing cache's key for this search (None when the batch size is not free)."""
         if not self.free:
             return None
-        return _cache_key(HESSIAN, self, products=self.products, params=[tuple(p.shape) for p in self.params],
+        return _cache_key(self.KIND, self, products=self.products, params=[tuple(p.shape) for p in self.params],
                           train_samples=self.train_samples)
 
     def measure(self, batch_size):
@@ -535,13 +548,55 @@ class HessianSearch:
                     continue
                 fastest[size] = min(seconds, fastest.get(size, math.inf))
         chosen = min((size for size in fastest if size not in discarded), key=fastest.get)
-        why = (f'{fastest[plain_size] / fastest[chosen]:.2f}x the products of batch {plain_size} on '
+        why = (f'{fastest[plain_size] / fastest[chosen]:.2f}x the {self.WORK} of batch {plain_size} on '
                f'{self.probe.num_samples} probe samples; {len(self.batch_sizes)} batch sizes timed in '
                f'{time.perf_counter() - start:.2g} s')
         if discarded:
-            why += f'; discarded for changing the products by more than {PRODUCT_RTOL:g}: ' + \
+            why += f'; discarded for changing the {self.WORK} by more than {PRODUCT_RTOL:g}: ' + \
                 ', '.join(f'batch {size}' for size in sorted(set(discarded)))
         return dataclasses.replace(reference, batch_size=chosen), 'search', why
+
+
+class GradientSearch(HessianSearch):
+    """HessianSearch for sharpness.py, whose work is gradients of the mean loss over the data
+    (sharpness_measures.PerturbedLoss: a gradient-ascent step each): the batch size timed by
+    whole gradients over the probe samples, for one unit of ``products`` gradients. A gradient is a
+    single back-propagation, so the batch size that suits it need not suit a Hessian-vector product:
+    the candidates are the forward pass's (a CPU keeps small batches' activations in its caches),
+    which also keeps the probe, and so the timing, a quarter of the Hessian's."""
+    KIND, WORK = GRADIENT, 'gradients'
+    CPU_SIZES, GPU_SIZES = CPU_BATCH_SIZES, GPU_BATCH_SIZES
+
+    def measure(self, batch_size):
+        """(seconds per probe sample of one unit's gradients, the gradient) at ``batch_size``."""
+        import sharpness_measures
+        loss = sharpness_measures.PerturbedLoss(
+            self.net, dataloader.CachedBatches(self.probe.cached, batch_size, self.device), self.objective, self.params)
+        centre = np.zeros(loss.size)
+        if self.vector is None:
+            self.vector = centre
+            loss.value_and_gradient(centre)    # warm-up: the first pass creates kernels and maps memory
+        start = time.perf_counter()
+        _, gradient = loss.value_and_gradient(centre)
+        seconds = self.products * (time.perf_counter() - start)
+        loss.restore()
+        return seconds / self.probe.num_samples, gradient
+
+
+def choose_point_batch_size(comm, point, mode, make_search):
+    """The one-point scripts (hessian_spectrum.py, sharpness.py) without --batch_size: the batch size
+    of ``point.data`` (run_setup.Point), timed on rank 0 by ``make_search()`` (a HessianSearch or
+    GradientSearch of one unit) under ``mode`` (MODES), and taken by every rank; rank 0 says which in
+    one line. The batch size changes only rounding: the loss is the mean over the whole data set."""
+    if mode == 'plain':
+        chosen, why = PLAIN, '--compute_config plain'
+    else:
+        chosen, _, why = comm.root_only(lambda: _cached_or_timed(make_search(), mode == 'search'))
+    if comm.is_root:
+        print(f'compute: batch {chosen.batch_size} ({why})', flush=True)
+    if isinstance(point.data, dataloader.CachedBatches):   # batched as it is read; other sources keep theirs
+        point.data.batch_size = chosen.batch_size
+    return chosen.batch_size
 
 
 # ----------------------------------------------------------------------------- the allocator

@@ -114,6 +114,23 @@ def add_point_script_arguments(parser, subset_what, subset_rest, **data_options)
     return add_device_arguments(parser)
 
 
+def add_timed_point_script_arguments(parser, subset_what, subset_rest, work):
+    """add_point_script_arguments for a script whose --batch_size is timed unless given
+    (compute_config.choose_point_batch_size): ``work`` is what it computes over the data in
+    batches ('Hessian-vector products', 'gradients'), which the timing runs. Returns the 'compute' group."""
+    compute = add_point_script_arguments(
+        parser, subset_what, subset_rest, batch_size_default=None,
+        batch_size_help=f'batch size of the {work} (it changes only speed, memory and float rounding: the '
+        'objective is the mean over the whole data set); default: timed, see --compute_config')
+    compute.add_argument('--compute_config', default='auto', choices=compute_config.MODES,
+                         help=f'how the batch size is chosen when --batch_size is not given: auto (default) times '
+                         f'batch sizes by {work} on the first training samples when the run asks for enough of them '
+                         'to pay for it (a choice timed before for this model on this machine is taken from the '
+                         'timing cache, see README), else takes the plain 128; search: always times; plain: 128. '
+                         'The choice is printed in one line')
+    return compute
+
+
 def validate_point_script(parser, args, extra_checks=()):
     for check in (check_centre, check_data, check_device, *extra_checks):
         check(parser, args)

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 import compute_config
-import dataloader
 import grid_args
 import hdf5_layout as layout
 import hessian
@@ -39,15 +38,8 @@ from run_setup import PointSettings, prepare_point
 
 def get_args_parser():
     parser = ArgumentParser('hessian_spectrum.py', description=__doc__.split('\n\n')[0])
-    compute = grid_args.add_point_script_arguments(
-        parser, 'take the Hessian over the parameters (dim > 1)', 'the others are held fixed', batch_size_default=None,
-        batch_size_help='batch size of the Hessian-vector products (it changes only speed, memory and float '
-        'rounding: the Hessian is of the mean over the whole data set); default: timed, see --compute_config')
-    compute.add_argument('--compute_config', default='auto', choices=compute_config.MODES,
-                         help='how the batch size is chosen when --batch_size is not given: auto (default) times '
-                         'batch sizes by Hessian-vector products on the first training samples when the products '
-                         'asked for are many enough to pay for it, else takes the plain 128; search: always times; '
-                         'plain: 128. The choice is printed in one line')
+    compute = grid_args.add_timed_point_script_arguments(
+        parser, 'take the Hessian over the parameters (dim > 1)', 'the others are held fixed', 'Hessian-vector products')
     compute.add_argument('--mpi', action='store_true', help='split every Hessian-vector product over the MPI '
                          'ranks by data shard (each rank every N-th batch, the products summed); launch with '
                          'mpiexec -n N; every rank runs the same solves, rank 0 writes and prints')
@@ -204,22 +196,11 @@ def estimated_products(args):
 
 
 def choose_batch_size(args, comm, point, params):
-    """--batch_size not given: the products' batch size, timed on rank 0 (compute_config.HessianSearch)
-    and taken by every rank; rank 0 says which in one line. The batch size changes only rounding."""
-    if args.batch_size is not None:
-        return
-    if args.compute_config == 'plain':
-        chosen, why = compute_config.PLAIN, '--compute_config plain'
-    else:
-        def timed():
-            search = compute_config.HessianSearch(point.net, point.objective, point.data, point.device, params,
-                                                  products=estimated_products(args))
-            return search.run(args.compute_config == 'search', 1)
-        chosen, _, why = comm.root_only(timed)
-    if comm.is_root:
-        print(f'compute: batch {chosen.batch_size} ({why})', flush=True)
-    if isinstance(point.data, dataloader.CachedBatches):   # batched as it is read; other sources keep theirs
-        point.data.batch_size = chosen.batch_size
+    """--batch_size not given: the products' batch size, timed on rank 0 and taken by every rank
+    (compute_config.choose_point_batch_size)."""
+    if args.batch_size is None:
+        compute_config.choose_point_batch_size(comm, point, args.compute_config, lambda: compute_config.HessianSearch(
+            point.net, point.objective, point.data, point.device, params, products=estimated_products(args)))
 
 
 def compute_spectrum(args, comm, out_path, identity, data, attrs):

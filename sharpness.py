@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+import compute_config
 import grid_args
 import hdf5_layout as layout
 import hessian
@@ -28,7 +29,8 @@ from run_setup import PointSettings, prepare_point
 
 def get_args_parser():
     parser = ArgumentParser('sharpness.py', description=__doc__.split('\n\n')[0])
-    grid_args.add_point_script_arguments(parser, 'perturb the parameters (dim > 1)', 'the others stay fixed')
+    grid_args.add_timed_point_script_arguments(parser, 'perturb the parameters (dim > 1)', 'the others stay fixed',
+                                               'gradients')
     sharp = parser.add_argument_group('sharpness')
     sharp.add_argument('--rho', nargs='+', type=float, default=list(measures.DEFAULT_RHOS),
                        help='radii of the perturbation ball (Euclidean norm over the parameters), one or several')
@@ -62,6 +64,19 @@ def check_sharpness(parser, args):
         check_output_folder(args.sharpness_file, '--sharpness_file')
 
 
+EIGEN_START_GRADIENTS = 20   # the top eigenvector's Lanczos solve: about 10 products of about 2 gradients each
+FORWARD_GRADIENTS = 1 / 3    # a loss-only pass, in gradients (a forward pass without the backward)
+
+
+def estimated_gradients(args):
+    """About how many gradients over the data the measurements asked for cost: per radius SAM's
+    loss, the ascents from SAM's step, +-the eigenvector and the random starts, the adaptive
+    ascents, the average's losses; plus the centre's gradient and the eigenvector's solve."""
+    starts = 1 + (0 if args.skip_eigen_start else 2) + args.restarts
+    per_rho = (starts + 1 + args.restarts) * (args.ascent_steps + 1) + FORWARD_GRADIENTS * (1 + args.samples)
+    return 1 + len(args.rho) * per_rho + (0 if args.skip_eigen_start else EIGEN_START_GRADIENTS)
+
+
 def main(argv=None):
     parser = get_args_parser()
     args = parser.parse_args(argv)
@@ -69,8 +84,12 @@ def main(argv=None):
     settings = PointSettings.from_args(args)
     out_path = args.sharpness_file or settings.default_file('sharpness')
     check_output_folder(out_path, 'sharpness file', 'pass --sharpness_file to write it elsewhere')
-    point = prepare_point(settings, SerialComm())
+    comm = SerialComm()
+    point = prepare_point(settings, comm)
     params = hessian.hessian_parameters(point.net, args.include_params, args.exclude_params)
+    if args.batch_size is None:
+        compute_config.choose_point_batch_size(comm, point, args.compute_config, lambda: compute_config.GradientSearch(
+            point.net, point.objective, point.data, point.device, params, products=estimated_gradients(args)))
     started = time.perf_counter()
     top = None
     if not args.skip_eigen_start:

@@ -123,9 +123,9 @@ def measure(loss, rhos, eta=DEFAULT_ETA, steps=DEFAULT_ASCENT_STEPS, restarts=DE
                 + [rho * _unit(rng.standard_normal(loss.size)) for _ in range(restarts)]
             worst = max(sam_value, *(ascend(loss, s, rho, 1.0, steps) for s in starts))
             adaptive_start = rho * _unit(adaptive_scale * gradient)
-            adaptive = max(ascend(loss, adaptive_start, rho, adaptive_scale, steps),
-                           *(ascend(loss, rho * _unit(rng.standard_normal(loss.size)), rho, adaptive_scale, steps)
-                             for _ in range(restarts)))
+            adaptive = max([ascend(loss, adaptive_start, rho, adaptive_scale, steps)]
+                           + [ascend(loss, rho * _unit(rng.standard_normal(loss.size)), rho, adaptive_scale, steps)
+                              for _ in range(restarts)])   # a list: max() of one number alone fails (--restarts 0)
             rises = np.array([loss.value(rho * _unit(rng.standard_normal(loss.size))) - centre for _ in range(samples)])
             out['worst_case'].append(worst - centre)
             out['sam_one_step'].append(sam_value - centre)

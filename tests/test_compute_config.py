@@ -18,6 +18,7 @@ import objective
 import plot_hessian_eigen
 import plot_surface
 import run_setup
+import sharpness
 from mpi_comm import SerialComm
 from tests.conftest import assert_one_line_error, call_main, run_script, snapshot, train_briefly
 from tests.test_plot_surface import DATA, expected_loss, local_copy
@@ -432,7 +433,69 @@ def test_hessian_spectrum_times_its_batch_size_unless_given(tmp_path, checkpoint
     np.testing.assert_allclose(timed['eigenvalues'], given['eigenvalues'], rtol=1e-5)
     out = run(capsys, '--model_file', model, '--spectrum_file', tmp_path / 'auto.h5', script=hessian_spectrum,
               common=SPECTRUM)
-    assert 'compute: batch 128 (the run, about' in out and product_timings == [128]   # the estimate only
+    assert 'compute: batch 64 (timed on this machine' in out and product_timings == []   # the search's, cached
+    out = run(capsys, '--model_file', model, '--top_k', '1', '--spectrum_file', tmp_path / 'short.h5',
+              script=hessian_spectrum, common=SPECTRUM)
+    assert 'compute: batch 128 (the run, about' in out and product_timings == [128]   # another key: the estimate only
+
+
+SHARPNESS = ['--dataset', 'digits', '--data_split', '4', '--threads', '1', '--model', 'mlp', '--rho', '0.05',
+             '--ascent_steps', '2', '--restarts', '0', '--samples', '4', '--skip_eigen_start']
+
+
+@pytest.fixture
+def gradient_timings(monkeypatch):
+    """GradientSearch.measure with real gradients but fake times favouring batch 64; returns the
+    batch sizes measured."""
+    real, measured = compute_config.GradientSearch.measure, []
+
+    def fake(self, batch_size):
+        seconds, gradient = real(self, batch_size)
+        measured.append(batch_size)
+        return (0.5 if batch_size == 64 else 1.0), gradient
+    monkeypatch.setattr(compute_config.GradientSearch, 'measure', fake)
+    return measured
+
+
+def test_sharpness_times_its_batch_size_by_gradients_unless_given(tmp_path, checkpoints, capsys, gradient_timings,
+                                                                  product_timings):
+    """sharpness.py's work is gradients over the data: their batch size is timed by whole gradients
+    (not Hessian-vector products), kept in the timing cache for the next run, and changes only
+    rounding; --batch_size skips the timing, --compute_config plain takes 128."""
+    model = local_copy(tmp_path, checkpoints['mlp'])
+    out = run(capsys, '--model_file', model, '--compute_config', 'search', '--sharpness_file', tmp_path / 'timed.h5',
+              script=sharpness, common=SHARPNESS)
+    assert 'compute: batch 64 (' in out and 'the gradients of batch 128' in out
+    assert {64, 128} <= set(gradient_timings) and product_timings == []
+    gradient_timings.clear()
+    out = run(capsys, '--model_file', model, '--sharpness_file', tmp_path / 'cached.h5', script=sharpness,
+              common=SHARPNESS)
+    assert 'compute: batch 64 (timed on this machine' in out and gradient_timings == []
+    out = run(capsys, '--model_file', model, '--batch_size', '128', '--sharpness_file', tmp_path / 'given.h5',
+              script=sharpness, common=SHARPNESS)
+    assert gradient_timings == [] and 'compute:' not in out
+    out = run(capsys, '--model_file', model, '--compute_config', 'plain', '--sharpness_file', tmp_path / 'plain.h5',
+              script=sharpness, common=SHARPNESS)
+    assert 'compute: batch 128 (--compute_config plain)' in out and gradient_timings == []
+    timed, given = (hdf5_layout.read_sharpness_file(str(tmp_path / name))[0] for name in ('timed.h5', 'given.h5'))
+    for key in ('loss', 'worst_case', 'sam_one_step', 'adaptive', 'average'):
+        np.testing.assert_allclose(timed[key], given[key], rtol=1e-4, atol=1e-7)
+
+
+def test_the_estimated_gradients_count_what_sharpness_measures_evaluates(tmp_path, checkpoints, capsys,
+                                                                         monkeypatch):
+    """The estimate the auto rule weighs against the timing is the passes the run then makes."""
+    import sharpness_measures
+    passes = []
+    real_value, real_gradient = sharpness_measures.PerturbedLoss.value, sharpness_measures.PerturbedLoss.value_and_gradient
+    monkeypatch.setattr(sharpness_measures.PerturbedLoss, 'value',
+                        lambda self, e: passes.append(sharpness.FORWARD_GRADIENTS) or real_value(self, e))
+    monkeypatch.setattr(sharpness_measures.PerturbedLoss, 'value_and_gradient',
+                        lambda self, e: passes.append(1) or real_gradient(self, e))
+    argv = [*SHARPNESS, '--model_file', local_copy(tmp_path, checkpoints['mlp']), '--rho', '0.05', '0.1',
+            '--restarts', '1', '--batch_size', '128', '--sharpness_file', str(tmp_path / 's.h5')]
+    run(capsys, *argv, script=sharpness, common=[])
+    assert sharpness.estimated_gradients(sharpness.get_args_parser().parse_args(argv)) == pytest.approx(sum(passes))
 
 
 # ----------------------------------------------------------------------------- the machine's timing cache

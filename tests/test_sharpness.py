@@ -86,6 +86,17 @@ def test_worst_case_is_never_below_sam_nor_the_top_eigenvector(tmp_path, capsys)
     assert np.all(np.diff(values['worst_case']) > 0)     # a larger ball holds more
 
 
+def test_no_random_restarts_and_no_ascent_steps(tmp_path, capsys):
+    """--restarts 0 and --ascent_steps 0 are allowed: each maximum is then over its given starts alone."""
+    torch.save({'state_dict': fx.regression_model().state_dict()}, tmp_path / 'reg.t7')
+    code, err = call_main(sharpness.main, [*REGRESSION, '--model', f'{PKG}:regression_model', '--model_file',
+                                           tmp_path / 'reg.t7', '--restarts', '0', '--ascent_steps', '0',
+                                           '--skip_eigen_start', '--sharpness_file', tmp_path / 's.h5'], capsys)
+    assert code == 0, err
+    values, _ = hdf5_layout.read_sharpness_file(str(tmp_path / 's.h5'))
+    assert values['worst_case'][0] == values['sam_one_step'][0]   # SAM's step is the one start, not moved
+
+
 @pytest.mark.parametrize('extra,words', [
     (['--rho', '0'], ['--rho', 'positive']),
     (['--rho', '0.1', 'nan'], ['--rho']),
