@@ -60,6 +60,7 @@ import dataloader
 import hdf5_layout
 import hessian
 import objective as objectives
+import sharpness_measures
 import timing_cache
 from errors import UsageError
 
@@ -566,15 +567,16 @@ class GradientSearch(HessianSearch):
     which also keeps the probe, and so the timing, a quarter of the Hessian's."""
     KIND, WORK = GRADIENT, 'gradients'
     CPU_SIZES, GPU_SIZES = CPU_BATCH_SIZES, GPU_BATCH_SIZES
+    probe_count = None   # the probe samples' total count, taken by the first measurement's pass
 
     def measure(self, batch_size):
         """(seconds per probe sample of one unit's gradients, the gradient) at ``batch_size``."""
-        import sharpness_measures
         loss = sharpness_measures.PerturbedLoss(
-            self.net, dataloader.CachedBatches(self.probe.cached, batch_size, self.device), self.objective, self.params)
+            self.net, dataloader.CachedBatches(self.probe.cached, batch_size, self.device), self.objective, self.params,
+            count=self.probe_count)
         centre = np.zeros(loss.size)
-        if self.vector is None:
-            self.vector = centre
+        if self.probe_count is None:
+            self.probe_count = loss.count
             loss.value_and_gradient(centre)    # warm-up: the first pass creates kernels and maps memory
         start = time.perf_counter()
         _, gradient = loss.value_and_gradient(centre)

@@ -30,13 +30,14 @@ DEFAULT_SAMPLES = 32
 
 
 class PerturbedLoss:
-    """L(w + e) and its gradient for flat float64 perturbations ``e`` of ``params``."""
+    """L(w + e) and its gradient for flat float64 perturbations ``e`` of ``params``. ``count``: the
+    data's total count when known (objective.total_count, else counted here by a pass)."""
 
-    def __init__(self, net, data, the_objective, params):
+    def __init__(self, net, data, the_objective, params, count=None):
         self.net, self.data, self.objective, self.params = net, data, the_objective, list(params)
         self.centre = [p.detach().clone() for p in self.params]
         self.size = sum(p.numel() for p in self.params)
-        self.count = objectives.total_count(the_objective, net, data)
+        self.count = count if count is not None else objectives.total_count(the_objective, net, data)
         self.evaluations = 0
 
     @property

@@ -270,7 +270,10 @@ def measure(opts, workdir):
     ranks2 = {lv: [] for lv in opts.mpi_levers}
     mpi_configs = {lv: [] for lv in opts.mpi_levers}
     for r in range(opts.repeats):   # interleaved, so slow drifts of the machine hit every path alike
-        for lever in levers:
+        # Each repeat starts at another lever: a place in the order (the first after the MPI runs,
+        # the one after the naive loop's processes) then falls to each in turn, not always to one.
+        order = levers[r % len(levers):] + levers[:r % len(levers)]
+        for lever in order:
             seconds, started, started_again, run = time_suite(workdir, model_file, opts, r, lever)
             suite[lever].append(seconds)
             startup[lever].append(started)
@@ -278,7 +281,7 @@ def measure(opts, workdir):
             configs[lever].append(run.compute.config.describe() + (', bf16 autocast' if run.settings.amp else ''))
             losses[lever] = hdf5_layout.read_surface(run.surf_file).values[hdf5_layout.TRAIN_LOSS]
             floor[lever].append(time_floor(run, opts))
-            if lever == levers[0] and not opts.skip_naive:
+            if lever == order[0] and not opts.skip_naive:
                 seconds, setup, naive_losses = time_naive(workdir, model_file, run, opts)
                 naive.append(seconds)
                 naive_setup.append(setup)
