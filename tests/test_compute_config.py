@@ -356,18 +356,23 @@ def run_eigen(capsys, *argv):
     return run(capsys, *argv, script=plot_hessian_eigen, common=EIGEN)
 
 
-@pytest.fixture
-def product_timings(monkeypatch):
-    """HessianSearch.measure with real products but fake times favouring batch 64; returns the
-    batch sizes measured."""
-    real, measured = compute_config.HessianSearch.measure, []
+def timings_favouring_batch_64(monkeypatch, search_class):
+    """``search_class``.measure with its real results but fake times favouring batch 64; returns
+    the batch sizes measured."""
+    real, measured = search_class.measure, []
 
     def fake(self, batch_size):
-        seconds, product = real(self, batch_size)
+        seconds, result = real(self, batch_size)
         measured.append(batch_size)
-        return (0.5 if batch_size == 64 else 1.0), product
-    monkeypatch.setattr(compute_config.HessianSearch, 'measure', fake)
+        return (0.5 if batch_size == 64 else 1.0), result
+    monkeypatch.setattr(search_class, 'measure', fake)
     return measured
+
+
+@pytest.fixture
+def product_timings(monkeypatch):
+    """HessianSearch, its products timed as favouring batch 64: the batch sizes measured."""
+    return timings_favouring_batch_64(monkeypatch, compute_config.HessianSearch)
 
 
 def eigen_values(path):
@@ -445,16 +450,8 @@ SHARPNESS = ['--dataset', 'digits', '--data_split', '4', '--threads', '1', '--mo
 
 @pytest.fixture
 def gradient_timings(monkeypatch):
-    """GradientSearch.measure with real gradients but fake times favouring batch 64; returns the
-    batch sizes measured."""
-    real, measured = compute_config.GradientSearch.measure, []
-
-    def fake(self, batch_size):
-        seconds, gradient = real(self, batch_size)
-        measured.append(batch_size)
-        return (0.5 if batch_size == 64 else 1.0), gradient
-    monkeypatch.setattr(compute_config.GradientSearch, 'measure', fake)
-    return measured
+    """GradientSearch, its gradients timed as favouring batch 64: the batch sizes measured."""
+    return timings_favouring_batch_64(monkeypatch, compute_config.GradientSearch)
 
 
 def test_sharpness_times_its_batch_size_by_gradients_unless_given(tmp_path, checkpoints, capsys, gradient_timings,
