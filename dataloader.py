@@ -403,6 +403,10 @@ class CachedBatches:
     def batches(self):
         return self.data.batches(self.batch_size, self.device if self.streamed else None)
 
+    def first_batch(self, size):
+        """The first ``size`` samples as one batch, however the source is batched."""
+        return next(self.data.batches(size, self.device if self.streamed else None))
+
     def channels_last(self):
         self.data = self.data.channels_last()
         return self

@@ -350,7 +350,7 @@ def probe_objective(the_objective, eval_net, data, amp=False, differentiable=Fal
     would be a pass of work thrown away."""
     try:
         if samples is not None and isinstance(data, dataloader.CachedBatches):
-            first = next(data.data.batches(samples, data.device if data.streamed else None))
+            first = data.first_batch(samples)
         else:
             first = next(iter(data.batches()))
     except (TypeError, RuntimeError) as err:
