@@ -257,6 +257,10 @@ class Probe:
                 break
         self.first = objectives.first_tensor(self.fixed[0])
 
+    def num_batches(self, config):
+        """How many batches ``batches(config)`` yields."""
+        return math.ceil(self.num_samples / config.batch_size) if self.cached is not None else len(self.fixed)
+
     def batches(self, config):
         if self.cached is not None:
             data = self.cached.channels_last() if config.channels_last else self.cached
@@ -323,31 +327,39 @@ class Search:
         return None if folding is None else folding.module
 
     def measure(self, config):
-        """(seconds per probe sample, probe loss) of one pass of ``config`` over the probe samples,
-        after a warm-up batch the first time (the first calls of a configuration create its kernels
-        and map its memory); None when ``config`` does not apply."""
+        """(seconds per probe sample, probe loss) of one pass of ``config`` over the probe samples;
+        None when ``config`` does not apply. The first call of a model (layout, folding, dtype)
+        creates its kernels and maps the memory its later batches reuse (keep_freed_memory), so
+        the clock then starts after the first batch, which still counts towards the loss; a model
+        whose pass is a single batch is warmed up on it first."""
         model = self.model(config)
         if model is None:
             return None
         model.eval()
-        # One warm-up per model (layout, folding, dtype), of one batch: the first call creates the
-        # kernels and maps the memory the later batches reuse (keep_freed_memory), so a whole pass
-        # would only cost more. Another batch size of a warmed model only adds kernels for a new
-        # shape, up to about 15 % of one pass (benchmarks/RESULTS.md), which the interleaved rounds
-        # then absorb.
+        # Warming up on a whole pass would only cost more; another batch size of a warmed model
+        # only adds kernels for a new shape, up to about 15 % of one pass (benchmarks/RESULTS.md),
+        # which the interleaved rounds then absorb.
         warm_key = (config.channels_last, config.fold_bn, self.amp)
+        cold, batches = warm_key not in self.warmed_up, self.probe.num_batches(config)
+        untimed = 1 if cold and batches > 1 else 0   # batches whose samples the clock leaves out
+        untimed_samples = 0
         with torch.inference_mode():
-            if warm_key not in self.warmed_up:
+            if cold and batches == 1:
                 self.objective.sums(model, next(iter(self.probe.batches(config))), self.amp)
-                self.warmed_up.add(warm_key)
-            start = time.perf_counter()
-            totals = {}
-            for batch in self.probe.batches(config):
-                for key, value in self.objective.sums(model, batch, self.amp).items():
+            totals, start = {}, time.perf_counter()
+            for index, batch in enumerate(self.probe.batches(config)):
+                sums = self.objective.sums(model, batch, self.amp)
+                if index < untimed:
+                    if self.device.type == 'cuda':
+                        torch.cuda.synchronize(self.device)
+                    untimed_samples += objectives.first_tensor(batch).shape[0]
+                    start = time.perf_counter()
+                for key, value in sums.items():
                     totals[key] = totals[key] + value if key in totals else value
             values = {k: v.item() if torch.is_tensor(v) else float(v) for k, v in totals.items()}   # syncs
             seconds = time.perf_counter() - start
-        return seconds / self.probe.num_samples, values[objectives.LOSS] / values[objectives.COUNT]
+        self.warmed_up.add(warm_key)
+        return seconds / (self.probe.num_samples - untimed_samples), values[objectives.LOSS] / values[objectives.COUNT]
 
     def try_measure(self, config):
         """measure(config), or None when it fails to run."""
@@ -359,14 +371,19 @@ class Search:
     def compare(self, configs, first_round=None):
         """{config: (fastest seconds per sample, probe loss)} of ``configs`` timed in interleaved
         rounds, so that a drift of the machine's speed hits each alike: ROUNDS passes each, but only
-        one for those whose first pass is slower than CONTENDER times the fastest first pass.
+        one for those whose first pass is slower than CONTENDER times the fastest first pass (and
+        for the fastest too when no other is that close).
         ``first_round``: {config: measure(config)} just taken, standing for its first-round pass.
         Configurations that do not apply, or fail to run, are left out."""
         results = dict(first_round or {})
         for round_ in range(ROUNDS):
             fastest = min((seconds for seconds, _ in results.values()), default=math.inf)
+            if round_:
+                contenders = [c for c in configs if c in results and results[c][0] <= CONTENDER * fastest]
+                if len(contenders) < 2:
+                    break   # the fastest alone: another pass of it could not change the choice
             for config in configs:
-                if round_ and (config not in results or results[config][0] > CONTENDER * fastest):
+                if round_ and config not in contenders:
                     continue
                 if not round_ and config in results:
                     continue
@@ -402,7 +419,7 @@ class Search:
             return reference, 'plain', too_short
         rtol = AMP_VALUE_RTOL if self.amp else VALUE_RTOL
         best, fastest, discarded = reference, {}, []   # fastest: over the interleaved passes only
-        just_measured = {}   # the folding's pass, the first-round pass of the step after it
+        just_measured = {}   # the best so far's passes, its first round of the step after them
         for name in steps:
             if name == 'fold_bn':
                 # By rule, not by timing: folding drops a pass over each folded convolution's output
@@ -420,7 +437,7 @@ class Search:
                 continue
             options = [True] if name != 'batch_size' else [b for b in self.batch_sizes if b != best.batch_size]
             candidates = [best] + [dataclasses.replace(best, **{name: value}) for value in options]
-            results, just_measured = self.compare(candidates, just_measured), {}
+            results = self.compare(candidates, just_measured)
             kept = {}
             for config, (seconds, loss) in results.items():
                 fastest[config] = min(seconds, fastest.get(config, math.inf))
@@ -429,6 +446,8 @@ class Search:
                 else:
                     discarded.append(config.describe())
             best = min(kept, key=kept.get) if kept else best
+            # The best's passes stand for its first round of the next step (timed just before it).
+            just_measured = {best: (fastest[best], results[best][1])} if best in results else {}
         took = time.perf_counter() - start
         why = (f'{fastest.get(reference, base_time) / fastest.get(best, base_time):.2f}x the plain configuration\'s '
                f'speed on {self.probe.num_samples} probe samples; {len(fastest) or 1} configurations timed in '

@@ -11,9 +11,11 @@ import pytest
 import torch
 
 import compute_config
+import dataloader
 import hdf5_layout
 import hessian_spectrum
 import landscape
+import model_loader
 import objective
 import plot_hessian_eigen
 import plot_surface
@@ -199,9 +201,11 @@ def counted_sums(monkeypatch):
 def test_the_search_warms_each_model_on_one_batch_and_passes_no_more_than_it_times(
         tmp_path, checkpoints, capsys, monkeypatch, counted_sums):
     """The search is the start-up of a model's first run on a machine, so it does no work it does
-    not use: a model (layout x folding x dtype) is warmed up on one batch, not a whole pass; the
-    folding's checking pass is the folded model's first-round pass of the layout step; the --amp
-    hint is one pass."""
+    not use: a model's (layout x folding x dtype) first pass warms it up on its first batch, which
+    still counts towards the loss (a separate warm-up batch only where the pass is one batch); the
+    folding's checking pass is the folded model's first-round pass of the layout step, and the
+    layout step's passes of its choice its first round of the batch-size step; the --amp hint is
+    one pass."""
     real, measured = compute_config.Search.measure, []
 
     def measure(self, config):
@@ -215,13 +219,68 @@ def test_the_search_warms_each_model_on_one_batch_and_passes_no_more_than_it_tim
     run(capsys, '--model', 'cnn_bn', '--model_file', local_copy(tmp_path, checkpoints['cnn_bn']), *GRID,
         '--compute_config', 'search', '--surf_file', tmp_path / 's.h5')
     warmed = set()
+    assert any(batches > 1 for _, _, _, batches in measured) and any(batches == 1 for _, _, _, batches in measured)
     for config, amp, passed, batches in measured:
         key = (config.channels_last, config.fold_bn, amp)
-        assert passed == batches + (key not in warmed), (config, amp)
+        assert passed == batches + (key not in warmed and batches == 1), (config, amp)
         warmed.add(key)
     folded = [c for c, amp, _, _ in measured if c.fold_bn and not c.channels_last and not amp]
     assert len(folded) == compute_config.ROUNDS          # the checking pass, then one more round
+    chosen_layout = compute_config.ComputeConfig(channels_last=True, batch_size=compute_config.PLAIN.batch_size,
+                                                 fold_bn=True)
+    fp32 = [c for c, amp, _, _ in measured if not amp]
+    assert fp32.count(chosen_layout) == compute_config.ROUNDS + 1   # the layout step's rounds, the second round after
     assert [amp for _, amp, _, _ in measured].count(True) == 1
+
+
+def digits_search(checkpoints):
+    """A Search over the cnn_bn checkpoint on a quarter of the digits, nothing given."""
+    net = model_loader.load('digits', 'cnn_bn', checkpoints['cnn_bn'])
+    data = dataloader.load_dataset('digits', None, data_split=4, split_idx=1)
+    settings = run_setup.RunSettings.from_args(plot_surface.get_args_parser().parse_args([*DATA, '--x=-1:1:2']))
+    the_objective = objective.ClassificationObjective('crossentropy')
+    return compute_config.Search(settings, net, the_objective, dataloader.CachedBatches(data, 64, 'cpu'), 'cpu', {})
+
+
+def test_the_clock_of_a_models_first_pass_starts_after_its_first_batch(checkpoints, monkeypatch):
+    """The first batch of a model creates its kernels and maps its memory: a pass over the probe
+    times the later batches only, per sample, so a slow first call does not count against it."""
+    search = digits_search(checkpoints)
+    the_objective = search.objective
+    clock, calls = iter(range(1000)), []
+    real = the_objective.sums
+
+    def first_call_slow(model, batch, amp=False):
+        calls.append(objective.first_tensor(batch).shape[0])
+        return real(model, batch, amp)
+    monkeypatch.setattr(the_objective, 'sums', first_call_slow)
+    monkeypatch.setattr(compute_config.time, 'perf_counter', lambda: float(next(clock)))
+    config = compute_config.ComputeConfig(batch_size=64)
+    batches = search.probe.num_batches(config)
+    assert batches > 1
+    seconds, loss = search.measure(config)
+    # perf_counter is read once after the first batch and once at the end: one tick over the rest
+    assert seconds == pytest.approx(1.0 / (search.probe.num_samples - calls[0]))
+    assert len(calls) == batches
+    again, loss_again = search.measure(config)
+    assert loss_again == loss and again == pytest.approx(1.0 / search.probe.num_samples)
+    assert len(calls) == 2 * batches
+
+
+@pytest.mark.parametrize('other_seconds, passes', [(1.1, [2, 2]), (2.0, [1, 1])])
+def test_a_second_round_is_run_only_between_contenders(checkpoints, monkeypatch, other_seconds, passes):
+    """Interleaved second passes are for configurations within CONTENDER of the fastest: when none
+    is, the fastest is not passed again either (it could only be chosen again)."""
+    search, counts = digits_search(checkpoints), {}
+    fast, slow = compute_config.ComputeConfig(batch_size=64), compute_config.ComputeConfig(batch_size=32)
+
+    def fake(config):
+        counts[config] = counts.get(config, 0) + 1
+        return (1.0 if config == fast else other_seconds), 0.5
+    monkeypatch.setattr(search, 'measure', fake)
+    results = search.compare([fast, slow])
+    assert [counts[fast], counts[slow]] == passes
+    assert results[fast] == (1.0, 0.5) and results[slow] == (other_seconds, 0.5)
 
 
 def test_the_first_check_of_the_objective_takes_a_few_samples(tmp_path, checkpoints, capsys, counted_sums):
