@@ -328,18 +328,18 @@ class Search:
 
     def measure(self, config):
         """(seconds per probe sample, probe loss) of one pass of ``config`` over the probe samples;
-        None when ``config`` does not apply. The first call of a model (layout, folding, dtype)
-        creates its kernels and maps the memory its later batches reuse (keep_freed_memory), so
-        the clock then starts after the first batch, which still counts towards the loss; a model
-        whose pass is a single batch is warmed up on it first."""
+        None when ``config`` does not apply. The first call of a model (layout, folding, dtype) at
+        a batch size creates the kernels of that shape and maps the memory its later batches reuse
+        (keep_freed_memory), so the clock then starts after the first batch, which still counts
+        towards the loss; a pass of a single batch is warmed up on it first."""
         model = self.model(config)
         if model is None:
             return None
         model.eval()
-        # Warming up on a whole pass would only cost more; another batch size of a warmed model
-        # only adds kernels for a new shape, up to about 15 % of one pass (benchmarks/RESULTS.md),
-        # which the interleaved rounds then absorb.
-        warm_key = (config.channels_last, config.fold_bn, self.amp)
+        # Per shape: a warmed model's first batch of another size cost 30-60 % more than its next
+        # (resnet20, batch 64, benchmarks/RESULTS.md), which in a pass of 4 batches put a truly
+        # faster batch size out of the second round. Warming up on a whole pass would only cost more.
+        warm_key = (config.channels_last, config.fold_bn, self.amp, config.batch_size)
         cold, batches = warm_key not in self.warmed_up, self.probe.num_batches(config)
         untimed = 1 if cold and batches > 1 else 0   # batches whose samples the clock leaves out
         untimed_samples = 0

@@ -201,11 +201,11 @@ def counted_sums(monkeypatch):
 def test_the_search_warms_each_model_on_one_batch_and_passes_no_more_than_it_times(
         tmp_path, checkpoints, capsys, monkeypatch, counted_sums):
     """The search is the start-up of a model's first run on a machine, so it does no work it does
-    not use: a model's (layout x folding x dtype) first pass warms it up on its first batch, which
-    still counts towards the loss (a separate warm-up batch only where the pass is one batch); the
-    folding's checking pass is the folded model's first-round pass of the layout step, and the
-    layout step's passes of its choice its first round of the batch-size step; the --amp hint is
-    one pass."""
+    not use: a model's (layout x folding x dtype) first pass at a batch size warms it up on its
+    first batch, which still counts towards the loss (a separate warm-up batch only where the pass
+    is one batch); the folding's checking pass is the folded model's first-round pass of the
+    layout step, and the layout step's passes of its choice its first round of the batch-size
+    step; the --amp hint is one pass."""
     real, measured = compute_config.Search.measure, []
 
     def measure(self, config):
@@ -221,7 +221,7 @@ def test_the_search_warms_each_model_on_one_batch_and_passes_no_more_than_it_tim
     warmed = set()
     assert any(batches > 1 for _, _, _, batches in measured) and any(batches == 1 for _, _, _, batches in measured)
     for config, amp, passed, batches in measured:
-        key = (config.channels_last, config.fold_bn, amp)
+        key = (config.channels_last, config.fold_bn, amp, config.batch_size)
         assert passed == batches + (key not in warmed and batches == 1), (config, amp)
         warmed.add(key)
     folded = [c for c, amp, _, _ in measured if c.fold_bn and not c.channels_last and not amp]
@@ -243,8 +243,9 @@ def digits_search(checkpoints):
 
 
 def test_the_clock_of_a_models_first_pass_starts_after_its_first_batch(checkpoints, monkeypatch):
-    """The first batch of a model creates its kernels and maps its memory: a pass over the probe
-    times the later batches only, per sample, so a slow first call does not count against it."""
+    """The first batch of a model at a batch size creates its kernels and maps its memory: a pass
+    over the probe times the later batches only, per sample, so a slow first call does not count
+    against it."""
     search = digits_search(checkpoints)
     the_objective = search.objective
     clock, calls = iter(range(1000)), []
@@ -265,6 +266,11 @@ def test_the_clock_of_a_models_first_pass_starts_after_its_first_batch(checkpoin
     again, loss_again = search.measure(config)
     assert loss_again == loss and again == pytest.approx(1.0 / search.probe.num_samples)
     assert len(calls) == 2 * batches
+    # Another batch size of the warmed model makes kernels of another shape: its first batch is left out too.
+    smaller = compute_config.ComputeConfig(batch_size=32)
+    before = len(calls)
+    seconds, _ = search.measure(smaller)
+    assert seconds == pytest.approx(1.0 / (search.probe.num_samples - calls[before]))
 
 
 @pytest.mark.parametrize('other_seconds, passes', [(1.1, [2, 2]), (2.0, [1, 1])])
