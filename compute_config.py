@@ -337,8 +337,9 @@ class Search:
             return None
         model.eval()
         # Per shape: a warmed model's first batch of another size cost 30-60 % more than its next
-        # (resnet20, batch 64, benchmarks/RESULTS.md), which in a pass of 4 batches put a truly
-        # faster batch size out of the second round. Warming up on a whole pass would only cost more.
+        # (resnet20, batch 64, fp32 and bf16, one fresh process per shape on a 2-core EPYC), which
+        # in a pass of 4 batches put a truly faster batch size out of the second round. Warming up
+        # on a whole pass would only cost more.
         warm_key = (config.channels_last, config.fold_bn, self.amp, config.batch_size)
         cold, batches = warm_key not in self.warmed_up, self.probe.num_batches(config)
         untimed = 1 if cold and batches > 1 else 0   # batches whose samples the clock leaves out
