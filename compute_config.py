@@ -6,7 +6,9 @@ the float32 rounding (the loss stays the mean over the whole data set, whatever 
 ``choose`` settles it once per run, on rank 0 (every MPI rank then uses rank 0's), part by part:
 
   1. a flag given explicitly (--batch_size, --channels_last / --no-channels_last, --fold_bn /
-     --no-fold_bn) fixes its part;
+     --no-fold_bn) fixes its part -- but never against a surface file's record: a resumed run whose
+     flags would change a recorded part is refused (refuse_changed_parts), as is one that adds or
+     drops --amp (an identity field, run_setup.run_identity);
   2. with --compute_config plain the other parts are PLAIN, the suite's former defaults (NCHW,
      batch 128, unfolded: the original code's arithmetic);
   3. when the surface file exists, the other parts are what it records (hdf5_layout.COMPUTE_ATTR;
@@ -75,6 +77,8 @@ AMP_VALUE_RTOL = 1e-2     # with --amp every candidate rounds in bfloat16 (about
 ROUNDS = 2                # interleaved passes over the probe samples per compared configuration (after a warm-up
 CONTENDER = 1.15          # pass); the second only within this factor of the fastest first pass; the fastest counts
 AMP_HINT_SPEEDUP = 1.2    # the line mentions --amp when it is at least this much faster than the choice
+MIN_PASS_SECONDS = 0.05   # a timed pass shorter than this is repeated until it lasts this long: a small
+                          # model's whole search once took 22 ms, and its choices varied from run to run
 MIN_RUN_SECONDS = 10.0    # auto times only runs estimated to take at least this long (at the plain speed) ...
 SEARCH_SHARE = 0.2        # ... and whose timing costs at most this share of it: it typically finds 1.3-1.5x on a
                           # CPU (benchmarks/RESULTS.md), and is a few seconds for any realistic grid
@@ -146,7 +150,8 @@ def _decide(settings, comm, kind, surf_file, net, the_objective, train_data, tes
     # An entry that still holds is kept as it is, so a resumed run leaves the file's attributes alone.
     kept = record.get(kind)
     entry = kept if _valid_parts(kept) == dataclasses.asdict(config) else {**dataclasses.asdict(config), 'how': how}
-    line = f'compute: {config.describe()} ({why}' + (f'; {shown}' if shown else '') + ')'
+    amp = ', bf16 autocast (--amp)' if settings.amp else ''
+    line = f'compute: {config.describe()}{amp} ({why}' + (f'; {shown}' if shown else '') + ')'
     return dataclasses.asdict(config), line, {**record, kind: entry}
 
 
@@ -177,8 +182,11 @@ def _cached_or_timed(search, always, timed=None):
                                                   f'kept in {where}: {cached["why"]}; --compute_config search times '
                                                   'it again')
     config, how, why = timed() if timed is not None else search.run(always, 1)
-    if how == 'search' and key is not None:
-        timing_cache.store(key, {**dataclasses.asdict(config), 'why': why})
+    if how == 'search' and key is not None and not timing_cache.store(key, {**dataclasses.asdict(config), 'why': why}) \
+            and timing_cache.cache_file() is not None:
+        print(f'warning: could not write the timing cache {timing_cache.cache_file()}: a later run of this model '
+              f'times its configuration again (set ${timing_cache.ENV_VARIABLE} to a writable folder, or empty to '
+              'keep no cache)', file=sys.stderr, flush=True)
     return config, how, why
 
 
@@ -201,9 +209,11 @@ def _samples_per_point(settings, train_data, test_data):
 
 # ----------------------------------------------------------------------------- the record
 
-def recorded_parts(surf_file, kind):
+def recorded_parts(surf_file, kind, known_only=False):
     """(the parts an existing surface file records for ``kind`` -- None when there is no such file,
-    or it records configurations but none of this kind -- and its whole record)."""
+    or it records configurations but none of this kind -- and its whole record). A file written
+    before configurations were recorded gives its recorded flags, PLAIN's parts where they say
+    nothing (``known_only``: only the parts its flags say)."""
     if not surf_file or not os.path.exists(surf_file):
         return None, {}
     surface = hdf5_layout.read_surface(surf_file)   # a damaged file: the run's own one-line refusal
@@ -216,7 +226,31 @@ def recorded_parts(surf_file, kind):
         return _valid_parts(record.get(kind)), record
     # Written before configurations were recorded: computed as its flags said, plain where they say nothing.
     args = surface.args()
-    return {name: args[name] if _valid(name, args.get(name)) else getattr(PLAIN, name) for name in FIELDS}, {}
+    known = {name: args[name] for name in FIELDS if _valid(name, args.get(name))}
+    return (known if known_only else {**dataclasses.asdict(PLAIN), **known}), {}
+
+
+def refuse_changed_parts(settings, kind, surf_file):
+    """Raise UsageError when the existing surface file ``surf_file`` records how its points of
+    ``kind`` were computed and a flag given now (--batch_size, --[no-]channels_last, --[no-]fold_bn,
+    --compute_config plain) asks for another part: the points added would round otherwise, the
+    file would end unlike an uninterrupted run of either configuration, and its record could tell
+    only one. Parts a file does not record (the original code's files) are the flags' to set."""
+    recorded, _ = recorded_parts(surf_file, kind, known_only=True)
+    if not recorded:
+        return
+    given = given_parts(settings)
+    asked = {**(dataclasses.asdict(PLAIN) if settings.compute_config == 'plain' else {}), **given}
+    changed = [name for name in FIELDS if name in asked and name in recorded and asked[name] != recorded[name]]
+    if not changed:
+        return
+    flags = [_flag(name, asked[name]) for name in changed if name in given]
+    if any(name not in given for name in changed):
+        flags.append('--compute_config plain')
+    was = ', '.join(_flag(name, recorded[name]) for name in changed)
+    raise UsageError(f'surface file {surf_file!r} was computed with {was}; {" ".join(flags)} would compute its '
+                     f'other points otherwise: rerun without {"it" if len(flags) == 1 else "them"} to finish '
+                     'the file as it was begun, or pass another --surf_file')
 
 
 def _valid(name, value):
@@ -331,7 +365,8 @@ class Search:
         None when ``config`` does not apply. The first call of a model (layout, folding, dtype) at
         a batch size creates the kernels of that shape and maps the memory its later batches reuse
         (keep_freed_memory), so the clock then starts after the first batch, which still counts
-        towards the loss; a pass of a single batch is warmed up on it first."""
+        towards the loss; a pass of a single batch is warmed up on it first. A pass shorter than
+        MIN_PASS_SECONDS is repeated (its loss taken from the first) until the clock has that long."""
         model = self.model(config)
         if model is None:
             return None
@@ -358,9 +393,16 @@ class Search:
                 for key, value in sums.items():
                     totals[key] = totals[key] + value if key in totals else value
             values = {k: v.item() if torch.is_tensor(v) else float(v) for k, v in totals.items()}   # syncs
-            seconds = time.perf_counter() - start
+            seconds, timed_samples = time.perf_counter() - start, self.probe.num_samples - untimed_samples
+            while seconds < MIN_PASS_SECONDS:   # too short for the clock and the machine's jitter
+                start = time.perf_counter()
+                for batch in self.probe.batches(config):
+                    self.objective.sums(model, batch, self.amp)
+                if self.device.type == 'cuda':
+                    torch.cuda.synchronize(self.device)
+                seconds, timed_samples = seconds + time.perf_counter() - start, timed_samples + self.probe.num_samples
         self.warmed_up.add(warm_key)
-        return seconds / (self.probe.num_samples - untimed_samples), values[objectives.LOSS] / values[objectives.COUNT]
+        return seconds / timed_samples, values[objectives.LOSS] / values[objectives.COUNT]
 
     def try_measure(self, config):
         """measure(config), or None when it fails to run."""
@@ -414,7 +456,7 @@ class Search:
         models = 1 + ('fold_bn' in steps) + ('channels_last' in steps)
         passes = 2 * models + ROUNDS * sum(len(self.batch_sizes) if name == 'batch_size' else 2
                                            for name in steps if name != 'fold_bn')
-        too_short = _too_short(always, run_seconds, base_time * passes * self.probe.num_samples,
+        too_short = _too_short(always, run_seconds, passes * max(base_time * self.probe.num_samples, MIN_PASS_SECONDS),
                                f'{configs} configurations')
         if too_short:
             return reference, 'plain', too_short
@@ -554,9 +596,14 @@ class HessianSearch:
                                         'only a built-in data set\'s is timed')
         start = time.perf_counter()
         plain_size = min(PLAIN.batch_size, self.train_samples)
-        base_time, base_product = self.measure(plain_size)
+        base_time, base_product = self.measure(plain_size)   # the first measurement warms up too
+        # What the timing costs is what its measurements take (two products, or one gradient, each),
+        # not the whole units they model: a 13 s eigenvalue map, estimated so, was left untimed
+        # although its timing then took 1 s and found 1.5x. So one measurement is timed as it is.
+        again = time.perf_counter()
+        base_time = min(base_time, self.measure(plain_size)[0])
+        search_seconds = (time.perf_counter() - again) * ROUNDS * len(self.batch_sizes)
         run_seconds = base_time * self.train_samples * units
-        search_seconds = base_time * self.probe.num_samples * ROUNDS * len(self.batch_sizes)
         too_short = _too_short(always, run_seconds, search_seconds, f'{len(self.batch_sizes)} batch sizes')
         if too_short:
             return reference, 'plain', too_short

@@ -454,8 +454,22 @@ def top_eigenpair(operator, v0, tol, maxiter, ncv):
     except NonFiniteProduct as err:
         return math.nan, None, str(err)
     except ArpackError as err:
+        if _annihilates(operator, v0):
+            # A zero operator (a point where every ReLU is dead is flat in the weights): ARPACK finds
+            # no Krylov space to start in ('Starting vector is zero'), yet every eigenvalue is 0.
+            return 0.0, v0 / np.linalg.norm(v0), ''
         return math.nan, None, f'ARPACK failed ({err})'
     return float(values[0]), vectors[:, 0], ''
+
+
+def _annihilates(operator, v0):
+    """Whether ``operator`` maps ``v0`` and a random vector to exact zeros: then, with probability
+    one, it is the zero operator."""
+    other = np.random.default_rng(START_SEED + 1).standard_normal(operator.shape[0])
+    try:
+        return all(not np.any(operator.matvec(v)) for v in (v0, other))
+    except NonFiniteProduct:
+        return False
 
 
 def extreme_eigenvalues(hessian, tol=DEFAULT_EIG_TOL, maxiter=DEFAULT_EIG_MAXITER, ncv=DEFAULT_EIG_NCV,

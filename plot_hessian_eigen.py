@@ -33,16 +33,16 @@ def report_eigenvalues(surf_file):
     surface = hdf5_layout.read_surface(surf_file)
     done = surface.done[hdf5_layout.MAX_EIG] & surface.done[hdf5_layout.MIN_EIG]
     max_eig, min_eig = surface.values[hdf5_layout.MAX_EIG][done], surface.values[hdf5_layout.MIN_EIG][done]
-    finite = np.isfinite(max_eig) & np.isfinite(min_eig) & (max_eig != 0)
+    finite = np.isfinite(max_eig) & np.isfinite(min_eig)
     if not finite.any():
         return
-    ratio = np.abs(min_eig[finite] / max_eig[finite])
+    nonzero = finite & (max_eig != 0)   # a zero Hessian (every ReLU dead) has no ratio
+    worst = f', |min/max| <= {np.abs(min_eig[nonzero] / max_eig[nonzero]).max():.3g}' if nonzero.any() else ''
     products = surface.values[hdf5_layout.HVP_COUNT][surface.done[hdf5_layout.HVP_COUNT]]
     # Points from a file of the original code have no count.
     cost = f'; {products.mean():.1f} Hessian-vector products per point' if products.size else ''
     print(f'max_eig {max_eig[finite].min():.4g} .. {max_eig[finite].max():.4g}, min_eig '
-          f'{min_eig[finite].min():.4g} .. {min_eig[finite].max():.4g}, |min/max| <= {ratio.max():.3g}'
-          + cost, flush=True)
+          f'{min_eig[finite].min():.4g} .. {min_eig[finite].max():.4g}{worst}' + cost, flush=True)
 
 
 def plot_results(args, run):

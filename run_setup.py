@@ -6,9 +6,10 @@
         build_model         the centre model (and a loader for --model_file2/3)
         load_data           training (and test) batch sources, resident or streamed
         probe_objective     the objective on one batch: bad results are refused here
+        check_surface       rank 0 refuses an existing surface file made for another run or configuration
         choose_compute      layout, batch size, BatchNorm folding: given, recorded, or timed (compute_config.py)
         prepare_evaluation  the model on its device, BatchNorm folded, compiled, wrapped (and probed again)
-        write_directions    rank 0 checks an existing surface file and makes the direction file
+        write_directions    rank 0 makes the direction file
         load_directions     the directions on the device (none along a curve, --curve_file)
     surface_engine.run_grid(comm, run.grid, run.open_writer(names), evaluate_points)
 
@@ -126,11 +127,15 @@ class RunSettings(ModelDataSettings):
 PATH_FIELDS = ('model_file', 'model_file2', 'model_file3', 'train_labels')
 
 
-def run_identity(settings, dir_file, is_2d):
+def run_identity(settings, dir_file, is_2d, kind=compute_config.SURFACE):
     """The identity fields of a run (hdf5_layout.IDENTITY_FIELDS), paths made absolute, and the
     content id of the directions it uses (once its direction file exists)."""
     # Recorded always: values with recomputed BatchNorm statistics are never mixed with others.
     identity = {'recompute_bn': settings.recomputes_statistics}
+    if kind == compute_config.SURFACE:
+        # Nor bf16 values with float32 ones (the loss moves by about 1e-3). The Hessian, always in
+        # float32, may be added to a file whose loss values were computed under --amp.
+        identity['amp'] = settings.amp
     if settings.curve_file:
         identity[hdf5_layout.DIRECTION_ID] = hdf5_layout.curve_content_id(settings.curve_file)
     elif os.path.exists(dir_file):
@@ -178,6 +183,7 @@ class Run:
     curve: curves.Curve = None    # --curve_file: x is the curve's t
     centre_buffers: list = None   # the centre's buffers, when every point recomputes its statistics
     compute: compute_config.Choice = None   # the configuration settings holds, its line and its record
+    kind: str = compute_config.SURFACE      # compute_config.HESSIAN: a run of Hessians, not of the objective
 
     def move_to(self, k):
         """Put the model at grid point ``k``; return its (x, y) coordinates."""
@@ -234,7 +240,7 @@ class Run:
                  hdf5_layout.VERSIONS_ATTR: library_versions(self.comm)}
         if self.compute is not None:
             attrs[hdf5_layout.COMPUTE_ATTR] = self.compute.record
-        identity = run_identity(self.settings, self.dir_file, self.grid.is_2d)
+        identity = run_identity(self.settings, self.dir_file, self.grid.is_2d, self.kind)
         return lambda: surface_store.SurfaceWriter(self.surf_file, self.grid, self.dir_file, value_names,
                                                    identity, attrs, by_products)
 
@@ -370,16 +376,22 @@ def probe_objective(the_objective, eval_net, data, amp=False, differentiable=Fal
     return the_objective.value_keys(sums)
 
 
-def write_directions(settings, comm, grid, dir_file, surf_file, net, base_cpu, load_model):
-    """Rank 0: refuse a surface file made for another run, then make (or complete) the direction
-    file -- in this order, so no direction file is written for a run that is refused."""
-    def check_then_make():
+def check_surface(settings, comm, kind, grid, dir_file, surf_file):
+    """Rank 0: refuse an existing surface file made for another run, or computed in a
+    configuration that flags given now would change (compute_config.refuse_changed_parts)."""
+    def check():
         if os.path.exists(surf_file):
             hdf5_layout.check_surface_matches(hdf5_layout.read_surface(surf_file), grid, dir_file,
-                                              run_identity(settings, dir_file, grid.is_2d))
-        if not settings.curve_file:
-            net_plotter.setup_direction_file(settings.directions, dir_file, net, base_cpu, load_model)
-    comm.root_only(check_then_make)
+                                              run_identity(settings, dir_file, grid.is_2d, kind))
+            compute_config.refuse_changed_parts(settings, kind, surf_file)
+    comm.root_only(check)
+
+
+def write_directions(settings, comm, dir_file, net, base_cpu, load_model):
+    """Rank 0: make (or complete) the direction file, the run's first file."""
+    if not settings.curve_file:
+        comm.root_only(lambda: net_plotter.setup_direction_file(settings.directions, dir_file, net, base_cpu,
+                                                                load_model))
 
 
 def prepare_run(settings, comm, net=None, train_dataset=None, test_dataset=None, differentiable=False):
@@ -399,17 +411,18 @@ def prepare_run(settings, comm, net=None, train_dataset=None, test_dataset=None,
     # The objective on the model as it is first: bad results are refused before anything is timed.
     value_keys = probe_objective(the_objective, net.to(device), train_data, settings.amp, differentiable,
                                  samples=CHECK_SAMPLES)
+    kind = compute_config.HESSIAN if differentiable else compute_config.SURFACE
+    check_surface(settings, comm, kind, grid, dir_file, surf_file)   # before any timing or line printed
     if comm.is_root:
         compute_config.warn_about_amp(settings, device)
     fold_given = settings.fold_bn is True
     settings, train_data, test_data, choice = choose_compute(
-        settings, comm, compute_config.HESSIAN if differentiable else compute_config.SURFACE, surf_file, grid, net,
-        the_objective, train_data, test_data, device,
+        settings, comm, kind, surf_file, grid, net, the_objective, train_data, test_data, device,
         lambda chosen: load_data(chosen, device, comm, train_dataset, test_dataset))
     eval_net, folding = prepare_evaluation(settings, net, comm, device, (train_data, test_data), announce=fold_given)
     if eval_net is not net:   # folded, compiled or wrapped: it must take the batches too
         probe_objective(the_objective, eval_net, train_data, settings.amp, differentiable)
-    write_directions(settings, comm, grid, dir_file, surf_file, net, base_cpu, load_model)
+    write_directions(settings, comm, dir_file, net, base_cpu, load_model)
     base = [t.to(device) for t in base_cpu]
     xdirection, ydirection = (None, None) if curve is not None else \
         net_plotter.load_directions(dir_file, base_cpu, grid.is_2d, device)
@@ -418,7 +431,7 @@ def prepare_run(settings, comm, net=None, train_dataset=None, test_dataset=None,
                net=net, eval_net=eval_net, folding=folding, objective=the_objective, value_keys=value_keys,
                train_data=train_data, test_data=test_data, base=base, xdirection=xdirection,
                ydirection=ydirection, curve=None if curve is None else curve.to(device),
-               centre_buffers=centre_buffers, compute=choice)
+               centre_buffers=centre_buffers, compute=choice, kind=kind)
 
 
 # ----------------------------------------------------------------------------- one point

@@ -13,7 +13,7 @@ Anything else that changes gives another key, so a stale entry is never found fo
 Precedence stays compute_config's: flags, then --compute_config plain, then the surface file's
 record on resume, then this cache (under auto), then timing. --compute_config search always times
 again and replaces the entry. The cache only saves time: a file that cannot be read is treated as
-empty, one that cannot be written is left alone, and neither stops a run.
+empty, one that cannot be written is left alone (the run warns in one line), and neither stops a run.
 """
 import hashlib
 import json

@@ -13,6 +13,7 @@ import torch
 import compute_config
 import dataloader
 import hdf5_layout
+import hessian
 import hessian_spectrum
 import landscape
 import model_loader
@@ -103,7 +104,7 @@ def test_the_choice_is_recorded_and_reused_on_resume_without_timing(tmp_path, ch
     np.testing.assert_array_equal(losses(tmp_path / 'auto.h5'), losses(tmp_path / 'full.h5'))
 
 
-def test_explicit_flags_override_the_choice_and_the_record(tmp_path, checkpoints, capsys, timings):
+def test_explicit_flags_override_the_choice_but_never_a_record(tmp_path, checkpoints, capsys, timings):
     common = ['--model', 'cnn_bn', '--model_file', local_copy(tmp_path, checkpoints['cnn_bn']), *GRID,
               '--compute_config', 'search']
     out = run(capsys, *common, '--batch_size', '64', '--no-channels_last', '--surf_file', tmp_path / 'given.h5')
@@ -111,13 +112,26 @@ def test_explicit_flags_override_the_choice_and_the_record(tmp_path, checkpoints
     assert record(tmp_path / 'given.h5')['surface'] == {'channels_last': False, 'batch_size': 64, 'fold_bn': True,
                                                         'how': 'search'}
     assert '--no-channels_last given, --batch_size 64 given' in out
-    # Over a recorded configuration: the flag wins, the rest stays as recorded.
+    # Over a recorded configuration a flag that changes a part is refused and the file left as it
+    # was: its other points would round otherwise, and its record could tell only one configuration.
     run(capsys, *common, '--surf_file', tmp_path / 'full.h5')
-    partial_copy(tmp_path / 'full.h5', tmp_path / 'resumed.h5', np.s_[2, :])
+    full, resumed = tmp_path / 'full.h5', tmp_path / 'resumed.h5'
+    partial_copy(full, resumed, np.s_[2, :])
     timings.clear()
-    run(capsys, *common, '--no-fold_bn', '--surf_file', tmp_path / 'resumed.h5')
+    for flags, words in ((['--no-fold_bn'], ['--fold_bn;', '--no-fold_bn would']),
+                         (['--batch_size', '64'], ['--batch_size 32;', '--batch_size 64 would']),
+                         (['--compute_config', 'plain'], ['--channels_last, --batch_size 32, --fold_bn;',
+                                                          '--compute_config plain would']),
+                         (['--batch_size', '32', '--no-channels_last'], ['--channels_last;', '--no-channels_last'])):
+        before = snapshot(tmp_path)
+        code, err = call_main(plot_surface.main, [*DATA, *common, *flags, '--surf_file', resumed], capsys)
+        assert_one_line_error(code, err, [str(resumed), *words])
+        assert snapshot(tmp_path) == before
     assert timings == []
-    assert record(tmp_path / 'resumed.h5')['surface'] == {**FORCED, 'fold_bn': False, 'how': 'reused'}
+    # Flags that agree with the record are taken: the file ends as an uninterrupted run.
+    run(capsys, *common, '--batch_size', '32', '--fold_bn', '--surf_file', resumed)
+    assert timings == [] and record(resumed) == record(full)
+    np.testing.assert_array_equal(losses(resumed), losses(full))
     # Every part given: nothing is timed, even with search.
     run(capsys, *common, '--batch_size', '16', '--channels_last', '--no-fold_bn', '--surf_file', tmp_path / 'all.h5')
     assert timings == []
@@ -216,6 +230,7 @@ def test_the_search_warms_each_model_on_one_batch_and_passes_no_more_than_it_tim
         return None if got is None else (1.0 - 0.1 * config.channels_last, got[1])
     monkeypatch.setattr(compute_config.Search, 'measure', measure)
     monkeypatch.setattr(compute_config, 'native_bf16', lambda device: True)   # so the hint is timed
+    monkeypatch.setattr(compute_config, 'MIN_PASS_SECONDS', 0.0)   # repeated short passes: the next test
     run(capsys, '--model', 'cnn_bn', '--model_file', local_copy(tmp_path, checkpoints['cnn_bn']), *GRID,
         '--compute_config', 'search', '--surf_file', tmp_path / 's.h5')
     warmed = set()
@@ -273,6 +288,27 @@ def test_the_clock_of_a_models_first_pass_starts_after_its_first_batch(checkpoin
     assert seconds == pytest.approx(1.0 / (search.probe.num_samples - calls[before]))
 
 
+def test_a_pass_shorter_than_min_pass_seconds_is_repeated_until_the_clock_has_that_long(checkpoints, monkeypatch):
+    """A small model's pass over the probe lasts a few milliseconds, where the clock and the
+    machine's jitter chose at random: it is repeated, timed, until MIN_PASS_SECONDS have passed,
+    and its seconds per sample are taken over every timed sample; the loss is the first pass's."""
+    search = digits_search(checkpoints)
+    config = compute_config.ComputeConfig(batch_size=64)
+    monkeypatch.setattr(compute_config, 'MIN_PASS_SECONDS', 0.0)
+    _, loss_of_one_pass = search.measure(config)   # warms this shape up: every later batch is timed
+    calls, real = [], search.objective.sums
+    monkeypatch.setattr(search.objective, 'sums', lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(compute_config, 'MIN_PASS_SECONDS', 0.05)
+    tick = 0.05 / 4.5   # each reading of the clock advances it: one tick per pass
+    clock = iter(tick * i for i in range(1000))
+    monkeypatch.setattr(compute_config.time, 'perf_counter', lambda: next(clock))
+    seconds, loss = search.measure(config)
+    batches, n = search.probe.num_batches(config), search.probe.num_samples
+    assert len(calls) == 5 * batches                    # 1 + 4 passes: 5 ticks >= 4.5
+    assert seconds == pytest.approx(5 * tick / (5 * n))
+    assert loss == loss_of_one_pass
+
+
 @pytest.mark.parametrize('other_seconds, passes', [(1.1, [2, 2]), (2.0, [1, 1])])
 def test_a_second_round_is_run_only_between_contenders(checkpoints, monkeypatch, other_seconds, passes):
     """Interleaved second passes are for configurations within CONTENDER of the fastest: when none
@@ -319,6 +355,37 @@ def test_a_file_from_before_the_record_resumes_with_its_recorded_flags(tmp_path,
     assert record(tmp_path / 'old.h5')['surface'] == {'channels_last': True, 'batch_size': 32, 'fold_bn': False,
                                                       'how': 'reused'}
     np.testing.assert_array_equal(losses(tmp_path / 'old.h5'), losses(tmp_path / 'full.h5'))
+    # Its flags are its record: another batch size is refused. The original code's files record
+    # nothing, so there the flags given decide.
+    partial_copy(tmp_path / 'full.h5', tmp_path / 'older.h5', np.s_[1, :])
+    with h5py.File(tmp_path / 'older.h5', 'r+') as f:
+        del f.attrs[hdf5_layout.COMPUTE_ATTR]
+    code, err = call_main(plot_surface.main, [*DATA, *common, '--batch_size', '64', '--surf_file', tmp_path / 'older.h5'],
+                          capsys)
+    assert_one_line_error(code, err, ['--batch_size 32;', '--batch_size 64 would'])
+    with h5py.File(tmp_path / 'older.h5', 'r+') as f:
+        del f.attrs[hdf5_layout.ARGS_ATTR]
+    run(capsys, *common, '--batch_size', '64', '--surf_file', tmp_path / 'older.h5')
+    assert record(tmp_path / 'older.h5')['surface'] == {'channels_last': False, 'batch_size': 64, 'fold_bn': False,
+                                                        'how': 'reused'}
+
+
+@pytest.mark.parametrize('first, then', [([], ['--amp']), (['--amp'], [])], ids=['float32 file', 'bf16 file'])
+def test_bf16_and_float32_values_are_never_mixed_in_one_file(tmp_path, checkpoints, capsys, first, then):
+    """--amp moves the loss by about 1e-3: a file begun with it is refused without it, and the other
+    way round, and the compute line says when the values are bf16."""
+    common = ['--model', 'cnn_bn', '--model_file', local_copy(tmp_path, checkpoints['cnn_bn']), *GRID,
+              '--compute_config', 'plain']
+    full, part = tmp_path / 'full.h5', tmp_path / 'part.h5'
+    out = run(capsys, *common, *first, '--surf_file', full)
+    assert ('compute: batch 128, bf16 autocast (--amp) (' in out) == bool(first)
+    partial_copy(full, part, np.s_[1, :])
+    before = snapshot(tmp_path)
+    code, err = call_main(plot_surface.main, [*DATA, *common, *then, '--surf_file', part], capsys)
+    assert_one_line_error(code, err, [str(part), f'amp={bool(first)}'])
+    assert snapshot(tmp_path) == before
+    run(capsys, *common, *first, '--surf_file', part)   # as it was begun: it ends as the uninterrupted run
+    np.testing.assert_array_equal(losses(part), losses(full))
 
 
 def test_a_non_root_rank_takes_rank_0s_choice_without_timing(monkeypatch):
@@ -440,6 +507,34 @@ def product_timings(monkeypatch):
     return timings_favouring_batch_64(monkeypatch, compute_config.HessianSearch)
 
 
+@pytest.mark.parametrize('measurement_seconds, timed', [(0.05, True), (0.5, False)])
+def test_auto_weighs_the_hessian_timing_by_what_its_measurements_take(checkpoints, monkeypatch,
+                                                                      measurement_seconds, timed):
+    """A measurement takes two products and models a point's PRODUCTS_PER_POINT: under auto the
+    timing's cost is that of the measurements, so a run of 12 s is timed when its measurements take
+    0.05 s each, although the units they model would cost as long as the run, and is not when they
+    take 0.5 s (then only the estimate's two measurements are made)."""
+    net = model_loader.load('digits', 'mlp', checkpoints['mlp'])
+    data = dataloader.CachedBatches(dataloader.load_dataset('digits', None, data_split=4, split_idx=1), 128, 'cpu')
+    search = compute_config.HessianSearch(net, objective.ClassificationObjective('crossentropy'), data, 'cpu',
+                                          hessian.hessian_parameters(net))
+    now = [0.0]
+
+    sizes = []
+
+    def measured(batch_size):
+        sizes.append(batch_size)
+        now[0] += measurement_seconds
+        return 1.0 / search.probe.num_samples, np.ones(3)   # a modelled unit: 1 s over the probe samples
+    monkeypatch.setattr(compute_config.time, 'perf_counter', lambda: now[0])
+    monkeypatch.setattr(search, 'measure', measured)
+    units = 12.0 * search.probe.num_samples / search.train_samples
+    assert compute_config.ROUNDS * len(search.batch_sizes) * 1.0 > compute_config.SEARCH_SHARE * 12.0
+    _, how, why = search.run(False, units)
+    assert (how == 'search') == timed, why
+    assert timed or ('too short' in why and len(sizes) == 2)
+
+
 def eigen_values(path):
     return hdf5_layout.read_surface(str(path)).values[hdf5_layout.MAX_EIG]
 
@@ -506,7 +601,8 @@ def test_hessian_spectrum_times_its_batch_size_unless_given(tmp_path, checkpoint
     assert 'compute: batch 64 (timed on this machine' in out and product_timings == []   # the search's, cached
     out = run(capsys, '--model_file', model, '--top_k', '1', '--spectrum_file', tmp_path / 'short.h5',
               script=hessian_spectrum, common=SPECTRUM)
-    assert 'compute: batch 128 (the run, about' in out and product_timings == [128]   # another key: the estimate only
+    # Another key, timed anew: the fake times make the run long, and its real measurements are cheap.
+    assert 'compute: batch 64 (' in out and 'probe samples' in out and 64 in product_timings
 
 
 SHARPNESS = ['--dataset', 'digits', '--data_split', '4', '--threads', '1', '--model', 'mlp', '--rho', '0.05',
@@ -621,7 +717,11 @@ def test_a_broken_or_disabled_cache_never_stops_a_run(tmp_path, checkpoints, cap
         folder = tmp_path / 'file' / 'cache'      # under a regular file: not even root can make it
     monkeypatch.setenv('LANDSCAPE_CACHE_DIR', '' if damage == 'off' else str(folder))
     common = ['--model', 'cnn_bn', '--model_file', local_copy(tmp_path, checkpoints['cnn_bn']), *GRID]
-    run(capsys, *common, '--compute_config', 'search', '--surf_file', tmp_path / 'timed.h5')
+    code, err = call_main(plot_surface.main, [*DATA, *common, '--compute_config', 'search', '--surf_file',
+                                              tmp_path / 'timed.h5'], capsys)
+    assert code == 0, err
+    # A cache that cannot be written is said (each run would time again), one turned off is not.
+    assert ('warning: could not write the timing cache' in err) == (damage == 'not a folder'), err
     run(capsys, *common, '--surf_file', tmp_path / 'later.h5')
     how = record(tmp_path / 'later.h5')['surface']['how']
     assert how == ('cached' if damage == 'garbage' else 'plain')

@@ -124,6 +124,20 @@ def test_negative_definite_operator():
     assert_within_one_percent(result.min_eig, exact[0])
 
 
+def test_a_zero_hessian_has_zero_eigenvalues_not_a_failure():
+    """Every ReLU dead: the loss is flat in the weights, each product exactly zero, and ARPACK
+    cannot start ('Starting vector is zero'); both extreme eigenvalues are then 0."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4)).eval()
+    with torch.no_grad():
+        net[0].bias.fill_(-1e3)
+    data = tiny_data(20, 5, 4, seed=1)
+    operator = hessian.MeanLossHessian(net, data, params=hessian.hessian_parameters(net))
+    assert not np.any(operator.hvp(np.ones(operator.size)))
+    result = hessian.extreme_eigenvalues(operator, **TIGHT)
+    assert (result.max_eig, result.min_eig, result.failure) == (0.0, 0.0, '')
+
+
 def test_few_parameters_solved_densely():
     torch.manual_seed(0)
     net = ReferenceClassLogistic(features=2, classes=3).eval()     # 4 weights: below ARPACK's reach
