@@ -451,7 +451,9 @@ class Search:
         base_time, base_loss = self.measure(reference)
         run_seconds = base_time * samples_per_point * points_per_rank
         steps = [name for name in ('fold_bn', 'channels_last', 'batch_size') if name in self.free]
-        configs = 1 + sum(len(self.batch_sizes) - 1 if name == 'batch_size' else 1 for name in steps)
+        # As the line will count them: folding is checked by one pass, not timed against the rest.
+        configs = 1 + sum(len(self.batch_sizes) - 1 if name == 'batch_size' else 1 for name in steps
+                          if name != 'fold_bn')
         # At most: a warm-up and a pass per model (layout x folding), and each timed step's rounds.
         models = 1 + ('fold_bn' in steps) + ('channels_last' in steps)
         passes = 2 * models + ROUNDS * sum(len(self.batch_sizes) if name == 'batch_size' else 2

@@ -8,6 +8,7 @@ rank 0 waits idle for results, and at every exit: the end, an exception, Ctrl-C 
 killed run loses only the points in flight and those recorded since the last flush, and rerunning
 the same command computes exactly the missing ones.
 """
+import signal
 import sys
 import time
 
@@ -27,8 +28,8 @@ def run_grid(comm, grid, open_writer, evaluate_points, desc='grid points', point
     that has train_loss and now gets test_loss does not pay for train_loss again).
 
     ``open_writer()`` (called on rank 0 only) returns a surface_store.SurfaceWriter. Returns a
-    summary dict on rank 0 (None elsewhere). SIGTERM on rank 0 ends the run with one line on
-    stderr and exit status 143, once every recorded point is in the file."""
+    summary dict on rank 0 (None elsewhere). SIGTERM or Ctrl-C on rank 0 ends the run with one line
+    on stderr and exit status 143 or 130, once every recorded point is in the file."""
     writer = None
 
     def open_and_list():
@@ -55,12 +56,16 @@ def run_grid(comm, grid, open_writer, evaluate_points, desc='grid points', point
         finally:
             if writer is not None:
                 writer.close()   # before any exit: every recorded point reaches the file
-    except Terminated as stop:
+    except (Terminated, KeyboardInterrupt) as stop:
+        if writer is None:   # another rank: rank 0 says what is stored
+            raise
+        # Ctrl-C says what SIGTERM says, and ends with the shell's status for it (130).
+        stop = stop if isinstance(stop, Terminated) else Terminated(signal.SIGINT)
         stored = grid.num_points - len(writer.pending())
         print(f'{desc}: stopped by {stop.signal_name}; {stored} of {grid.num_points} points are in '
               f'{writer.path}; rerun the same command to compute the rest', file=sys.stderr, flush=True)
         comm.abort(stop.code)   # under MPI, the other ranks too
-        raise
+        raise stop from None
     except Exception as err:
         fail_all_ranks(comm, err)
     if not comm.is_root:

@@ -225,9 +225,11 @@ def test_kill_between_values_and_done_masks_leaves_a_trustworthy_file(tmp_path, 
         np.testing.assert_array_equal(final.values[name], expected.values[name])
 
 
-def test_sigterm_writes_every_recorded_point_before_the_run_ends(tmp_path, reference):
-    """SIGTERM (a scheduler's pre-emption) ends the run with one line and status 143 once every
-    point recorded so far is in the file, even with no flush due for an hour."""
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT], ids=['SIGTERM', 'SIGINT'])
+def test_a_stop_signal_writes_every_recorded_point_before_the_run_ends(tmp_path, reference, signum):
+    """SIGTERM (a scheduler's pre-emption) or Ctrl-C ends the run with one line saying what is
+    stored and status 143 or 130 once every point recorded so far is in the file, even with no
+    flush due for an hour."""
     model, expected, _, _ = reference
     surf, log = tmp_path / 'surf.h5', tmp_path / 'stderr.txt'
     cmd = [sys.executable, os.path.join(ROOT, 'plot_surface.py'), *map(str, surface_command(model, surf))]
@@ -240,16 +242,17 @@ def test_sigterm_writes_every_recorded_point_before_the_run_ends(tmp_path, refer
         while 'stalled at recorded:25' not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert points_still_missing(surf, NUM_POINTS, SURFACE_NAMES) == NUM_POINTS   # none flushed yet
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         status = proc.wait(timeout=60)
     finally:
         kill_tree(proc.pid)
         proc.wait()
     output = log.read_text()
-    assert status == 128 + signal.SIGTERM, output[-2000:]
+    assert status == 128 + signum, output[-2000:]
     assert 'Traceback' not in output
     last_line = output.replace('\r', '\n').strip().splitlines()[-1]
-    assert f'stopped by SIGTERM; 25 of {NUM_POINTS} points are in {surf}; rerun the same command' in last_line
+    name = signal.Signals(signum).name
+    assert f'stopped by {name}; 25 of {NUM_POINTS} points are in {surf}; rerun the same command' in last_line
     assert points_still_missing(surf, NUM_POINTS, SURFACE_NAMES) == NUM_POINTS - 25
     rerun = run_script('plot_surface.py', *surface_command(model, surf))
     assert rerun.returncode == 0, rerun.stderr
