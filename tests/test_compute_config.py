@@ -230,7 +230,8 @@ def test_the_search_warms_each_model_on_one_batch_and_passes_no_more_than_it_tim
         return None if got is None else (1.0 - 0.1 * config.channels_last, got[1])
     monkeypatch.setattr(compute_config.Search, 'measure', measure)
     monkeypatch.setattr(compute_config, 'native_bf16', lambda device: True)   # so the hint is timed
-    monkeypatch.setattr(compute_config, 'MIN_PASS_SECONDS', 0.0)   # repeated short passes: the next test
+    # Repeated short passes are test_a_pass_shorter_than_min_pass_seconds_is_repeated_...'s.
+    monkeypatch.setattr(compute_config, 'MIN_PASS_SECONDS', 0.0)
     run(capsys, '--model', 'cnn_bn', '--model_file', local_copy(tmp_path, checkpoints['cnn_bn']), *GRID,
         '--compute_config', 'search', '--surf_file', tmp_path / 's.h5')
     warmed = set()
@@ -518,9 +519,7 @@ def test_auto_weighs_the_hessian_timing_by_what_its_measurements_take(checkpoint
     data = dataloader.CachedBatches(dataloader.load_dataset('digits', None, data_split=4, split_idx=1), 128, 'cpu')
     search = compute_config.HessianSearch(net, objective.ClassificationObjective('crossentropy'), data, 'cpu',
                                           hessian.hessian_parameters(net))
-    now = [0.0]
-
-    sizes = []
+    now, sizes = [0.0], []
 
     def measured(batch_size):
         sizes.append(batch_size)
