@@ -7,14 +7,16 @@ NP     ?= 2
 
 .PHONY: demo test bench bench-gpu clean
 
-$(VENV)/.installed: requirements.txt
+# The package goes in editable (pip install -e): the checkout's code is what runs, and its
+# top-level scripts and `python -m losslandscape.<script>` run the same modules.
+$(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -e '.[all]'
 	touch $@
 
-$(VENV)/.test-installed: requirements-test.txt $(VENV)/.installed
-	$(PY) -m pip install -q -r requirements-test.txt
+$(VENV)/.test-installed: pyproject.toml $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
 # Train a small CNN on scikit-learn's bundled digits, then draw its loss landscape.
@@ -32,7 +34,7 @@ bench: $(VENV)/.test-installed
 		" --amp" --mpi_levers "" "--channels_last --batch_size 64 --fold_bn" --mpi
 	$(PY) benchmarks/bench_hessian.py
 	$(PY) benchmarks/bench_io.py --grids 41 201
-	# PyHessian, for the comparison only: in the benchmark's own folder, never in requirements.txt.
+	# PyHessian, for the comparison only: in the benchmark's own folder, never a dependency.
 	test -d benchmarks/out/pyhessian/pyhessian || $(PY) -m pip install -q --no-deps --target benchmarks/out/pyhessian pyhessian==0.1
 	$(PY) benchmarks/bench_spectrum.py
 

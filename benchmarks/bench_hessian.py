@@ -1,6 +1,6 @@
 """Speed of hessian.py: Hessian-vector products per second and grid points per minute.
 
-On fake CIFAR-sized data (random uint8 3x32x32 images held in a dataloader.CachedDataset, CIFAR-10
+On fake CIFAR-sized data (random uint8 3x32x32 images held in a datasets.CachedDataset, CIFAR-10
 normalisation), with a freshly initialised zoo model whose BatchNorm statistics are first set by one
 pass over that data. Grid points per minute is measured when --points > 0 (that many warm-started
 points along a filter-normalised random direction, as plot_hessian_eigen.py solves them); with
@@ -14,19 +14,17 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from losslandscape.curvature import hessian
+from losslandscape.data import datasets
+from losslandscape.directions import moving, normalization, subsets
+from losslandscape.models import loading
 
-import dataloader  # noqa: E402
-import hessian  # noqa: E402
-import model_loader  # noqa: E402
-import net_plotter  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 POINT_SPACING = 0.05   # distance between the measured grid points along the direction
 
@@ -54,8 +52,8 @@ def fake_cifar(num_images, seed, device):
     gen = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (num_images, 3, 32, 32), generator=gen, dtype=torch.uint8)
     labels = torch.randint(0, 10, (num_images,), generator=gen)
-    scale, shift = dataloader._affine(dataloader.CIFAR10_MEAN, dataloader.CIFAR10_STD, 255.0, raw_data=False)
-    return dataloader.CachedDataset(images, labels, 10, scale, shift).to(device)
+    scale, shift = datasets._affine(datasets.CIFAR10_MEAN, datasets.CIFAR10_STD, 255.0, raw_data=False)
+    return datasets.CachedDataset(images, labels, 10, scale, shift).to(device)
 
 
 @torch.no_grad()
@@ -85,7 +83,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    net = model_loader.build('cifar10', args.model).to(device)
+    net = loading.build('cifar10', args.model).to(device)
     data = fake_cifar(args.num_images, args.seed, device)
     set_batchnorm_statistics(net, data, args.batch_size)
     operator = hessian.MeanLossHessian(net, data, 'crossentropy', args.batch_size)
@@ -108,15 +106,15 @@ def main(argv=None):
         'images_per_second_hvp': args.num_images * hvps_per_second,
     }
     if args.points > 0:
-        base = net_plotter.get_weights(net)
-        direction = net_plotter.make_random_direction(base, torch.Generator().manual_seed(args.seed), 'filter',
+        base = subsets.get_weights(net)
+        direction = normalization.make_random_direction(base, torch.Generator().manual_seed(args.seed), 'filter',
                                                       'biasbn')
         direction = [d.to(device) for d in direction]
         tracker = hessian.EigenTracker(tol=args.eig_tol, ncv=args.eig_ncv)
         counts, eigenvalues = [], []
         started = time.perf_counter()
         for i in range(args.points):
-            net_plotter.set_weights(net, base, direction, None, i * POINT_SPACING)
+            moving.set_weights(net, base, direction, None, i * POINT_SPACING)
             solved = tracker.solve(operator)
             counts.append(solved.hvp_count)
             eigenvalues.append((solved.max_eig, solved.min_eig))

@@ -24,13 +24,11 @@ import time
 
 import h5py
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from losslandscape.cli.parsing import DefaultsHelpFormatter
+from losslandscape.engine.grid import Grid, parse_axis
+from losslandscape.io import hdf5_layout, surface_store
 
-import hdf5_layout  # noqa: E402
-import surface_store  # noqa: E402
-from cli import DefaultsHelpFormatter  # noqa: E402
-from grid import Grid, parse_axis  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 STORE_NAMES = (hdf5_layout.TRAIN_LOSS, hdf5_layout.TRAIN_ACC, hdf5_layout.TEST_LOSS, hdf5_layout.TEST_ACC)
 
@@ -108,7 +106,8 @@ def time_run(workdir, model_file, n, data_split):
 
 def write_mlp_checkpoint(workdir):
     import torch
-    from digits.models import MODELS
+
+    from losslandscape.models.digits import MODELS
     torch.manual_seed(0)
     path = os.path.join(workdir, 'mlp.t7')
     torch.save({'state_dict': MODELS['mlp']().state_dict(), 'epoch': 0, 'acc': 0.0}, path)

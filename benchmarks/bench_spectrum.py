@@ -15,8 +15,8 @@ dim > 1, 1,864 of them, as plot_hessian_eigen.py takes it), with the dense Hessi
       comparison; the verdict is the fastest row of this suite whose errors are at most
       PyHessian's, against PyHessian's mean time
 
-PyHessian is the pip package ``pyhessian`` 0.1, installed for this benchmark only (never in
-requirements.txt): ``pip install --no-deps --target benchmarks/out/pyhessian pyhessian==0.1``;
+PyHessian is the pip package ``pyhessian`` 0.1, installed for this benchmark only (never a
+dependency of the suite): ``pip install --no-deps --target benchmarks/out/pyhessian pyhessian==0.1``;
 the benchmark looks there (or wherever --pyhessian_path points) and skips its rows without it.
 
     python benchmarks/bench_spectrum.py [--threads 2] [--seeds 10] [--json benchmarks/out/bench_spectrum.json]
@@ -30,14 +30,12 @@ import time
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from losslandscape.cli.parsing import DefaultsHelpFormatter
+from losslandscape.curvature import hessian, spectrum
+from losslandscape.data import datasets, user_code
+from losslandscape.models.digits import MODELS
 
-import dataloader  # noqa: E402
-import hessian  # noqa: E402
-import spectrum  # noqa: E402
-from cli import DefaultsHelpFormatter  # noqa: E402
-from digits.models import MODELS  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def get_args_parser():
@@ -63,7 +61,7 @@ def get_args_parser():
 def trained_model(name, steps):
     torch.manual_seed(0)
     net = MODELS[name]()
-    data = dataloader.load_digits(train=True)
+    data = datasets.load_digits(train=True)
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     gen = torch.Generator().manual_seed(0)
     for _ in range(steps):
@@ -109,9 +107,9 @@ def summary(label, runs, exact):
 def pyhessian_row(path, net, data, exact, seeds):
     if not os.path.isdir(os.path.join(path, 'pyhessian')):
         return None, f'PyHessian not found under {path} (pip install --no-deps --target {path} pyhessian==0.1)'
-    sys.path.insert(0, path)
-    from pyhessian import hessian as PyHessian
+    user_code.import_user_module('pyhessian', folder=path)   # from that folder, sys.path unchanged
     module = sys.modules['pyhessian.hessian']     # the package exports the class under the module's name
+    PyHessian = module.hessian
     # Its products, counted: every one goes through the hessian_vector_product it imports.
     counted, product = [0], module.hessian_vector_product
 

@@ -37,21 +37,20 @@ from unittest import mock
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from losslandscape import plot_surface
+from losslandscape._testing.fake_cifar10 import write_fake_cifar10
+from losslandscape.cli.parsing import DefaultsHelpFormatter
+from losslandscape.compute import timing_cache
+from losslandscape.data.datasets import CIFAR10_MEAN, CIFAR10_STD
+from losslandscape.directions import direction_files, moving, subsets
+from losslandscape.engine import evaluators
+from losslandscape.engine.run_setup import RunSettings, prepare_run
+from losslandscape.engine.surface_engine import run_grid
+from losslandscape.io import hdf5_layout
+from losslandscape.models import loading
+from losslandscape.parallel.mpi_comm import SerialComm
 
-import hdf5_layout  # noqa: E402
-import model_loader  # noqa: E402
-import net_plotter  # noqa: E402
-import plot_surface  # noqa: E402
-import timing_cache  # noqa: E402
-from cifar10.fake_data import write_fake_cifar10  # noqa: E402
-from mpi_comm import SerialComm  # noqa: E402
-import evaluators  # noqa: E402
-from run_setup import RunSettings, prepare_run  # noqa: E402
-from surface_engine import run_grid  # noqa: E402
-from dataloader import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
-from cli import DefaultsHelpFormatter  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def get_args_parser():
@@ -144,16 +143,16 @@ def time_naive(workdir, model_file, run, opts):
 
 def naive_worker(opts):
     """--naive_worker MODEL_FILE DIR_FILE: time naive_loop in this process, write it to --json."""
-    from grid import Grid, parse_axis
+    from losslandscape.engine.grid import Grid, parse_axis
     model_file, dir_file = opts.naive_worker
     if opts.threads:
         torch.set_num_threads(opts.threads)
     device = torch.device('cuda' if opts.cuda else 'cpu')
     start = time.perf_counter()
-    net = model_loader.load('cifar10', opts.model, model_file).to(device)
-    base = [w.to(device) for w in net_plotter.get_base(net, 'weights')]
+    net = loading.load('cifar10', opts.model, model_file).to(device)
+    base = [w.to(device) for w in subsets.get_base(net, 'weights')]
     grid = Grid(parse_axis(f'-1:1:{opts.grid}', '--x'), parse_axis(f'-1:1:{opts.grid}', '--y'))
-    xdirection, ydirection = net_plotter.load_directions(dir_file, [w.cpu() for w in base], True, device)
+    xdirection, ydirection = direction_files.load_directions(dir_file, [w.cpu() for w in base], True, device)
     loaded = time.perf_counter() - start
     seconds, setup, losses = naive_loop(os.path.dirname(model_file), net, base, xdirection, ydirection, grid, device,
                                         opts)
@@ -181,7 +180,7 @@ def naive_loop(workdir, net, base, xdirection, ydirection, grid, device, opts):
     start = time.perf_counter()
     for k in range(points):
         x, y = grid.point(k)
-        net_plotter.set_weights(net, base, xdirection, ydirection, x, y)
+        moving.set_weights(net, base, xdirection, ydirection, x, y)
         net.eval()
         total, correct, loss_sum = 0, 0, 0.0
         with torch.no_grad():
@@ -257,7 +256,7 @@ def main(argv=None):
 def measure(opts, workdir):
     """Every timing of the table, on fake data and a random model written to ``workdir``."""
     write_fake_cifar10(workdir, num_train=opts.num_images, num_test=10)
-    from cifar10.zoo import MODELS
+    from losslandscape.models.cifar10.zoo import MODELS
     torch.manual_seed(0)
     model_file = os.path.join(workdir, 'model.t7')
     torch.save({'state_dict': MODELS[opts.model]().state_dict(), 'epoch': 0, 'acc': 0.0}, model_file)

@@ -1,1 +1,1 @@
-"""CIFAR-10 models and helpers of the loss-landscape suite."""
+"""The original code's cifar10/ folder: ``python -m cifar10.main`` trains (see losslandscape.train)."""

@@ -8,12 +8,10 @@ import sys
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+from losslandscape.data import datasets
+from losslandscape.models.digits import MODELS
 
-import dataloader  # noqa: E402
-from digits.models import MODELS  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 torch.set_num_threads(1)   # deterministic, and fair to the other test process on a 2-core box
 
@@ -30,7 +28,7 @@ def train_briefly(name, seed, steps=40, batch_size=64, lr=0.1):
     not at their initial values, in well under a second."""
     torch.manual_seed(seed)
     net = MODELS[name]()
-    data = dataloader.load_digits(train=True)
+    data = datasets.load_digits(train=True)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     gen = torch.Generator().manual_seed(seed)
     net.train()
@@ -58,16 +56,23 @@ def checkpoints(tmp_path_factory):
     return paths
 
 
+def script_command(script):
+    """How a user runs ``script`` ('plot_surface.py'): the file where the checkout keeps one for
+    users of the original code, else the package's module (``-m losslandscape.hessian_spectrum``)."""
+    path = os.path.join(ROOT, script)
+    return [path] if os.path.exists(path) else ['-m', 'losslandscape.' + script.removesuffix('.py')]
+
+
 def run_script(script, *args, cwd=ROOT, env=None, timeout=300, launcher=()):
     """Run one of the suite's scripts as a user would: returns CompletedProcess (text)."""
     full_env = {**os.environ, 'PYTHONPATH': ROOT, 'OMP_NUM_THREADS': '1', **(env or {})}
-    return subprocess.run([*launcher, sys.executable, os.path.join(ROOT, script), *map(str, args)],
+    return subprocess.run([*launcher, sys.executable, *script_command(script), *map(str, args)],
                           cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
 def call_main(main, argv, capsys):
     """Run ``main(argv)`` in this process through cli.run_main; return (exit code, stderr)."""
-    from cli import run_main
+    from losslandscape.cli.parsing import run_main
     try:
         code = run_main(main, [str(a) for a in argv]) or 0
     except SystemExit as stop:

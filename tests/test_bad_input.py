@@ -1,7 +1,7 @@
 """Bad input: a one-line error naming the problem, exit status 2, no traceback, no file changed.
 
 Each case is (name, argv builder, words the message must contain). Cases run in-process through
-cli.run_main (the same path as the command line, minus interpreter start-up); a few also run as
+parsing.run_main (the same path as the command line, minus interpreter start-up); a few also run as
 real subprocesses to prove the command-line wiring.
 """
 import importlib
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-import cli
-import plot_surface
-from hdf5_layout import FileLock
+from losslandscape import plot_surface
+from losslandscape.cli import parsing
+from losslandscape.io.hdf5_layout import FileLock
 from tests.conftest import assert_one_line_error, call_main, run_script, snapshot
 
 DIGITS = ['--dataset', 'digits', '--threads', '1']
@@ -201,8 +201,8 @@ def test_defaults_written_into_help_by_hand_are_the_defaults(module):
 
 
 def defaults_help(**option):
-    """The help text that cli.ArgumentParser prints for one option --opt declared with ``option``."""
-    parser = cli.ArgumentParser('prog')
+    """The help text that parsing.ArgumentParser prints for one option --opt declared with ``option``."""
+    parser = parsing.ArgumentParser('prog')
     parser.add_argument('--opt', **option)
     return ' '.join(parser.format_help().split())
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-import bn_folding
-import net_plotter
-from bn_folding import BatchNormFolding
-from cifar10.zoo import build
-from cli import UsageError
+from losslandscape.cli.parsing import UsageError
+from losslandscape.compute import bn_folding
+from losslandscape.compute.bn_folding import BatchNormFolding
+from losslandscape.directions import moving, normalization, subsets
+from losslandscape.models.cifar10.zoo import build
 from tests.conftest import ROOT
 from tests.synthetic_weights import synthetic_state_dict
 from tests.test_model_zoo import LAYOUTS
@@ -78,18 +78,18 @@ def test_folds_exactly_the_foldable_pairs_and_matches_the_model():
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-@pytest.mark.parametrize('dir_type', net_plotter.DIR_TYPES)
+@pytest.mark.parametrize('dir_type', subsets.DIR_TYPES)
 def test_refresh_follows_the_model_to_every_grid_point(dir_type):
     """Without refresh() the folded weights would stay those of the first point."""
     net = randomize_statistics(Shapes())
     x = torch.randn(5, 3, 6, 6)
     folding = BatchNormFolding(net)
-    base = net_plotter.get_base(net, dir_type)
+    base = subsets.get_base(net, dir_type)
     g = torch.Generator().manual_seed(1)
-    xdir = net_plotter.make_random_direction(base, g, 'filter')
-    ydir = net_plotter.make_random_direction(base, g, 'filter')
+    xdir = normalization.make_random_direction(base, g, 'filter')
+    ydir = normalization.make_random_direction(base, g, 'filter')
     for step in [(0.5, -0.25), (-1.0, 1.0)]:
-        net_plotter.move(net, dir_type, base, xdir, ydir, *step)
+        moving.move(net, dir_type, base, xdir, ydir, *step)
         stale = outputs(folding.module, x)
         folding.refresh()
         expected = outputs(net, x)
@@ -221,8 +221,8 @@ def test_residual_sums_land_in_the_dead_shortcut_and_change_no_value(autocast):
 
 WITHOUT_BF16 = """
 import torch
-import bn_folding
-from cifar10.zoo import build
+from losslandscape.compute import bn_folding
+from losslandscape.models.cifar10.zoo import build
 from tests.test_bn_folding import outputs, randomize_statistics
 assert not bn_folding.onednn_bf16()
 net = randomize_statistics(build('resnet20')).to(memory_format=torch.channels_last)
@@ -268,9 +268,9 @@ def test_fused_convolutions_follow_the_model_and_fall_back_off_the_fast_path():
     net = randomize_statistics(build('resnet20'))
     folding = BatchNormFolding(net)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    base = net_plotter.get_base(net, 'weights')
-    direction = net_plotter.make_random_direction(base, torch.Generator().manual_seed(2), 'filter')
-    net_plotter.move(net, 'weights', base, direction, None, 0.5)
+    base = subsets.get_base(net, 'weights')
+    direction = normalization.make_random_direction(base, torch.Generator().manual_seed(2), 'filter')
+    moving.move(net, 'weights', base, direction, None, 0.5)
     folding.refresh()
     torch.testing.assert_close(outputs(folding.module, x), outputs(net, x), rtol=1e-4, atol=1e-4)   # NCHW: unfused path
     net.to(memory_format=torch.channels_last)

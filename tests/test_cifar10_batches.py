@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-import dataloader
-from cifar10.fake_data import write_fake_cifar10
-from cifar10.zoo import MODELS
+from losslandscape._testing.fake_cifar10 import write_fake_cifar10
+from losslandscape.data import datasets
+from losslandscape.models.cifar10.zoo import MODELS
 from tests.conftest import run_script
 
 
@@ -67,7 +67,7 @@ def test_official_python2_batch_format_loads():
     opcodes = {op.name for op, _, _ in pickletools.genops(blob)}
     assert 'BINSTRING' in opcodes and not {'BINUNICODE', 'SHORT_BINUNICODE'} & opcodes  # like Python 2
     assert b'cnumpy.core.multiarray\n_reconstruct\n' in blob
-    loaded = dataloader.read_cifar10_batch(blob, 'data_batch_1')
+    loaded = datasets.read_cifar10_batch(blob, 'data_batch_1')
     assert loaded['batch_label'] == batch['batch_label'] and loaded['filenames'] == batch['filenames']
     assert loaded['labels'] == batch['labels']
     assert loaded['data'].dtype == np.uint8 and np.array_equal(loaded['data'], batch['data'])
@@ -76,7 +76,7 @@ def test_official_python2_batch_format_loads():
 def test_fake_batches_load(tmp_path):
     write_fake_cifar10(str(tmp_path), num_train=10, num_test=2)
     with pytest.warns(UserWarning, match='checksums'):
-        data = dataloader.load_cifar10(str(tmp_path), train=True)
+        data = datasets.load_cifar10(str(tmp_path), train=True)
     assert data.inputs.shape == (10, 3, 32, 32) and data.inputs.dtype == torch.uint8
 
 
@@ -102,6 +102,6 @@ def test_batches_repickled_by_python3_at_any_protocol_load(protocol):
     data = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072) % 251
     blob = pickle.dumps({'batch_label': 'b', 'labels': [3, 7], 'data': data, 'filenames': ['a', 'b']},
                         protocol=protocol)
-    batch = dataloader.read_cifar10_batch(blob, 'data_batch_1')
+    batch = datasets.read_cifar10_batch(blob, 'data_batch_1')
     np.testing.assert_array_equal(batch['data'], data)
     assert batch['labels'] == [3, 7]

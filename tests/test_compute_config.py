@@ -1,4 +1,4 @@
-"""The automatic compute configuration (compute_config.py): recorded in the surface file, reused on
+"""The automatic compute configuration (choosing.py): recorded in the surface file, reused on
 resume (no timing, values equal bit for bit), overridden by explicit flags, within 1e-5 of the
 plain configuration, the same on every MPI rank; bad values refused."""
 import os
@@ -10,19 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-import compute_config
-import dataloader
-import hdf5_layout
-import hessian
-import hessian_spectrum
-import landscape
-import model_loader
-import objective
-import plot_hessian_eigen
-import plot_surface
-import run_setup
-import sharpness
-from mpi_comm import SerialComm
+import losslandscape
+from losslandscape import hessian_spectrum, plot_hessian_eigen, plot_surface, sharpness
+from losslandscape.compute import choosing, configuration, runtime, timing_search
+from losslandscape.curvature import hessian
+from losslandscape.data import batch_sources, datasets
+from losslandscape.engine import run_setup
+from losslandscape.io import hdf5_layout
+from losslandscape.models import loading
+from losslandscape.objectives import objective
+from losslandscape.parallel.mpi_comm import SerialComm
 from tests.conftest import assert_one_line_error, call_main, run_script, snapshot, train_briefly
 from tests.test_plot_surface import DATA, expected_loss, local_copy
 
@@ -33,7 +30,7 @@ FORCED = {'channels_last': True, 'batch_size': 32, 'fold_bn': True}   # what the
 
 def run(capsys, *argv, script=plot_surface, common=DATA):
     """plot_surface.py (or ``script``) in this process, with the ``common`` flags; returns its stdout."""
-    from cli import run_main
+    from losslandscape.cli.parsing import run_main
     try:
         code = run_main(script.main, [str(a) for a in (*common, *argv)]) or 0
     except SystemExit as stop:
@@ -56,7 +53,7 @@ def timings(monkeypatch):
     """Search.measure with the real probe losses but fake, deterministic times favouring FORCED:
     channels_last, then BatchNorm folding, then batch 32 are each faster. Returns the list of the
     configurations measured."""
-    real, measured = compute_config.Search.measure, []
+    real, measured = timing_search.Search.measure, []
 
     def fake(self, config, **passes):
         got = real(self, config, **passes)
@@ -65,7 +62,7 @@ def timings(monkeypatch):
             return None
         seconds = 1.0 - 0.3 * config.channels_last - 0.2 * config.fold_bn - 0.1 * (config.batch_size == 32)
         return seconds, got[1]
-    monkeypatch.setattr(compute_config.Search, 'measure', fake)
+    monkeypatch.setattr(timing_search.Search, 'measure', fake)
     return measured
 
 
@@ -85,7 +82,7 @@ def test_the_choice_is_recorded_and_reused_on_resume_without_timing(tmp_path, ch
     out = run(capsys, *common, '--surf_file', tmp_path / 'full.h5')
     assert 'compute: channels_last, batch 32, BatchNorm folded (' in out
     assert record(tmp_path / 'full.h5') == {'surface': {**FORCED, 'how': 'search'}}
-    assert timings[0] == compute_config.PLAIN and compute_config.ComputeConfig(**FORCED) in timings
+    assert timings[0] == configuration.PLAIN and configuration.ComputeConfig(**FORCED) in timings
     run(capsys, *common, '--compute_config', 'plain', '--surf_file', tmp_path / 'plain.h5')
     # The configuration matters to the bits (so the resume below could not equal by chance) ...
     assert not np.array_equal(losses(tmp_path / 'full.h5'), losses(tmp_path / 'plain.h5'))
@@ -98,7 +95,7 @@ def test_the_choice_is_recorded_and_reused_on_resume_without_timing(tmp_path, ch
     np.testing.assert_array_equal(losses(tmp_path / 'resumed.h5'), losses(tmp_path / 'full.h5'))   # ... bit for bit
     assert record(tmp_path / 'resumed.h5') == record(tmp_path / 'full.h5')
     # Under the default (auto) too, and with the timing broken: a recorded file is never timed.
-    monkeypatch.setattr(compute_config.Search, 'measure', lambda *a: pytest.fail('timed a recorded run'))
+    monkeypatch.setattr(timing_search.Search, 'measure', lambda *a: pytest.fail('timed a recorded run'))
     partial_copy(tmp_path / 'full.h5', tmp_path / 'auto.h5', np.s_[0, :])
     run(capsys, *common[:-2], '--surf_file', tmp_path / 'auto.h5')
     np.testing.assert_array_equal(losses(tmp_path / 'auto.h5'), losses(tmp_path / 'full.h5'))
@@ -170,12 +167,12 @@ def test_forced_configuration_is_within_1e_5_of_plain(tmp_path, checkpoints, cap
 
 def test_a_candidate_that_changes_the_values_is_discarded(tmp_path, checkpoints, capsys, monkeypatch):
     """A folding that moved the probe loss by more than VALUE_RTOL must not be chosen, however fast."""
-    real = compute_config.Search.measure
+    real = timing_search.Search.measure
 
     def folding_is_fast_but_wrong(self, config, **passes):
         seconds, loss = real(self, config, **passes)
         return (0.1, loss * (1 + 1e-4)) if config.fold_bn else (1.0, loss)
-    monkeypatch.setattr(compute_config.Search, 'measure', folding_is_fast_but_wrong)
+    monkeypatch.setattr(timing_search.Search, 'measure', folding_is_fast_but_wrong)
     out = run(capsys, '--model', 'cnn_bn', '--model_file', local_copy(tmp_path, checkpoints['cnn_bn']), *GRID,
               '--compute_config', 'search', '--surf_file', tmp_path / 's.h5')
     assert record(tmp_path / 's.h5')['surface']['fold_bn'] is False
@@ -185,18 +182,18 @@ def test_a_candidate_that_changes_the_values_is_discarded(tmp_path, checkpoints,
 def test_batchnorm_is_folded_by_rule_not_by_timing(tmp_path, checkpoints, capsys, monkeypatch):
     """Folding only removes work: it is taken even when the (noisy) clock says it is slower, after
     one pass of the folded model checks its loss; the layout and batch size are still timed."""
-    real, measured = compute_config.Search.measure, []
+    real, measured = timing_search.Search.measure, []
 
     def folding_looks_slow(self, config, **passes):
         seconds, loss = real(self, config, **passes)
         measured.append(config)
         return (2.0 if config.fold_bn else 1.0), loss
-    monkeypatch.setattr(compute_config.Search, 'measure', folding_looks_slow)
+    monkeypatch.setattr(timing_search.Search, 'measure', folding_looks_slow)
     run(capsys, '--model', 'cnn_bn', '--model_file', local_copy(tmp_path, checkpoints['cnn_bn']), *GRID,
         '--compute_config', 'search', '--surf_file', tmp_path / 's.h5')
     assert record(tmp_path / 's.h5')['surface']['fold_bn'] is True
     unfolded = [c for c in measured if not c.fold_bn]
-    assert unfolded == [compute_config.PLAIN]        # the reference alone: nothing unfolded is compared
+    assert unfolded == [configuration.PLAIN]        # the reference alone: nothing unfolded is compared
     assert {c.channels_last for c in measured} == {False, True} and len({c.batch_size for c in measured}) > 1
 
 
@@ -220,7 +217,7 @@ def test_the_search_warms_each_model_on_one_batch_and_passes_no_more_than_it_tim
     is one batch); the folding's checking pass is the folded model's first-round pass of the
     layout step, and the layout step's passes of its choice its first round of the batch-size
     step; the --amp hint is one pass."""
-    real, measured = compute_config.Search.measure, []
+    real, measured = timing_search.Search.measure, []
 
     def measure(self, config):
         before = len(counted_sums)
@@ -228,10 +225,10 @@ def test_the_search_warms_each_model_on_one_batch_and_passes_no_more_than_it_tim
         measured.append((config, self.amp, len(counted_sums) - before, len(list(self.probe.batches(config)))))
         # channels_last a little faster: chosen, yet the other layout is a contender for the second round
         return None if got is None else (1.0 - 0.1 * config.channels_last, got[1])
-    monkeypatch.setattr(compute_config.Search, 'measure', measure)
-    monkeypatch.setattr(compute_config, 'native_bf16', lambda device: True)   # so the hint is timed
+    monkeypatch.setattr(timing_search.Search, 'measure', measure)
+    monkeypatch.setattr(runtime, 'native_bf16', lambda device: True)   # so the hint is timed
     # Repeated short passes are test_a_pass_shorter_than_min_pass_seconds_is_repeated_...'s.
-    monkeypatch.setattr(compute_config, 'MIN_PASS_SECONDS', 0.0)
+    monkeypatch.setattr(timing_search, 'MIN_PASS_SECONDS', 0.0)
     run(capsys, '--model', 'cnn_bn', '--model_file', local_copy(tmp_path, checkpoints['cnn_bn']), *GRID,
         '--compute_config', 'search', '--surf_file', tmp_path / 's.h5')
     warmed = set()
@@ -241,21 +238,21 @@ def test_the_search_warms_each_model_on_one_batch_and_passes_no_more_than_it_tim
         assert passed == batches + (key not in warmed and batches == 1), (config, amp)
         warmed.add(key)
     folded = [c for c, amp, _, _ in measured if c.fold_bn and not c.channels_last and not amp]
-    assert len(folded) == compute_config.ROUNDS          # the checking pass, then one more round
-    chosen_layout = compute_config.ComputeConfig(channels_last=True, batch_size=compute_config.PLAIN.batch_size,
+    assert len(folded) == timing_search.ROUNDS          # the checking pass, then one more round
+    chosen_layout = configuration.ComputeConfig(channels_last=True, batch_size=configuration.PLAIN.batch_size,
                                                  fold_bn=True)
     fp32 = [c for c, amp, _, _ in measured if not amp]
-    assert fp32.count(chosen_layout) == compute_config.ROUNDS + 1   # the layout step's rounds, the second round after
+    assert fp32.count(chosen_layout) == timing_search.ROUNDS + 1   # the layout step's rounds, the second round after
     assert [amp for _, amp, _, _ in measured].count(True) == 1
 
 
 def digits_search(checkpoints):
     """A Search over the cnn_bn checkpoint on a quarter of the digits, nothing given."""
-    net = model_loader.load('digits', 'cnn_bn', checkpoints['cnn_bn'])
-    data = dataloader.load_dataset('digits', None, data_split=4, split_idx=1)
+    net = loading.load('digits', 'cnn_bn', checkpoints['cnn_bn'])
+    data = datasets.load_dataset('digits', None, data_split=4, split_idx=1)
     settings = run_setup.RunSettings.from_args(plot_surface.get_args_parser().parse_args([*DATA, '--x=-1:1:2']))
     the_objective = objective.ClassificationObjective('crossentropy')
-    return compute_config.Search(settings, net, the_objective, dataloader.CachedBatches(data, 64, 'cpu'), 'cpu', {})
+    return timing_search.Search(settings, net, the_objective, batch_sources.CachedBatches(data, 64, 'cpu'), 'cpu', {})
 
 
 def test_the_clock_of_a_models_first_pass_starts_after_its_first_batch(checkpoints, monkeypatch):
@@ -271,8 +268,8 @@ def test_the_clock_of_a_models_first_pass_starts_after_its_first_batch(checkpoin
         calls.append(objective.first_tensor(batch).shape[0])
         return real(model, batch, amp)
     monkeypatch.setattr(the_objective, 'sums', first_call_slow)
-    monkeypatch.setattr(compute_config.time, 'perf_counter', lambda: float(next(clock)))
-    config = compute_config.ComputeConfig(batch_size=64)
+    monkeypatch.setattr(timing_search.time, 'perf_counter', lambda: float(next(clock)))
+    config = configuration.ComputeConfig(batch_size=64)
     batches = search.probe.num_batches(config)
     assert batches > 1
     seconds, loss = search.measure(config)
@@ -283,7 +280,7 @@ def test_the_clock_of_a_models_first_pass_starts_after_its_first_batch(checkpoin
     assert loss_again == loss and again == pytest.approx(1.0 / search.probe.num_samples)
     assert len(calls) == 2 * batches
     # Another batch size of the warmed model makes kernels of another shape: its first batch is left out too.
-    smaller = compute_config.ComputeConfig(batch_size=32)
+    smaller = configuration.ComputeConfig(batch_size=32)
     before = len(calls)
     seconds, _ = search.measure(smaller)
     assert seconds == pytest.approx(1.0 / (search.probe.num_samples - calls[before]))
@@ -294,15 +291,15 @@ def test_a_pass_shorter_than_min_pass_seconds_is_repeated_until_the_clock_has_th
     machine's jitter chose at random: it is repeated, timed, until MIN_PASS_SECONDS have passed,
     and its seconds per sample are taken over every timed sample; the loss is the first pass's."""
     search = digits_search(checkpoints)
-    config = compute_config.ComputeConfig(batch_size=64)
-    monkeypatch.setattr(compute_config, 'MIN_PASS_SECONDS', 0.0)
+    config = configuration.ComputeConfig(batch_size=64)
+    monkeypatch.setattr(timing_search, 'MIN_PASS_SECONDS', 0.0)
     _, loss_of_one_pass = search.measure(config)   # warms this shape up: every later batch is timed
     calls, real = [], search.objective.sums
     monkeypatch.setattr(search.objective, 'sums', lambda *a: calls.append(1) or real(*a))
-    monkeypatch.setattr(compute_config, 'MIN_PASS_SECONDS', 0.05)
+    monkeypatch.setattr(timing_search, 'MIN_PASS_SECONDS', 0.05)
     tick = 0.05 / 4.5   # each reading of the clock advances it: one tick per pass
     clock = iter(tick * i for i in range(1000))
-    monkeypatch.setattr(compute_config.time, 'perf_counter', lambda: next(clock))
+    monkeypatch.setattr(timing_search.time, 'perf_counter', lambda: next(clock))
     seconds, loss = search.measure(config)
     batches, n = search.probe.num_batches(config), search.probe.num_samples
     assert len(calls) == 5 * batches                    # 1 + 4 passes: 5 ticks >= 4.5
@@ -315,7 +312,7 @@ def test_a_second_round_is_run_only_between_contenders(checkpoints, monkeypatch,
     """Interleaved second passes are for configurations within CONTENDER of the fastest: when none
     is, the fastest is not passed again either (it could only be chosen again)."""
     search, counts = digits_search(checkpoints), {}
-    fast, slow = compute_config.ComputeConfig(batch_size=64), compute_config.ComputeConfig(batch_size=32)
+    fast, slow = configuration.ComputeConfig(batch_size=64), configuration.ComputeConfig(batch_size=32)
 
     def fake(config):
         counts[config] = counts.get(config, 0) + 1
@@ -331,13 +328,13 @@ def test_the_first_check_of_the_objective_takes_a_few_samples(tmp_path, checkpoi
     run(capsys, '--model', 'cnn_bn', '--model_file', local_copy(tmp_path, checkpoints['cnn_bn']), *GRID,
         '--compute_config', 'plain', '--surf_file', tmp_path / 's.h5')
     assert counted_sums[0] == run_setup.CHECK_SAMPLES
-    assert counted_sums[1] == compute_config.PLAIN.batch_size     # then the points, in whole batches
+    assert counted_sums[1] == configuration.PLAIN.batch_size     # then the points, in whole batches
 
 
 def test_short_runs_are_not_timed_under_auto(tmp_path, checkpoints, capsys, timings):
     out = run(capsys, '--model', 'cnn_bn', '--model_file', local_copy(tmp_path, checkpoints['cnn_bn']), *GRID,
               '--surf_file', tmp_path / 's.h5')
-    assert timings == [compute_config.PLAIN]    # timed once, for the estimate of the run's time
+    assert timings == [configuration.PLAIN]    # timed once, for the estimate of the run's time
     assert record(tmp_path / 's.h5')['surface'] == {'channels_last': False, 'batch_size': 128, 'fold_bn': False,
                                                     'how': 'plain'}
     assert 'too short to pay for timing' in out
@@ -397,15 +394,15 @@ def test_a_non_root_rank_takes_rank_0s_choice_without_timing(monkeypatch):
 
         def root_only(self, fn):
             return {**FORCED}, 'compute: rank 0\'s line', {'surface': {**FORCED, 'how': 'search'}}
-    monkeypatch.setattr(compute_config, '_decide', lambda *a, **k: pytest.fail('rank 1 decided'))
+    monkeypatch.setattr(choosing, '_decide', lambda *a, **k: pytest.fail('rank 1 decided'))
     settings = plot_surface_settings([])
-    choice = compute_config.choose(settings, Rank1(), compute_config.SURFACE, '', None, None, None, None, 'cpu', 12)
-    assert choice.config == compute_config.ComputeConfig(**FORCED)
+    choice = choosing.choose(settings, Rank1(), configuration.SURFACE, '', None, None, None, None, 'cpu', 12)
+    assert choice.config == configuration.ComputeConfig(**FORCED)
     assert choice.record == {'surface': {**FORCED, 'how': 'search'}}
 
 
 def plot_surface_settings(argv):
-    from run_setup import RunSettings
+    from losslandscape.engine.run_setup import RunSettings
     return RunSettings.from_args(plot_surface.get_args_parser().parse_args(['--model_file', 'm.t7', *argv]))
 
 
@@ -430,14 +427,13 @@ def test_two_ranks_use_rank_0s_choice(tmp_path, checkpoints):
 
 
 def test_python_api_takes_the_compute_flags(tmp_path, checkpoints, capsys):
-    import dataloader
     import torch
     net = train_briefly('cnn_bn', 0)
-    data = dataloader.load_dataset('digits', '', True, False, 4, 1)
+    data = datasets.load_dataset('digits', '', True, False, 4, 1)
     dataset = torch.utils.data.TensorDataset(data.normalize(data.inputs), data.targets)
-    plain = landscape.surface(net, dataset, x='-1:1:3', xnorm='filter', threads=1, compute_config='plain',
+    plain = losslandscape.surface(net, dataset, x='-1:1:3', xnorm='filter', threads=1, compute_config='plain',
                               surf_file=str(tmp_path / 'plain.h5'))
-    given = landscape.surface(net, dataset, x='-1:1:3', xnorm='filter', threads=1, channels_last=True, fold_bn=True,
+    given = losslandscape.surface(net, dataset, x='-1:1:3', xnorm='filter', threads=1, channels_last=True, fold_bn=True,
                               batch_size=32, surf_file=str(tmp_path / 'given.h5'))
     assert record(tmp_path / 'given.h5')['surface'] == {**FORCED, 'how': 'given'}
     assert given.values['train_loss'].shape == plain.values['train_loss'].shape
@@ -460,19 +456,19 @@ def test_bad_compute_flags_are_refused(tmp_path, checkpoints, capsys, argv, word
 
 def test_glibc_keeps_freed_memory_unless_the_user_tunes_malloc(monkeypatch):
     import platform
-    for variable in compute_config.MALLOC_VARIABLES:
+    for variable in runtime.MALLOC_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
     if not (sys.platform.startswith('linux') and platform.libc_ver()[0] == 'glibc'):
-        assert compute_config.keep_freed_memory() is False
+        assert runtime.keep_freed_memory() is False
         return
-    assert compute_config.keep_freed_memory() is True
+    assert runtime.keep_freed_memory() is True
     monkeypatch.setenv('MALLOC_TRIM_THRESHOLD_', '0')
-    assert compute_config.keep_freed_memory() is False
+    assert runtime.keep_freed_memory() is False
 
 
 def test_amp_without_bf16_instructions_warns(tmp_path, checkpoints, capsys, monkeypatch):
-    monkeypatch.setattr(compute_config, 'native_bf16', lambda device: False)
-    from cli import run_main
+    monkeypatch.setattr(runtime, 'native_bf16', lambda device: False)
+    from losslandscape.cli.parsing import run_main
     model = local_copy(tmp_path, checkpoints['cnn_bn'])
     code = run_main(plot_surface.main, [*DATA, '--model', 'cnn_bn', '--model_file', model, '--x=-1:1:3', '--amp',
                                         '--surf_file', str(tmp_path / 's.h5')]) or 0
@@ -505,7 +501,7 @@ def timings_favouring_batch_64(monkeypatch, search_class):
 @pytest.fixture
 def product_timings(monkeypatch):
     """HessianSearch, its products timed as favouring batch 64: the batch sizes measured."""
-    return timings_favouring_batch_64(monkeypatch, compute_config.HessianSearch)
+    return timings_favouring_batch_64(monkeypatch, timing_search.HessianSearch)
 
 
 @pytest.mark.parametrize('measurement_seconds, timed', [(0.05, True), (0.5, False)])
@@ -515,9 +511,9 @@ def test_auto_weighs_the_hessian_timing_by_what_its_measurements_take(checkpoint
     timing's cost is that of the measurements, so a run of 12 s is timed when its measurements take
     0.05 s each, although the units they model would cost as long as the run, and is not when they
     take 0.5 s (then only the estimate's two measurements are made)."""
-    net = model_loader.load('digits', 'mlp', checkpoints['mlp'])
-    data = dataloader.CachedBatches(dataloader.load_dataset('digits', None, data_split=4, split_idx=1), 128, 'cpu')
-    search = compute_config.HessianSearch(net, objective.ClassificationObjective('crossentropy'), data, 'cpu',
+    net = loading.load('digits', 'mlp', checkpoints['mlp'])
+    data = batch_sources.CachedBatches(datasets.load_dataset('digits', None, data_split=4, split_idx=1), 128, 'cpu')
+    search = timing_search.HessianSearch(net, objective.ClassificationObjective('crossentropy'), data, 'cpu',
                                           hessian.hessian_parameters(net))
     now, sizes = [0.0], []
 
@@ -525,10 +521,10 @@ def test_auto_weighs_the_hessian_timing_by_what_its_measurements_take(checkpoint
         sizes.append(batch_size)
         now[0] += measurement_seconds
         return 1.0 / search.probe.num_samples, np.ones(3)   # a modelled unit: 1 s over the probe samples
-    monkeypatch.setattr(compute_config.time, 'perf_counter', lambda: now[0])
+    monkeypatch.setattr(timing_search.time, 'perf_counter', lambda: now[0])
     monkeypatch.setattr(search, 'measure', measured)
     units = 12.0 * search.probe.num_samples / search.train_samples
-    assert compute_config.ROUNDS * len(search.batch_sizes) * 1.0 > compute_config.SEARCH_SHARE * 12.0
+    assert timing_search.ROUNDS * len(search.batch_sizes) * 1.0 > timing_search.SEARCH_SHARE * 12.0
     _, how, why = search.run(False, units)
     assert (how == 'search') == timed, why
     assert timed or ('too short' in why and len(sizes) == 2)
@@ -611,7 +607,7 @@ SHARPNESS = ['--dataset', 'digits', '--data_split', '4', '--threads', '1', '--mo
 @pytest.fixture
 def gradient_timings(monkeypatch):
     """GradientSearch, its gradients timed as favouring batch 64: the batch sizes measured."""
-    return timings_favouring_batch_64(monkeypatch, compute_config.GradientSearch)
+    return timings_favouring_batch_64(monkeypatch, timing_search.GradientSearch)
 
 
 def test_sharpness_times_its_batch_size_by_gradients_unless_given(tmp_path, checkpoints, capsys, gradient_timings,
@@ -642,7 +638,7 @@ def test_sharpness_times_its_batch_size_by_gradients_unless_given(tmp_path, chec
 def test_the_estimated_gradients_count_what_sharpness_measures_evaluates(tmp_path, checkpoints, capsys,
                                                                          monkeypatch):
     """The estimate the auto rule weighs against the timing is the passes the run then makes."""
-    import sharpness_measures
+    from losslandscape.curvature import sharpness_measures
     passes = []
     real_value, real_gradient = sharpness_measures.PerturbedLoss.value, sharpness_measures.PerturbedLoss.value_and_gradient
     monkeypatch.setattr(sharpness_measures.PerturbedLoss, 'value',
@@ -677,7 +673,7 @@ def test_a_timed_choice_serves_the_next_run_of_the_model_on_this_machine(tmp_pat
     # Another key: found nothing, so the short run under auto times its plain configuration only
     # (its estimate) and takes it.
     run(capsys, *common, '--batch_size', '64', '--surf_file', tmp_path / 'given.h5')
-    assert timings == [compute_config.ComputeConfig(batch_size=64)]
+    assert timings == [configuration.ComputeConfig(batch_size=64)]
     assert record(tmp_path / 'given.h5')['surface']['how'] == 'plain'
 
 
@@ -727,7 +723,7 @@ def test_a_broken_or_disabled_cache_never_stops_a_run(tmp_path, checkpoints, cap
 
 
 def test_the_cache_keeps_the_newest_entries_and_keys_what_the_timing_depends_on(monkeypatch):
-    import timing_cache
+    from losslandscape.compute import timing_cache
     monkeypatch.setattr(timing_cache, 'MAX_ENTRIES', 3)
     keys = [timing_cache.make_key(model='m', amp=amp, batch_sizes=sizes) for amp in (False, True)
             for sizes in ([32, 64], [32])]

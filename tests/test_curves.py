@@ -10,18 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-import bn_statistics
-import curves
-import dataloader
-import hdf5_layout
-import model_loader
-import objective
-import plot_1D
-import plot_surface
-import train_curve
-from cifar10 import main as cifar10_main
-from errors import UsageError
-from plot_common import loss_barrier
+from losslandscape import plot_1D, plot_surface, train_curve
+from losslandscape import train as cifar10_main
+from losslandscape.curves import bn_statistics, connecting_curves
+from losslandscape.data import batch_sources, datasets
+from losslandscape.errors import UsageError
+from losslandscape.figures.common import loss_barrier
+from losslandscape.io import hdf5_layout
+from losslandscape.models import loading
+from losslandscape.objectives import objective
 from tests.conftest import call_main, run_script, snapshot
 
 DIGITS = ['--dataset', 'digits', '--threads', '1']
@@ -67,35 +64,35 @@ def trained(end_models, tmp_path_factory):
 
 
 def digits_source(batch_size=128):
-    return dataloader.batch_source('digits', '', True, batch_size, 'cpu', 'resident')
+    return batch_sources.batch_source('digits', '', True, batch_size, 'cpu', 'resident')
 
 
 # ----------------------------------------------------------------------------- the parametrisation
 
-@pytest.mark.parametrize('curve_type', curves.CURVE_TYPES)
+@pytest.mark.parametrize('curve_type', connecting_curves.CURVE_TYPES)
 @pytest.mark.parametrize('num_bends', [2, 3, 5])
 def test_ends_are_exact_and_straight_bends_make_the_straight_line(curve_type, num_bends):
     generator = torch.Generator().manual_seed(0)
     start = [torch.randn(4, 3, generator=generator), torch.randn(5, generator=generator)]
     end = [torch.randn(4, 3, generator=generator), torch.randn(5, generator=generator)]
-    curve = curves.Curve(curve_type, ['w', 'b'], [start, *curves.straight_bends(start, end, num_bends), end])
+    curve = connecting_curves.Curve(curve_type, ['w', 'b'], [start, *connecting_curves.straight_bends(start, end, num_bends), end])
     for t, tensors in ((0.0, start), (1.0, end)):
-        assert curves.coefficients(curve_type, num_bends, t) == [1.0 if i == (t == 1.0) * (num_bends - 1) else 0.0
+        assert connecting_curves.coefficients(curve_type, num_bends, t) == [1.0 if i == (t == 1.0) * (num_bends - 1) else 0.0
                                                                  for i in range(num_bends)]
         assert all(w is x for w, x in zip(curve.weights(t), tensors))   # the end tensors themselves
     for t in (0.1, 0.5, 0.77):
-        assert sum(curves.coefficients(curve_type, num_bends, t)) == pytest.approx(1.0)
+        assert sum(connecting_curves.coefficients(curve_type, num_bends, t)) == pytest.approx(1.0)
         for w, a, b in zip(curve.weights(t), start, end):
             torch.testing.assert_close(w, a + t * (b - a), rtol=1e-5, atol=1e-6)
 
 
 def test_bezier_is_the_bernstein_form_and_polychain_passes_through_its_bends():
-    assert curves.coefficients('bezier', 3, 0.25) == pytest.approx([0.5625, 0.375, 0.0625])
-    assert curves.coefficients('bezier', 4, 0.5) == pytest.approx([0.125, 0.375, 0.375, 0.125])
-    assert curves.coefficients('polychain', 3, 0.5) == [0.0, 1.0, 0.0]
-    assert curves.coefficients('polychain', 3, 0.75) == pytest.approx([0.0, 0.5, 0.5])
-    assert curves.coefficients('polychain', 3, 1.5) == pytest.approx([0.0, -1.0, 2.0])   # the last segment, extended
-    x, y = curves.plane_coordinates('bezier', [0.0, 0.5, 1.0])
+    assert connecting_curves.coefficients('bezier', 3, 0.25) == pytest.approx([0.5625, 0.375, 0.0625])
+    assert connecting_curves.coefficients('bezier', 4, 0.5) == pytest.approx([0.125, 0.375, 0.375, 0.125])
+    assert connecting_curves.coefficients('polychain', 3, 0.5) == [0.0, 1.0, 0.0]
+    assert connecting_curves.coefficients('polychain', 3, 0.75) == pytest.approx([0.0, 0.5, 0.5])
+    assert connecting_curves.coefficients('polychain', 3, 1.5) == pytest.approx([0.0, -1.0, 2.0])   # the last segment, extended
+    x, y = connecting_curves.plane_coordinates('bezier', [0.0, 0.5, 1.0])
     assert x.tolist() == [0.0, 0.25, 1.0] and y.tolist() == [0.0, 0.5, 0.0]
 
 
@@ -103,7 +100,7 @@ def test_recomputed_statistics_are_those_of_the_whole_training_set(checkpoints):
     """Batches of unequal size (the last of 100 holds 38) weigh what they hold: the running mean is the
     mean of the layer's input over every sample, the running variance the size-weighted mean of
     the batch variances; dropout-free eval mode elsewhere leaves the model's outputs deterministic."""
-    net = model_loader.load('digits', 'cnn_bn', checkpoints['cnn_bn'])
+    net = loading.load('digits', 'cnn_bn', checkpoints['cnn_bn'])
     bn = net.features[0][1]
     inputs = []
     hook = bn.register_forward_hook(lambda module, args, out: inputs.append(args[0].detach()))
@@ -148,17 +145,17 @@ def test_curve_ends_are_the_end_models_with_recomputed_statistics(trained, end_m
     record = hdf5_layout.read_curve_file(trained['curve_file'])
     assert record.curve_type == 'bezier' and record.num_bends == 3 and record.epochs_done == 10
     assert record.history['epoch'].tolist() == list(range(1, 11))
-    net = model_loader.load('digits', 'cnn_bn', end_models[0])
-    curve, _ = curves.load_curve(trained['curve_file'], net,
-                                 lambda path, flag: model_loader.load('digits', 'cnn_bn', path, flag))
+    net = loading.load('digits', 'cnn_bn', end_models[0])
+    curve, _ = connecting_curves.load_curve(trained['curve_file'], net,
+                                 lambda path, flag: loading.load('digits', 'cnn_bn', path, flag))
     surface = hdf5_layout.read_surface(trained['curve_surface'])
-    test_source = dataloader.batch_source('digits', '', False, 128, 'cpu', 'resident')
+    test_source = batch_sources.batch_source('digits', '', False, 128, 'cpu', 'resident')
     end_values = record.attrs[hdf5_layout.CURVE_END_VALUES]   # train_curve's, in its batches of 64
     for index, t, path in ((0, 0.0, end_models[0]), (-1, 1.0, end_models[1])):
-        end = model_loader.load('digits', 'cnn_bn', path)
+        end = loading.load('digits', 'cnn_bn', path)
         assert all(torch.equal(w, p) for w, p in zip(curve.weights(t), end.parameters()))
         for batch_size, values, label in ((128, None, None), (64, end_values, f't = {t:g}')):
-            end = model_loader.load('digits', 'cnn_bn', path)
+            end = loading.load('digits', 'cnn_bn', path)
             source = digits_source(batch_size)
             stored = objective.evaluate(end, source, CROSSENTROPY)
             bn_statistics.recompute(end, source, CROSSENTROPY)
@@ -225,7 +222,7 @@ def test_plane_through_ends_and_bend_holds_the_curve(trained, end_models, capsys
                            '--data_split', '4', '--surf_file', surf], capsys)
     _, ydirection, _ = hdf5_layout.read_direction_file(hdf5_layout.read_surface(surf).dir_file)
     record = hdf5_layout.read_curve_file(trained['curve_file'])
-    start = model_loader.load('digits', 'cnn_bn', end_models[0])
+    start = loading.load('digits', 'cnn_bn', end_models[0])
     for d, (name, p) in zip(ydirection, start.named_parameters()):
         np.testing.assert_allclose(d, record.bends[0][name] - p.detach().numpy(), rtol=0, atol=1e-6)
     proj = hdf5_layout.read_projection_file(surf + '_curve_proj.h5')
@@ -233,8 +230,8 @@ def test_plane_through_ends_and_bend_holds_the_curve(trained, end_models, capsys
     np.testing.assert_allclose(proj['proj_xcoord'], t ** 2, atol=1e-12)
     np.testing.assert_allclose(proj['proj_ycoord'], 2 * t * (1 - t), atol=1e-12)
     loss = hdf5_layout.read_surface(surf).values['train_loss']
-    end = model_loader.load('digits', 'cnn_bn', end_models[1])
-    source = dataloader.batch_source('digits', '', True, 128, 'cpu', 'resident', data_split=4)
+    end = loading.load('digits', 'cnn_bn', end_models[1])
+    source = batch_sources.batch_source('digits', '', True, 128, 'cpu', 'resident', data_split=4)
     bn_statistics.recompute(end, source, CROSSENTROPY)
     assert loss[0, 1] == pytest.approx(objective.evaluate(end, source, CROSSENTROPY)['loss'], rel=1e-4)
 
@@ -265,19 +262,19 @@ def test_curve_surface_resumes_and_refuses_a_retrained_curve(trained, capsys):
 
 
 def test_python_api_recomputes_statistics_and_hands_the_model_back(checkpoints, tmp_path):
-    import landscape
-    net = model_loader.load('digits', 'cnn_bn', checkpoints['cnn_bn'])
+    import losslandscape
+    net = loading.load('digits', 'cnn_bn', checkpoints['cnn_bn'])
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    data = dataloader.load_dataset('digits', '', True)
+    data = datasets.load_dataset('digits', '', True)
     dataset = torch.utils.data.TensorDataset(data.normalize(data.inputs), data.targets)
-    surface = landscape.surface(net, dataset, x='0:0:1', recompute_bn=True, batch_size=128, threads=1,
+    surface = losslandscape.surface(net, dataset, x='0:0:1', recompute_bn=True, batch_size=128, threads=1,
                                 surf_file=str(tmp_path / 's.h5'))
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
-    bn_statistics.recompute(net, dataloader.batch_source(dataset, '', True, 128, 'cpu', 'resident'), CROSSENTROPY)
+    bn_statistics.recompute(net, batch_sources.batch_source(dataset, '', True, 128, 'cpu', 'resident'), CROSSENTROPY)
     assert surface.values['train_loss'][0] == objective.evaluate(
-        net, dataloader.batch_source(dataset, '', True, 128, 'cpu', 'resident'), CROSSENTROPY)['loss']
+        net, batch_sources.batch_source(dataset, '', True, 128, 'cpu', 'resident'), CROSSENTROPY)['loss']
     with pytest.raises(UsageError, match='curve_file='):
-        landscape.surface(net, dataset, x='0:1:3', curve_file=str(tmp_path / 's.h5'), surf_file=str(tmp_path / 't.h5'))
+        losslandscape.surface(net, dataset, x='0:1:3', curve_file=str(tmp_path / 's.h5'), surf_file=str(tmp_path / 't.h5'))
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -12,8 +12,8 @@ import uuid
 import pytest
 import torch
 
-import dataloader
-from cli import UsageError
+from losslandscape.cli.parsing import UsageError
+from losslandscape.data import user_code
 from tests.conftest import run_script
 
 MODELS_PY = '''
@@ -96,19 +96,19 @@ def unique_package(tmp_path, monkeypatch):
         del sys.modules[module]
 
 
-def test_the_working_folder_is_searched_last(unique_package, tmp_path):
+def test_the_working_folder_is_searched_first_and_sys_path_never_changes(unique_package, tmp_path):
     before = list(sys.path)
-    factory = dataloader.import_factory(f'{unique_package}.models:build', '--model')
+    factory = user_code.import_factory(f'{unique_package}.models:build', '--model')
     assert factory.__module__ == f'{unique_package}.models'
-    # Appended, never put in front: a file in the working folder named like one of the suite's
-    # modules (or the standard library's) cannot replace it.
-    assert sys.path == before + [os.getcwd()]
-    dataloader.import_factory(f'{unique_package}.data:make', '--dataset')
-    assert sys.path == before + [os.getcwd()]   # added once
+    assert os.path.dirname(sys.modules[unique_package].__file__) == os.path.realpath(tmp_path / unique_package)
+    user_code.import_factory(f'{unique_package}.data:make', '--dataset')
+    assert sys.path == before
+    assert sum(isinstance(f, user_code.WorkingFolderFinder) and f.folder == os.path.realpath(tmp_path)
+               for f in sys.meta_path) == 1   # the siblings' finder, added once
 
 
-def test_a_failed_import_leaves_sys_path_alone(unique_package):
+def test_a_failed_import_is_a_usage_error_and_leaves_sys_path_alone(unique_package):
     before = list(sys.path)
-    with pytest.raises(UsageError, match="cannot import 'nosuchpkg' .* or in the working folder"):
-        dataloader.import_factory('nosuchpkg:make', '--dataset')
+    with pytest.raises(UsageError, match="cannot import 'nosuchpkg' .*in the working folder .* or on sys.path"):
+        user_code.import_factory('nosuchpkg:make', '--dataset')
     assert sys.path == before

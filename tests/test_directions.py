@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-import net_plotter
-from digits.models import MODELS
+from losslandscape.directions import moving, normalization, subsets
+from losslandscape.models.digits import MODELS
 
 
 @pytest.fixture
@@ -19,18 +19,18 @@ def net():
 
 
 def direction(net, norm, ignore=None, dir_type='weights', seed=0):
-    base = net_plotter.get_base(net, dir_type)
-    return base, net_plotter.make_random_direction(base, torch.Generator().manual_seed(seed), norm, ignore)
+    base = subsets.get_base(net, dir_type)
+    return base, normalization.make_random_direction(base, torch.Generator().manual_seed(seed), norm, ignore)
 
 
 def filters(t):
     return t.reshape(t.shape[0], -1)
 
 
-@pytest.mark.parametrize('norm', net_plotter.NORMS)
+@pytest.mark.parametrize('norm', normalization.NORMS)
 def test_normalization_property(net, norm):
     base, d = direction(net, norm, 'biasbn')
-    raw = net_plotter.random_direction(base, torch.Generator().manual_seed(0))
+    raw = normalization.random_direction(base, torch.Generator().manual_seed(0))
     checked = 0
     for w, di, r in zip(base, d, raw):
         if w.dim() <= 1:
@@ -92,7 +92,7 @@ def test_set_weights_moves_parameters_only(net):
     base, dx = direction(net, 'filter', 'biasbn')
     _, dy = direction(net, 'filter', 'biasbn', seed=5)
     stats_before = [m.running_mean.clone() for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    net_plotter.move(net, 'weights', base, dx, dy, 0.5, -0.25)
+    moving.move(net, 'weights', base, dx, dy, 0.5, -0.25)
     for p, w, a, b in zip(net.parameters(), base, dx, dy):
         torch.testing.assert_close(p.detach(), w + 0.5 * a - 0.25 * b)
     after = [m.running_mean for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
@@ -101,7 +101,7 @@ def test_set_weights_moves_parameters_only(net):
 
 def test_set_states_moves_statistics_too(net):
     states, dx = direction(net, 'filter', None, dir_type='states')
-    net_plotter.move(net, 'states', states, dx, None, 0.5)
+    moving.move(net, 'states', states, dx, None, 0.5)
     for (key, t), s, d in zip(net.state_dict().items(), states, dx):
         if t.is_floating_point():
             torch.testing.assert_close(t, s + 0.5 * d)
@@ -113,6 +113,6 @@ def test_set_states_moves_statistics_too(net):
 
 def test_target_direction_is_difference():
     a, b = MODELS['mlp'](), MODELS['mlp']()
-    d = net_plotter.target_direction(net_plotter.get_weights(a), net_plotter.get_weights(b))
+    d = normalization.target_direction(subsets.get_weights(a), subsets.get_weights(b))
     for pa, pb, di in zip(a.parameters(), b.parameters(), d):
         torch.testing.assert_close(pa.detach() + di, pb.detach())

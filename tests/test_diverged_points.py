@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import dataloader
-import hdf5_layout
-import plot_surface
-from evaluation import accuracy_percent, prediction_counts
-from cli import run_main
+from losslandscape import plot_surface
+from losslandscape.cli.parsing import run_main
+from losslandscape.data import datasets
+from losslandscape.io import hdf5_layout
+from losslandscape.training.evaluation import accuracy_percent, prediction_counts
 from tests.fixtures import forced_outputs
 
 CASES = list(forced_outputs.REPLACEMENTS)
@@ -39,7 +39,7 @@ def expected_values(case, trigger):
     net = forced_outputs.ForcedOutputs(case).eval()
     with torch.no_grad():
         net.trigger.fill_(trigger)
-        data = dataloader.load_digits(train=True)
+        data = datasets.load_digits(train=True)
         losses, defined, hits = [], [], []
         for inputs, targets in data.batches(128):
             logits = net(inputs).double()

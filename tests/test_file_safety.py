@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-import h52vtp
-import hdf5_layout
-from cifar10 import main as train_main
-from cli import UsageError
-from file_safety import atomic_path
+from losslandscape import h52vtp
+from losslandscape import train as train_main
+from losslandscape.cli.parsing import UsageError
+from losslandscape.io import hdf5_layout
+from losslandscape.io.file_safety import atomic_path
 
 
 @pytest.fixture

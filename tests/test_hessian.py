@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-import dataloader
-import evaluation
-import hdf5_layout
-import hessian
-import model_loader
-import plot_hessian_eigen
-import plot_surface
-from errors import UsageError
+from losslandscape import plot_hessian_eigen, plot_surface
+from losslandscape.curvature import hessian
+from losslandscape.data import batch_sources, datasets
+from losslandscape.directions import moving, subsets
+from losslandscape.errors import UsageError
+from losslandscape.io import hdf5_layout
+from losslandscape.models import loading
+from losslandscape.training import evaluation
 from tests.conftest import call_main, run_script
 
 TIGHT = dict(tol=1e-6, maxiter=1000, ncv=20)   # solve to well within the 1 % the tests ask
@@ -46,7 +46,7 @@ def tiny_data(n, features, classes, seed):
     gen = torch.Generator().manual_seed(seed)
     inputs = torch.randn(n, features, generator=gen)
     targets = torch.randint(classes, (n,), generator=gen)
-    return dataloader.CachedDataset(inputs, targets, classes)
+    return datasets.CachedDataset(inputs, targets, classes)
 
 
 def indefinite_mlp(seed):
@@ -198,9 +198,9 @@ RETAIN_BATCH = 16      # 48 digits in 3 batches
 
 def digits_problem(model='cnn', seed=0):
     """A digits model (training mode, which products must switch off) on 48 digits."""
-    from digits.models import MODELS
+    from losslandscape.models.digits import MODELS
     torch.manual_seed(seed)
-    return MODELS[model](), dataloader.load_digits(train=True).subset(range(3 * RETAIN_BATCH))
+    return MODELS[model](), datasets.load_digits(train=True).subset(range(3 * RETAIN_BATCH))
 
 
 def forward_counter(net):
@@ -257,7 +257,7 @@ def test_forward_calls_per_product_follow_retention(monkeypatch):
     assert per_batch > 0
 
     # A budget of one and a half batches' graphs: the first batch's is kept, the other two recomputed.
-    monkeypatch.setattr(dataloader, 'free_memory_bytes', lambda device: 1.5 * per_batch / hessian.RETAINED_MEMORY_SHARE)
+    monkeypatch.setattr(batch_sources, 'free_memory_bytes', lambda device: 1.5 * per_batch / hessian.RETAINED_MEMORY_SHARE)
     partial = hessian.MeanLossHessian(net, data, batch_size=RETAIN_BATCH, retain_graphs='auto')
     calls.clear()
     first = partial.hvp(vectors[0])
@@ -268,21 +268,20 @@ def test_forward_calls_per_product_follow_retention(monkeypatch):
     assert_products_close(np.stack([first, *rest]), expected)
     assert_products_close(partial.hvp_block(vectors), expected)       # not all kept: the vmap path
 
-    monkeypatch.setattr(dataloader, 'free_memory_bytes', lambda device: 0.5 * per_batch / hessian.RETAINED_MEMORY_SHARE)
+    monkeypatch.setattr(batch_sources, 'free_memory_bytes', lambda device: 0.5 * per_batch / hessian.RETAINED_MEMORY_SHARE)
     none_fit = hessian.MeanLossHessian(net, data, batch_size=RETAIN_BATCH, retain_graphs='auto')
     assert_products_close(np.stack([none_fit.hvp(v) for v in vectors]), expected)
     assert none_fit.retained_batches == 0
 
 
 def test_moving_the_weights_in_place_rebuilds_the_graphs():
-    import net_plotter
     net, data = digits_problem()
     operator = hessian.MeanLossHessian(net, data, batch_size=RETAIN_BATCH, retain_graphs=True)
     v = np.random.default_rng(2).standard_normal(operator.size)
     at_start = operator.hvp(v)
     gen = torch.Generator().manual_seed(3)
     direction = [torch.randn(p.shape, generator=gen) for p in net.parameters()]
-    net_plotter.set_weights(net, net_plotter.get_weights(net), direction, x=0.5)
+    moving.set_weights(net, subsets.get_weights(net), direction, x=0.5)
     moved = operator.hvp(v)
     expected = recompute_reference(net, data, v[None])[0]
     assert_products_close(moved, expected)
@@ -382,8 +381,8 @@ def test_include_params_restricts_the_hessian_of_the_eigen_maps(tmp_path, checkp
     """--include_params fc2.*: the grid's max_eig at the centre is the top eigenvalue of the Hessian
     over fc2 alone (the positive definite last-layer block), not of the whole weights'."""
     model = local_copy(tmp_path, checkpoints['mlp'])
-    net = model_loader.load('digits', 'mlp', model)
-    data = dataloader.load_dataset('digits', '', True, False, 8, 0)
+    net = loading.load('digits', 'mlp', model)
+    data = datasets.load_dataset('digits', '', True, False, 8, 0)
     block = hessian.MeanLossHessian(net, data, 'crossentropy', params=hessian.hessian_parameters(net, 'fc2.*'))
     whole = hessian.MeanLossHessian(net, data, 'crossentropy')
     dense = lambda op: np.linalg.eigvalsh(np.column_stack([op.hvp(e) for e in np.eye(op.size)]))

@@ -13,13 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-pytest.importorskip('transformers', reason='transformers is not installed (pip install -r requirements-test.txt)')
+pytest.importorskip('transformers', reason="transformers is not installed (pip install -e '.[test]')")
 
-import hdf5_layout  # noqa: E402
 from examples.tiny_lm import data as tiny_data  # noqa: E402
 from examples.tiny_lm.model import tiny_gpt  # noqa: E402
 from examples.tiny_lm.objectives import token_cross_entropy  # noqa: E402
 from examples.tiny_lm.train import dataset_loss, train  # noqa: E402
+from losslandscape.io import hdf5_layout
 from tests.conftest import ROOT, run_script  # noqa: E402
 
 BLOCK = 'transformer.h.1.*'

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifar10.zoo import MODELS, build
+from losslandscape.models.cifar10.zoo import MODELS, build
 from tests.fixtures.weight_facts import FACTS_FILE, LAYOUT_NAMES, state_dict_facts
 from tests.synthetic_weights import synthetic_state_dict
 

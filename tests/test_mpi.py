@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-import hdf5_layout
+from losslandscape.io import hdf5_layout
 from tests.conftest import run_script
 
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), 'mpiexec')

@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-import hdf5_layout
-import landscape
-import plot_hessian_eigen
-import plot_surface
-from cli import run_main
+import losslandscape
+from losslandscape import plot_hessian_eigen, plot_surface
+from losslandscape.cli.parsing import run_main
+from losslandscape.data import batch_sources
+from losslandscape.directions import moving, normalization, subsets
+from losslandscape.io import hdf5_layout
 from tests.conftest import assert_one_line_error, call_main, snapshot
 from tests.fixtures import objectives as fx
 
@@ -206,7 +207,7 @@ def test_python_api_equals_the_script_on_the_same_direction_file(tmp_path, capsy
     dir_file = hdf5_layout.read_surface(str(script_surface)).dir_file
     before = {k: v.clone() for k, v in net.state_dict().items()}
     net.train()
-    api = landscape.surface(net, fx.regression_data('', True), x='-1:1:3', y='-1:1:3', dir_file=dir_file,
+    api = losslandscape.surface(net, fx.regression_data('', True), x='-1:1:3', y='-1:1:3', dir_file=dir_file,
                             loss_name=fx.squared_error, batch_size=16, threads=1, surf_file=str(tmp_path / 'api.h5'))
     script = hdf5_layout.read_surface(str(script_surface))
     for name in ('train_loss', 'train_abs_error'):
@@ -214,23 +215,23 @@ def test_python_api_equals_the_script_on_the_same_direction_file(tmp_path, capsy
     # The model is handed back at the centre, in the mode it came in.
     assert net.training and all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     # Rerunning the same call resumes: nothing left to compute.
-    landscape.surface(net, fx.regression_data('', True), x='-1:1:3', y='-1:1:3', dir_file=dir_file,
+    losslandscape.surface(net, fx.regression_data('', True), x='-1:1:3', y='-1:1:3', dir_file=dir_file,
                       loss_name=fx.squared_error, batch_size=16, threads=1, surf_file=str(tmp_path / 'api.h5'))
     assert '0 points computed' in capsys.readouterr().out
 
 
 def test_python_api_makes_its_own_directions_and_refuses_bad_keywords(tmp_path):
-    from errors import UsageError
+    from losslandscape.errors import UsageError
     net = fx.regression_model()
-    surface = landscape.surface(net, fx.regression_data('', True), x='-1:1:2', loss_name=fx.squared_error,
+    surface = losslandscape.surface(net, fx.regression_data('', True), x='-1:1:2', loss_name=fx.squared_error,
                                 xnorm='filter', threads=1, surf_file=str(tmp_path / 'api.h5'))
     assert surface.done['train_loss'].all() and os.path.exists(surface.dir_file)
     with pytest.raises(UsageError, match='unknown keyword'):
-        landscape.surface(net, fx.regression_data('', True), xnrom='filter', surf_file=str(tmp_path / 'b.h5'))
+        losslandscape.surface(net, fx.regression_data('', True), xnrom='filter', surf_file=str(tmp_path / 'b.h5'))
     with pytest.raises(UsageError, match='xnorm'):
-        landscape.surface(net, fx.regression_data('', True), xnorm='fliter', surf_file=str(tmp_path / 'b.h5'))
+        losslandscape.surface(net, fx.regression_data('', True), xnorm='fliter', surf_file=str(tmp_path / 'b.h5'))
     with pytest.raises(UsageError, match='surf_file'):
-        landscape.surface(net, fx.regression_data('', True), loss_name=fx.squared_error)
+        losslandscape.surface(net, fx.regression_data('', True), loss_name=fx.squared_error)
     assert not (tmp_path / 'b.h5').exists()
 
 
@@ -342,31 +343,29 @@ def test_trajectory_eval_stores_a_custom_objectives_values(tmp_path):
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
 def test_low_precision_models_move_from_a_float32_centre(dtype):
-    import net_plotter
     net = fx.regression_model().to(dtype)
-    base = net_plotter.get_weights(net)
+    base = subsets.get_weights(net)
     assert all(w.dtype == torch.float32 for w in base)
-    direction = net_plotter.random_direction(base, torch.Generator().manual_seed(0))
+    direction = normalization.random_direction(base, torch.Generator().manual_seed(0))
     # Many small steps out and back: each point is the centre plus x * d rounded once, so the
     # model returns to its stored weights exactly (in-place low-precision adds would drift).
     for x in [1e-3 * k for k in range(1, 200)] + [0.0]:
-        net_plotter.move(net, 'weights', base, direction, None, x)
+        moving.move(net, 'weights', base, direction, None, x)
     for p, w in zip(net.parameters(), base):
         assert p.dtype == dtype and torch.equal(p.float(), w)
-    net_plotter.move(net, 'weights', base, direction, None, 0.37)
+    moving.move(net, 'weights', base, direction, None, 0.37)
     for p, w, d in zip(net.parameters(), base, direction):
         assert torch.equal(p, (w + 0.37 * d).to(dtype))
 
 
 def test_auto_data_mode_streams_what_does_not_fit(monkeypatch):
-    import dataloader
     dataset = fx.regression_data('', True)
-    assert isinstance(dataloader.batch_source(dataset, '', True, 16, 'cpu', 'auto'), dataloader.ResidentBatches)
+    assert isinstance(batch_sources.batch_source(dataset, '', True, 16, 'cpu', 'auto'), batch_sources.ResidentBatches)
     # With no memory to spare, the same data is streamed; the batches are the same.
-    monkeypatch.setattr(dataloader, 'RESIDENT_MEMORY_SHARE', 0.0)
-    streamed = dataloader.batch_source(dataset, '', True, 16, 'cpu', 'auto')
-    assert isinstance(streamed, dataloader.StreamedBatches)
-    resident = dataloader.batch_source(dataset, '', True, 16, 'cpu', 'resident')
+    monkeypatch.setattr(batch_sources, 'RESIDENT_MEMORY_SHARE', 0.0)
+    streamed = batch_sources.batch_source(dataset, '', True, 16, 'cpu', 'auto')
+    assert isinstance(streamed, batch_sources.StreamedBatches)
+    resident = batch_sources.batch_source(dataset, '', True, 16, 'cpu', 'resident')
     for a, b in zip(streamed.batches(), resident.batches(), strict=True):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -379,7 +378,7 @@ def test_python_hessian_eigen_equals_the_script(tmp_path, capsys):
                                                     '--surf_file', tmp_path / 'script.h5'], capsys)
     assert code == 0, err
     script = hdf5_layout.read_surface(str(tmp_path / 'script.h5'))
-    api = landscape.hessian_eigen(net, fx.regression_data('', True), x='-0.5:0.5:2', dir_file=script.dir_file,
+    api = losslandscape.hessian_eigen(net, fx.regression_data('', True), x='-0.5:0.5:2', dir_file=script.dir_file,
                                   loss_name=fx.squared_error, eig_tol=1e-6, batch_size=16, threads=1,
                                   surf_file=str(tmp_path / 'api.h5'))
     for name in ('max_eig', 'min_eig'):

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-import dataloader
-import evaluation
-import objective
-import hdf5_layout
-import model_loader
-import net_plotter
-import plot_surface
-import point_batching
-from cli import UsageError
+from losslandscape import plot_surface
+from losslandscape.cli.parsing import UsageError
+from losslandscape.compute import point_batching
+from losslandscape.data import datasets
+from losslandscape.directions import direction_files, subsets
+from losslandscape.io import hdf5_layout
+from losslandscape.models import loading
+from losslandscape.objectives import objective
+from losslandscape.training import evaluation
 from tests.conftest import call_main
 
 # A 1/4 split of the digits training set keeps every point at a few milliseconds.
@@ -37,9 +37,9 @@ def run(capsys, *argv):
 
 def expected_loss(model_path, dir_file, x, y=None, dir_type='weights', loss_name='crossentropy', model='cnn_bn'):
     """The loss at (x, y) computed without the grid machinery, straight from the direction file."""
-    net = model_loader.load('digits', model, model_path)
+    net = loading.load('digits', model, model_path)
     xdir, ydir, _ = hdf5_layout.read_direction_file(dir_file)
-    base = net_plotter.get_base(net, dir_type)
+    base = subsets.get_base(net, dir_type)
     target = [w.double() + x * torch.as_tensor(dx).double() + (0 if y is None else y * torch.as_tensor(dy).double())
               for w, dx, dy in zip(base, xdir, ydir or xdir)]
     with torch.no_grad():
@@ -47,7 +47,7 @@ def expected_loss(model_path, dir_file, x, y=None, dir_type='weights', loss_name
         for t, v in zip(tensors, target):
             if t.is_floating_point():
                 t.copy_(v)
-    data = dataloader.load_dataset('digits', '', True, False, 4, 1)
+    data = datasets.load_dataset('digits', '', True, False, 4, 1)
     return evaluation.evaluate(net, data, loss_name, 128)
 
 
@@ -93,9 +93,9 @@ def test_interpolation_endpoints_are_the_two_models(tmp_path, checkpoints, capsy
         '--surf_file', surf)
     assert os.path.exists(tmp_path / 'cnn_bn.t7_cnn_bn_b.t7_states.h5')   # the original's pair name
     s = hdf5_layout.read_surface(str(surf))
-    data = dataloader.load_dataset('digits', '', True, False, 4, 1)
+    data = datasets.load_dataset('digits', '', True, False, 4, 1)
     for key, x_index in (('cnn_bn', 1), ('cnn_bn_b', 3)):    # x = 0 and x = 1
-        own_loss, own_acc = evaluation.evaluate(model_loader.load('digits', 'cnn_bn', checkpoints[key]), data)
+        own_loss, own_acc = evaluation.evaluate(loading.load('digits', 'cnn_bn', checkpoints[key]), data)
         assert s.values['train_loss'][x_index] == pytest.approx(own_loss, rel=1e-5)
         assert s.values['train_acc'][x_index] == pytest.approx(own_acc)
 
@@ -113,12 +113,12 @@ def test_plane_through_three_models_with_absolute_paths(tmp_path, checkpoints, c
         '--x=0:1:2', '--y=0:1:2', '--dir_type', 'states', '--surf_file', surf)
     args = plot_surface.get_args_parser().parse_args(['--model_file', paths[0], '--model_file2', paths[1],
                                                       '--model_file3', paths[2], '--y=0:1:2', '--dir_type', 'states'])
-    dir_file = net_plotter.name_direction_file(net_plotter.DirectionSpec.from_args(args))
+    dir_file = direction_files.name_direction_file(direction_files.DirectionSpec.from_args(args))
     assert os.path.isfile(dir_file) and os.path.dirname(dir_file) in (str(tmp_path), str(tmp_path / 'a'))
     loss = hdf5_layout.read_surface(str(surf)).values['train_loss']
-    data = dataloader.load_dataset('digits', '', True, False, 4, 1)
+    data = datasets.load_dataset('digits', '', True, False, 4, 1)
     for key, (i, j) in (('cnn_bn', (0, 0)), ('cnn_bn_b', (0, 1)), ('cnn_bn_c', (1, 0))):   # Z[i, j] = f(x[j], y[i])
-        own_loss, _ = evaluation.evaluate(model_loader.load('digits', 'cnn_bn', checkpoints[key]), data)
+        own_loss, _ = evaluation.evaluate(loading.load('digits', 'cnn_bn', checkpoints[key]), data)
         assert loss[i, j] == pytest.approx(own_loss, rel=1e-5)
 
 
@@ -129,7 +129,7 @@ def test_weights_keep_bn_statistics_states_move_them(tmp_path, checkpoints, caps
     run(capsys, *common, '--dir_type', 'states', '--surf_file', tmp_path / 'ss.h5')
     os.rename(tmp_path / 'm_weights_xnorm=filter.h5', tmp_path / 'w.h5')
     os.rename(tmp_path / 'm_states_xnorm=filter.h5', tmp_path / 's.h5')
-    net = model_loader.load('digits', 'cnn_bn', checkpoints['cnn_bn'])
+    net = loading.load('digits', 'cnn_bn', checkpoints['cnn_bn'])
     wx, _, _ = hdf5_layout.read_direction_file(str(tmp_path / 'w.h5'))
     sx, _, _ = hdf5_layout.read_direction_file(str(tmp_path / 's.h5'))
     assert len(wx) == len(list(net.parameters())) and len(sx) == len(net.state_dict())
@@ -200,7 +200,7 @@ def test_eval_test_adds_test_surfaces_to_existing_file(tmp_path, checkpoints, ca
 
 def test_reads_original_layout_files(tmp_path, checkpoints, capsys):
     """A direction file and a surface file as the 2018 code wrote them: reused and resumed."""
-    net = model_loader.load('digits', 'mlp', checkpoints['mlp'])
+    net = loading.load('digits', 'mlp', checkpoints['mlp'])
     old_dir = tmp_path / 'old_dir.h5'
     gen = torch.Generator().manual_seed(7)
     with h5py.File(old_dir, 'w') as f:   # groups of datasets "0".."N-1", no attributes
@@ -244,18 +244,18 @@ def test_mse_uses_the_models_own_number_of_outputs(tmp_path, capsys):
 
 
 def test_data_split_parts_are_disjoint_and_cover():
-    parts = [dataloader.split_indices(100, 3, i) for i in range(3)]
+    parts = [datasets.split_indices(100, 3, i) for i in range(3)]
     assert sorted(np.concatenate(parts).tolist()) == list(range(100))
-    np.testing.assert_array_equal(parts[1], dataloader.split_indices(100, 3, 1))  # fixed seed
+    np.testing.assert_array_equal(parts[1], datasets.split_indices(100, 3, 1))  # fixed seed
     with pytest.raises(UsageError, match='larger than'):
-        dataloader.split_indices(10, 11, 0)
+        datasets.split_indices(10, 11, 0)
 
 
 def test_checkpoint_with_dataparallel_prefix_loads(tmp_path, checkpoints):
-    state = model_loader.read_state_dict(checkpoints['mlp'])
+    state = loading.read_state_dict(checkpoints['mlp'])
     path = tmp_path / 'dp.t7'
     torch.save({'state_dict': {'module.' + k: v for k, v in state.items()}, 'epoch': 3, 'acc': 50.0}, path)
-    net = model_loader.load('digits', 'mlp', str(path))
+    net = loading.load('digits', 'mlp', str(path))
     for k, v in net.state_dict().items():
         assert torch.equal(v, state[k])
 
@@ -265,15 +265,16 @@ def test_cifar10_folder_read_offline_like_torchvision(tmp_path, capsys, monkeypa
     on the same cifar-10-batches-py folder; the checksum mismatch of fake batches only warns."""
     import torchvision
     import torchvision.transforms as T
-    from cifar10.fake_data import write_fake_cifar10
+
+    from losslandscape._testing.fake_cifar10 import write_fake_cifar10
     write_fake_cifar10(str(tmp_path), num_train=20, num_test=5)
 
     # torchvision refuses batches whose checksums differ from the official ones: let it read the fakes.
     monkeypatch.setattr(torchvision.datasets.cifar, 'check_integrity', lambda *a, **k: True)
     for raw in (False, True):
         with pytest.warns(UserWarning, match='checksums'):
-            ours = dataloader.load_dataset('cifar10', str(tmp_path), train=True, raw_data=raw)
-        steps = [T.ToTensor()] + ([] if raw else [T.Normalize(dataloader.CIFAR10_MEAN, dataloader.CIFAR10_STD)])
+            ours = datasets.load_dataset('cifar10', str(tmp_path), train=True, raw_data=raw)
+        steps = [T.ToTensor()] + ([] if raw else [T.Normalize(datasets.CIFAR10_MEAN, datasets.CIFAR10_STD)])
         theirs = torchvision.datasets.CIFAR10(str(tmp_path), train=True, transform=T.Compose(steps))
         x, y = next(ours.batches(100))
         expected = torch.stack([theirs[i][0] for i in range(len(theirs))])
@@ -282,7 +283,7 @@ def test_cifar10_folder_read_offline_like_torchvision(tmp_path, capsys, monkeypa
     assert ours.inputs.dtype == torch.uint8    # 1 byte per pixel resident, normalised per batch
     # And the whole script runs on it, on a zoo model.
     torch.manual_seed(0)
-    from cifar10.zoo import MODELS
+    from losslandscape.models.cifar10.zoo import MODELS
     torch.save({'state_dict': MODELS['resnet20']().state_dict()}, tmp_path / 'r20.t7')
     code, err = call_main(plot_surface.main, ['--datapath', tmp_path, '--model', 'resnet20', '--model_file',
                                               tmp_path / 'r20.t7', '--x=-1:1:2', '--xnorm', 'filter',
@@ -381,7 +382,7 @@ def test_points_per_call_matches_one_point_at_a_time(tmp_path, checkpoints, caps
               '--xignore', 'biasbn', '--ynorm', 'filter', '--yignore', 'biasbn', '--dir_type', dir_type,
               '--loss_name', loss_name, '--eval_test']
     run(capsys, *common, '--surf_file', tmp_path / 'one.h5')
-    import point_batching
+    from losslandscape.compute import point_batching
     real, calls = point_batching.evaluate_stacked, []
     monkeypatch.setattr(point_batching, 'evaluate_stacked',
                         lambda net, tensors, *a: (calls.append(len(next(iter(tensors.values())))), real(net, tensors, *a))[1])
@@ -431,7 +432,7 @@ class _NaNForClassZeroInputs(torch.nn.Module):
 def test_accuracy_is_nan_where_outputs_are_nan(nan_rows):
     """A point whose outputs hold NaN has a NaN loss; its accuracy must not be the share of the
     class argmax happens to pick for NaN rows."""
-    data = dataloader.load_dataset('digits', '', True, False, 4, 1)
+    data = datasets.load_dataset('digits', '', True, False, 4, 1)
     share_of_class_0 = 100.0 * (data.targets == 0).sum().item() / len(data)
     loss, acc = evaluation.evaluate(_NaNForClassZeroInputs(nan_rows), data)
     if nan_rows:
@@ -461,7 +462,7 @@ def test_adding_test_values_keeps_and_skips_the_training_values(tmp_path, checkp
     monkeypatch.setattr(point_batching, 'evaluate_stacked', lambda net, t, data, *a: (
         evaluated.append(data.num_samples), real_stacked(net, t, data, *a))[1])
     run(capsys, *common, '--eval_test', '--surf_file', later)
-    test_size = len(dataloader.load_dataset('digits', '', False, False, 4, 1))
+    test_size = len(datasets.load_dataset('digits', '', False, False, 4, 1))
     assert evaluated and set(evaluated) == {test_size}
     a, b = hdf5_layout.read_surface(str(both)), hdf5_layout.read_surface(str(later))
     assert b.values['train_loss'][0, 0] == 99.5

@@ -10,14 +10,10 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-import hdf5_layout as layout
-from cli import UsageError, run_main
-import h52vtp
-import curve_figures
-import plot_1D
-import plot_2D
-import surface_figures
-import plot_common
+from losslandscape import h52vtp, plot_1D, plot_2D
+from losslandscape.cli.parsing import UsageError, run_main
+from losslandscape.figures import common, curve_figures, surface_figures
+from losslandscape.io import hdf5_layout as layout
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM = '/usr/bin/chromium'
@@ -165,7 +161,7 @@ def test_trajectory_plots(tmp_path):
     surf = surface_2d(tmp_path)
     dirs = pca_direction_file(tmp_path / 'pca.h5')
     proj = projection_file(tmp_path / 'proj.h5')
-    assert plot_common.pca_axis_labels(dirs) == ('1st PC: 84.23 %', '2nd PC: 10.12 %')
+    assert common.pca_axis_labels(dirs) == ('1st PC: 84.23 %', '2nd PC: 10.12 %')
     written = plot_2D.plot_trajectory(proj, dirs)
     assert written == [proj + '.pdf', proj + '.png']
     assert_pictures(written)
@@ -233,7 +229,7 @@ DEFAULT_RUN_ARGS = {'xnorm': None, 'ynorm': None, 'model_file2': '', 'model_file
         'original-pca-name', 'original-unknown-name'])
 def test_x_axis_label(tmp_path, args, dir_file, label):
     surf = surface_1d(tmp_path, legacy=args is None, dir_file=dir_file, args=args)
-    assert plot_common.direction_label(layout.read_surface(surf), 'x') == label
+    assert common.direction_label(layout.read_surface(surf), 'x') == label
 
 
 @pytest.mark.parametrize('dir_file, args, labels', [
@@ -246,7 +242,7 @@ def test_x_axis_label(tmp_path, args, dir_file, label):
 def test_y_axis_label(tmp_path, dir_file, args, labels):
     surf = surface_2d(tmp_path, legacy=args is None, dir_file=dir_file, args=args)
     surface = layout.read_surface(surf)
-    assert (plot_common.direction_label(surface, 'x'), plot_common.direction_label(surface, 'y')) == labels
+    assert (common.direction_label(surface, 'x'), common.direction_label(surface, 'y')) == labels
 
 
 @pytest.mark.parametrize('legacy', [False, True], ids=['ours', 'original'])
@@ -257,14 +253,14 @@ def test_pca_surface_is_labelled_by_its_direction_file(tmp_path, legacy):
     args = None if legacy else {**DEFAULT_RUN_ARGS, 'dir_file': pca}
     surface = layout.read_surface(surface_2d(tmp_path, dir_file=pca, args=args, legacy=legacy))
     line = layout.read_surface(surface_1d(tmp_path, dir_file=pca, args=args, legacy=legacy))
-    assert plot_common.axis_titles(surface) == ('1st PC: 84.23 %', '2nd PC: 10.12 %')
-    assert plot_common.direction_label(surface, 'y') == '2nd PC: 10.12 %'
-    assert plot_common.direction_label(line, 'x') == '1st PC: 84.23 %'
+    assert common.axis_titles(surface) == ('1st PC: 84.23 %', '2nd PC: 10.12 %')
+    assert common.direction_label(surface, 'y') == '2nd PC: 10.12 %'
+    assert common.direction_label(line, 'x') == '1st PC: 84.23 %'
     os.remove(pca)   # moved away: no variance to show, and never a random direction
-    assert plot_common.axis_titles(surface) == ('x: direction (normalization unknown)', 'y: direction (normalization unknown)')
+    assert common.axis_titles(surface) == ('x: direction (normalization unknown)', 'y: direction (normalization unknown)')
     with open(pca, 'w') as f:
         f.write('not HDF5')   # unreadable: the same, silently
-    assert plot_common.direction_label(line, 'x') == 'direction (normalization unknown)'
+    assert common.direction_label(line, 'x') == 'direction (normalization unknown)'
 
 
 def figure_labels(monkeypatch, module):
@@ -466,8 +462,8 @@ def test_html_viewer_layout_leaves_room_for_every_label(tmp_path, surf_name):
     surf = surface_2d(tmp_path, nx=9, ny=7, with_eig=True)
     proj = projection_file(tmp_path / 'proj.h5')
     data, spec = viewer_figure_spec(plot_2D.write_html_viewer(surf, surf_name=surf_name, proj_file=proj))
-    pretty = plot_common.PRETTY_NAMES[surf_name]
-    titles = plot_common.axis_titles(layout.read_surface(surf))
+    pretty = common.PRETTY_NAMES[surf_name]
+    titles = common.axis_titles(layout.read_surface(surf))
     scene, contour_x = spec['scene'], spec['xaxis']
     assert scene['zaxis']['title']['text'] == pretty
     assert (scene['xaxis']['title']['text'], scene['yaxis']['title']['text']) == ('x', 'y')

@@ -11,12 +11,13 @@ import time
 import h5py
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-import hdf5_layout
-from cli import UsageError
-from grid import Grid, parse_axis
-from scheduler import assign_points
+from losslandscape.cli.parsing import UsageError
+from losslandscape.engine.grid import Grid, parse_axis
+from losslandscape.io import hdf5_layout
+from losslandscape.parallel.scheduler import assign_points
 from tests.conftest import ROOT, run_script
 
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), 'mpiexec')
@@ -405,8 +406,9 @@ def test_hessian_kill_and_rerun_gives_the_uninterrupted_result(tmp_path, checkpo
 def test_trajectory_kill_and_rerun_gives_the_uninterrupted_result(tmp_path, checkpoints, fault_env, random_kill):
     """plot_trajectory.py writes its direction and projection files whole or not at all; killed
     between the two (or at a random moment before the second), a rerun makes both as they would be."""
-    from tests.conftest import train_briefly
     import torch
+
+    from tests.conftest import train_briefly
     for folder in ('ref', 'killed'):
         (tmp_path / folder).mkdir()
         for epoch in range(4):   # four checkpoints along a short training path

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.func import functional_call
 
-import hdf5_layout
-import sharpness
+from losslandscape import sharpness
+from losslandscape.io import hdf5_layout
 from tests.conftest import assert_one_line_error, call_main, snapshot
 from tests.fixtures import objectives as fx
 

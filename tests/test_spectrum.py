@@ -7,15 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-import dataloader
-import hdf5_layout
-import hessian
-import hessian_spectrum
-import objective
-import plot_surface
-import spectrum
-from cli import run_main
-from mpi_comm import SerialComm
+from losslandscape import hessian_spectrum, plot_surface
+from losslandscape.cli.parsing import run_main
+from losslandscape.curvature import hessian, spectrum
+from losslandscape.data import batch_sources, datasets
+from losslandscape.io import hdf5_layout
+from losslandscape.objectives import objective
+from losslandscape.parallel.mpi_comm import SerialComm
 from tests.conftest import assert_one_line_error, call_main, run_script, snapshot, train_briefly
 from tests.fixtures import objectives as fx
 
@@ -145,7 +143,7 @@ def regression(tmp_path):
     net = fx.regression_model()
     path = tmp_path / 'reg.t7'
     torch.save({'state_dict': net.state_dict()}, path)
-    source = dataloader.batch_source(fx.regression_data('', True), '', True, 16, 'cpu', 'resident')
+    source = batch_sources.batch_source(fx.regression_data('', True), '', True, 16, 'cpu', 'resident')
     operator = hessian.MeanLossHessian(net, source, objective.resolve(fx.squared_error))
     return net, str(path), dense_hessian(operator)
 
@@ -219,7 +217,7 @@ def test_definite_last_layer_hessian(tmp_path, capsys):
     net = train_briefly('mlp', 0)
     model = tmp_path / 'mlp.t7'
     torch.save({'state_dict': net.state_dict()}, model)
-    data = dataloader.load_dataset('digits', '', True, False, 4, 0)
+    data = datasets.load_dataset('digits', '', True, False, 4, 0)
     operator = hessian.MeanLossHessian(net, data, 'crossentropy', 128, params=hessian.hessian_parameters(net, 'fc2.*'))
     H = dense_hessian(operator)
     exact = np.linalg.eigvalsh(H)[::-1]
@@ -277,7 +275,7 @@ def test_products_split_by_data_shard_add_up_to_the_whole(regression):
     """Each rank takes every size-th batch and the custom objective's count is summed over the
     shards: the two ranks' shares are each partial, and add up to the serial product."""
     net, _, H = regression
-    source = dataloader.batch_source(fx.regression_data('', True), '', True, 16, 'cpu', 'resident')
+    source = batch_sources.batch_source(fx.regression_data('', True), '', True, 16, 'cpu', 'resident')
     shares = [hessian.MeanLossHessian(net, source, objective.resolve(fx.squared_error),
                                       comm=ShardOf(rank, 2, source.num_samples)) for rank in (0, 1)]
     v = np.random.default_rng(0).standard_normal(H.shape[0])

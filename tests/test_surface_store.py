@@ -10,12 +10,12 @@ import zlib
 import h5py
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-import hdf5_layout
-import surface_store
-from cli import UsageError
-from grid import Grid, parse_axis
+from losslandscape.cli.parsing import UsageError
+from losslandscape.engine.grid import Grid, parse_axis
+from losslandscape.io import hdf5_layout, surface_store
 from tests.conftest import ROOT
 
 NAMES = ('train_loss', 'train_acc', 'test_loss', 'test_acc')
@@ -162,8 +162,7 @@ def test_a_file_killed_while_open_for_writing_opens_again_and_in_place(tmp_path)
     normally (no "already open for write" flag) and the layout must still be the in-place one."""
     path = tmp_path / 's.h5'
     script = f'''
-import os, signal, sys
-sys.path.insert(0, {ROOT!r})
+import os, signal
 from tests.test_surface_store import grid_2d, open_writer, record
 writer = open_writer({str(path)!r}, grid_2d(6, 5))
 record(writer, range(7))

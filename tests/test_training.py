@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-import dataloader
-import model_loader
-from cifar10 import main as train_main
-from cli import UsageError
+from losslandscape import train as train_main
+from losslandscape.cli.parsing import UsageError
+from losslandscape.data import datasets
+from losslandscape.models import loading
 from tests.conftest import call_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,7 +61,7 @@ def test_folder_name_options_follow_the_original():
 
 
 def test_checkpoints_load_weights_only(run_folder):
-    net = model_loader.build('digits', 'cnn_bn')
+    net = loading.build('digits', 'cnn_bn')
     for epoch in range(5):
         checkpoint = load(os.path.join(run_folder, f'model_{epoch}.t7'))
         assert set(checkpoint) == {'state_dict', 'epoch', 'acc'}
@@ -71,7 +71,7 @@ def test_checkpoints_load_weights_only(run_folder):
         opt_state = load(os.path.join(run_folder, f'opt_state_{epoch}.t7'))
         assert 'param_groups' in opt_state['optimizer'] and opt_state['epoch'] == epoch
     # The shared reader of the surface step takes them as they are.
-    assert set(model_loader.read_state_dict(os.path.join(run_folder, 'model_4.t7'))) == set(net.state_dict())
+    assert set(loading.read_state_dict(os.path.join(run_folder, 'model_4.t7'))) == set(net.state_dict())
     assert load(os.path.join(run_folder, 'model_4.t7'))['acc'] > 50.0  # it did learn
 
 
@@ -113,10 +113,10 @@ def test_label_corruption_saves_the_labels_trained_on(tmp_path):
     folder = train(tmp_path, '--label_corrupt_prob', '0.5', model='mlp', epochs=1)
     assert os.path.basename(folder).endswith('_randlabel=0.5')
     labels = load(os.path.join(folder, train_main.TRAIN_LABELS_FILE))
-    clean = dataloader.load_dataset('digits', '', train=True).targets
+    clean = datasets.load_dataset('digits', '', train=True).targets
     assert labels.dtype == torch.int64 and labels.shape == clean.shape
     assert (labels != clean).float().mean().item() == pytest.approx(0.5 * 0.9, abs=0.06)
-    assert torch.equal(dataloader.read_labels(os.path.join(folder, train_main.TRAIN_LABELS_FILE),
+    assert torch.equal(datasets.read_labels(os.path.join(folder, train_main.TRAIN_LABELS_FILE),
                                                     len(clean)), labels)
 
 
@@ -179,7 +179,7 @@ def test_augment_is_a_padded_crop_or_its_mirror():
 
 def test_digits_are_not_augmented():
     args = train_main.get_args_parser().parse_args([])
-    assert not train_main.should_augment(args, dataloader.load_dataset('digits', '', train=True))
+    assert not train_main.should_augment(args, datasets.load_dataset('digits', '', train=True))
 
 
 # ----------------------------------------------------------------------------- refusals leave no trace

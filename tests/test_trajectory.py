@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-import hdf5_layout
-import model_loader
-import net_plotter
-import plot_trajectory
-import projection
-from cifar10 import main as train_main
+from losslandscape import plot_trajectory
+from losslandscape import train as train_main
+from losslandscape.directions import normalization, projection, subsets
+from losslandscape.io import hdf5_layout
+from losslandscape.models import loading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 4
@@ -35,7 +34,7 @@ def checkpoint_vectors(folder, model, epochs, dir_type):
     vectors = []
     for epoch in epochs:
         state = torch.load(os.path.join(folder, f'model_{epoch}.t7'), weights_only=True)['state_dict']
-        net = model_loader.build('digits', model)
+        net = loading.build('digits', model)
         net.load_state_dict(state)
         tensors = list(net.parameters()) if dir_type == 'weights' else list(net.state_dict().values())
         vectors.append(torch.cat([t.detach().double().flatten() for t in tensors]).numpy())
@@ -83,7 +82,7 @@ def test_states_directions_and_num_batches_tracked(run_folder):
     proj_file, dir_file = trajectory(run_folder, '--dir_type', 'states')
     assert dir_file == os.path.join(run_folder, 'PCA_states_save_epoch=1', 'directions.h5')
     xdirection, ydirection, _ = hdf5_layout.read_direction_file(dir_file)
-    net = model_loader.build('digits', 'cnn_bn')
+    net = loading.build('digits', 'cnn_bn')
     state = net.state_dict()
     assert len(xdirection) == len(state)                   # every state_dict entry, buffers included
     for (key, tensor), dx, dy in zip(state.items(), xdirection, ydirection):
@@ -92,7 +91,7 @@ def test_states_directions_and_num_batches_tracked(run_folder):
             assert dx == 0 and dy == 0                      # a step counter is no direction
     running_mean = list(state).index('features.0.1.running_mean')
     assert np.any(xdirection[running_mean] != 0)           # BN statistics do move without --ignore
-    net_plotter.check_direction_fits(xdirection, net_plotter.get_states(net), dir_file, 'x')
+    normalization.check_direction_fits(xdirection, subsets.get_states(net), dir_file, 'x')
     proj = hdf5_layout.read_projection_file(proj_file)
     assert (proj[hdf5_layout.PROJ_XCOORD][-1], proj[hdf5_layout.PROJ_YCOORD][-1]) == (0.0, 0.0)
 
@@ -107,7 +106,7 @@ def test_biasbn_zeroes_dim_le_1_entries(run_folder, dir_type):
         assert all(np.any(d) for d in direction if d.ndim > 1)
     # The PCA input had them zeroed too: the ratios are those of the dim > 1 entries alone.
     vectors = checkpoint_vectors(run_folder, 'cnn_bn', range(EPOCHS + 1), dir_type)
-    net = model_loader.build('digits', 'cnn_bn')
+    net = loading.build('digits', 'cnn_bn')
     tensors = list(net.parameters()) if dir_type == 'weights' else list(net.state_dict().values())
     keep = np.concatenate([np.full(t.numel(), t.dim() > 1) for t in tensors])
     matrix = (vectors - vectors[-1])[:, keep]
@@ -116,12 +115,12 @@ def test_biasbn_zeroes_dim_le_1_entries(run_folder, dir_type):
 
 
 def test_given_dir_file_and_eval(run_folder, tmp_path):
-    net = model_loader.build('digits', 'cnn_bn')
-    base = net_plotter.get_weights(net)
+    net = loading.build('digits', 'cnn_bn')
+    base = subsets.get_weights(net)
     generator = torch.Generator().manual_seed(3)
     dir_file = str(tmp_path / 'random.h5')
-    hdf5_layout.write_direction_file(dir_file, net_plotter.random_direction(base, generator),
-                                     net_plotter.random_direction(base, generator))
+    hdf5_layout.write_direction_file(dir_file, normalization.random_direction(base, generator),
+                                     normalization.random_direction(base, generator))
     proj_file, _ = trajectory(run_folder, '--dir_file', dir_file, '--proj_method', 'lstsq', '--eval')
     assert proj_file == dir_file + '_proj_lstsq.h5'
     proj = hdf5_layout.read_projection_file(proj_file)
@@ -153,13 +152,13 @@ def test_missing_checkpoint_exits_2_with_one_line(run_folder):
 
 
 def test_too_few_checkpoints_for_pca(run_folder):
-    from cli import UsageError
+    from losslandscape.cli.parsing import UsageError
     with pytest.raises(UsageError, match='at least 3 checkpoints'):
         trajectory(run_folder, '--start_epoch', '3')
 
 
 def test_quick_start_train_trajectory_surface(tmp_path):
-    import plot_surface
+    from losslandscape import plot_surface
     folder = train(tmp_path, epochs=3)                                              # 1. train
     proj_file, dir_file = trajectory(folder, '--ignore', 'biasbn', max_epoch=3)     # 2. PCA + path
     proj = hdf5_layout.read_projection_file(proj_file)
@@ -180,7 +179,8 @@ def test_printed_surface_command_uses_the_labels_the_path_was_evaluated_on(tmp_p
     """A --label_corrupt_prob run trains on its saved labels; the contours plot_trajectory suggests
     must be of the same loss as the --eval colours of the path: at the final model they agree."""
     import shlex
-    import plot_surface
+
+    from losslandscape import plot_surface
     folder = train_main.main(['--dataset', 'digits', '--model', 'mlp', '--epochs', '3', '--save', str(tmp_path),
                               '--threads', '1', '--label_corrupt_prob', '0.5'])
     capsys.readouterr()
@@ -200,6 +200,6 @@ def test_printed_surface_command_uses_the_labels_the_path_was_evaluated_on(tmp_p
 
 
 def test_ignore_with_a_given_dir_file_is_refused(run_folder, tmp_path):
-    from cli import UsageError
+    from losslandscape.cli.parsing import UsageError
     with pytest.raises(UsageError, match='--ignore'):
         trajectory(run_folder, '--dir_file', str(tmp_path / 'any.h5'), '--ignore', 'biasbn')

@@ -2,7 +2,7 @@
 
 The text is the reStructuredText description of each of scikit-learn's bundled data sets
 (``sklearn/datasets/descr/*.rst``): real English prose, installed with a package that is already
-in requirements.txt, so nothing is downloaded. The files are read in sorted name order and joined
+a dependency of the suite, so nothing is downloaded. The files are read in sorted name order and joined
 into one string; its first 90 % of characters is the training text, the last 10 % the test text.
 
 The tokenizer has a FIXED vocabulary (newline, printable ASCII, one id for anything else), so the

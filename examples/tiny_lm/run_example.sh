@@ -39,7 +39,7 @@ GRID_ARGS=(--x=-1:1:"$GRID" --y=-1:1:"$GRID")
 run "$PY" plot_surface.py "${COMMON[@]}" "${GRID_ARGS[@]}" --loss_name causal_lm \
     --include_params 'transformer.h.1.*' --xnorm filter --xignore biasbn --ynorm filter --yignore biasbn \
     --surf_file "$OUT/surface_causal_lm.h5"
-DIR_FILE=$("$PY" -c 'import sys, hdf5_layout; print(hdf5_layout.read_surface(sys.argv[1]).dir_file)' \
+DIR_FILE=$("$PY" -c 'import sys; from losslandscape.io import hdf5_layout; print(hdf5_layout.read_surface(sys.argv[1]).dir_file)' \
     "$OUT/surface_causal_lm.h5")
 printf '\ndirection file: %s\n' "$DIR_FILE"
 

@@ -10,17 +10,13 @@ surface is computed on) is printed before and after training, and the test text'
 """
 import argparse
 import os
-import sys
 import time
 
 import torch
 
-if not __package__:   # run as a file (python examples/tiny_lm/train.py): import from the repository root
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-from examples.tiny_lm.data import WINDOW, char_text, encode, split_text  # noqa: E402
-from examples.tiny_lm.model import tiny_gpt  # noqa: E402
-from examples.tiny_lm.objectives import token_cross_entropy  # noqa: E402
+from examples.tiny_lm.data import WINDOW, char_text, encode, split_text
+from examples.tiny_lm.model import tiny_gpt
+from examples.tiny_lm.objectives import token_cross_entropy
 
 DEFAULT_STEPS = 2000
 

@@ -1,0 +1,1 @@
+"""Curvature at a model: Hessian-vector products, eigenvalues, traces, spectra, sharpness measures."""

@@ -1,0 +1,3 @@
+"""Data sets (built-in, custom factories), the batch sources that feed a grid point, and importing the
+user's own code.
+"""

@@ -1,0 +1,484 @@
+"""Building a run: everything a grid evaluation needs on one rank, made by named steps in order.
+
+    settings = RunSettings.from_args(args)          # the flags, typed; nothing else reads args
+    run = prepare_run(settings, comm)               # the steps below, in this order:
+        plan_files          grid, direction and surface file names, their folders checked
+        build_model         the centre model (and a loader for --model_file2/3)
+        load_data           training (and test) batch sources, resident or streamed
+        probe_objective     the objective on one batch: bad results are refused here
+        check_surface       rank 0 refuses an existing surface file made for another run or configuration
+        choose_compute      layout, batch size, BatchNorm folding: given, recorded, or timed (choosing.py)
+        prepare_evaluation  the model on its device, BatchNorm folded, compiled, wrapped (and probed again)
+        write_directions    rank 0 makes the direction file
+        load_directions     the directions on the device (none along a curve, --curve_file)
+    surface_engine.run_grid(comm, run.grid, run.open_writer(names), evaluate_points)
+
+Every step that can refuse the input runs before the first file is written, so a bad flag, file,
+model, data set or loss function leaves the folder as it was. Used by plot_surface.py,
+plot_hessian_eigen.py and api.py.
+"""
+import dataclasses
+import os
+import platform
+import sys
+
+import h5py
+import numpy as np
+import torch
+
+from losslandscape.cli.parsing import check_output_folder
+from losslandscape.compute import bn_folding, choosing, configuration, runtime
+from losslandscape.curves import bn_statistics, connecting_curves
+from losslandscape.data import batch_sources
+from losslandscape.directions import direction_files, moving, subsets
+from losslandscape.engine.grid import Grid, parse_axis
+from losslandscape.errors import UsageError
+from losslandscape.io import hdf5_layout, surface_store
+from losslandscape.models import loading
+from losslandscape.objectives import objective
+from losslandscape.parallel.mpi_comm import default_threads, select_device
+
+
+def describe(value):
+    """How a setting given as a Python object (api.py) is recorded in the files."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if callable(value) and not isinstance(value, torch.nn.Module):
+        return objective.describe_callable(value)
+    return f'python:{type(value).__module__}.{type(value).__qualname__}'
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelDataSettings:
+    """The flags every script that evaluates one model shares, typed: the centre model and its
+    objective, its data, the device (grid_args.py: add_centre_arguments, add_data_arguments,
+    add_device_arguments). ``dataset`` and ``loss_name`` may also be Python objects (api.py)."""
+    model: str
+    model_file: str
+    loss_name: object
+    dataset: object
+    datapath: str
+    download: bool
+    raw_data: bool
+    data_split: int
+    split_idx: int
+    batch_size: int       # None: chosen (choosing.py); PLAIN's until then
+    train_labels: str
+    data_mode: str
+    workers: int
+    cuda: bool
+    threads: int
+
+    @classmethod
+    def from_args(cls, args):
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+    def batch_source(self, train, device, comm, dataset=None):
+        """The training (``train``) or test batch source of these flags; ``dataset``: a data set
+        given from Python instead of --dataset."""
+        return batch_sources.batch_source(
+            dataset if dataset is not None else self.dataset, self.datapath, train,
+            self.batch_size or configuration.PLAIN.batch_size, device, self.data_mode, self.workers,
+            raw_data=self.raw_data, data_split=self.data_split, split_idx=self.split_idx, download=self.download,
+            labels_file=self.train_labels if train else None, share=comm.local_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings(ModelDataSettings):
+    """What a grid run is asked to do: the grid scripts' flags, typed (see grid_args.py for each
+    flag's meaning). channels_last None and fold_bn None, like batch_size None: chosen."""
+    x: str
+    y: str
+    directions: direction_files.DirectionSpec
+    eval_test: bool
+    surf_file: str
+    ngpu: int
+    channels_last: bool
+    fold_bn: bool
+    compute_config: str   # configuration.MODES
+    compile: bool
+    amp: bool
+    points_per_call: int
+    curve_file: str       # evaluate along this trained curve (x = t) instead of directions
+    recompute_bn: bool
+    recorded_args: dict   # every flag as the surface file's 'args' attribute records it
+
+    @classmethod
+    def from_args(cls, args):
+        names = {f.name for f in dataclasses.fields(cls)} - {'directions', 'recorded_args'}
+        return cls(directions=direction_files.DirectionSpec.from_args(args),
+                   recorded_args={k: describe(v) for k, v in vars(args).items()},
+                   **{name: getattr(args, name) for name in names})
+
+    @property
+    def dir_type(self):
+        return self.directions.dir_type
+
+    @property
+    def recomputes_statistics(self):
+        """Whether every point gets BatchNorm statistics of its own (always along a curve)."""
+        return self.recompute_bn or bool(self.curve_file)
+
+
+# The identity fields that are paths: recorded absolute, so a run from another folder still matches.
+PATH_FIELDS = ('model_file', 'model_file2', 'model_file3', 'train_labels')
+
+
+def run_identity(settings, dir_file, is_2d, kind=configuration.SURFACE):
+    """The identity fields of a run (hdf5_layout.IDENTITY_FIELDS), paths made absolute, and the
+    content id of the directions it uses (once its direction file exists)."""
+    # Recorded always: values with recomputed BatchNorm statistics are never mixed with others.
+    identity = {'recompute_bn': settings.recomputes_statistics}
+    if kind == configuration.SURFACE:
+        # Nor bf16 values with float32 ones (the loss moves by about 1e-3). The Hessian, always in
+        # float32, may be added to a file whose loss values were computed under --amp.
+        identity['amp'] = settings.amp
+    if settings.curve_file:
+        identity[hdf5_layout.DIRECTION_ID] = hdf5_layout.curve_content_id(settings.curve_file)
+    elif os.path.exists(dir_file):
+        identity[hdf5_layout.DIRECTION_ID] = hdf5_layout.direction_content_id(dir_file, with_y=is_2d)
+    for key in hdf5_layout.IDENTITY_FIELDS:
+        if key == hdf5_layout.DIRECTION_ID:
+            continue
+        source = settings.directions if hasattr(settings.directions, key) and not hasattr(settings, key) \
+            else settings
+        value = describe(getattr(source, key))
+        if key in PATH_FIELDS and value:
+            value = os.path.realpath(value)
+        identity[key] = value
+    return identity
+
+
+def library_versions(comm):
+    versions = {'python': platform.python_version(), 'torch': torch.__version__, 'numpy': np.__version__,
+                'h5py': h5py.__version__, 'mpi_ranks': comm.size}
+    mpi = sys.modules.get('mpi4py')
+    if mpi is not None:
+        versions['mpi4py'] = mpi.__version__
+    return versions
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything a grid evaluation needs on one rank, built by ``prepare_run``."""
+    settings: RunSettings
+    comm: object
+    device: torch.device
+    grid: Grid
+    dir_file: str
+    surf_file: str
+    net: torch.nn.Module          # what the grid moves
+    eval_net: torch.nn.Module     # what evaluates it: the same model, folded, compiled or wrapped
+    folding: object               # bn_folding.BatchNormFolding, or None
+    objective: objective.Objective
+    value_keys: list              # the objective's values for one data set ('loss', 'acc', ...)
+    train_data: object            # batch sources (data.batch_sources)
+    test_data: object
+    base: list                    # the centre's tensors on the device
+    xdirection: list              # None along a curve
+    ydirection: list
+    curve: connecting_curves.Curve = None    # --curve_file: x is the curve's t
+    centre_buffers: list = None   # the centre's buffers, when every point recomputes its statistics
+    compute: configuration.Choice = None   # the configuration settings holds, its line and its record
+    kind: str = configuration.SURFACE      # configuration.HESSIAN: a run of Hessians, not of the objective
+
+    def move_to(self, k):
+        """Put the model at grid point ``k``; return its (x, y) coordinates."""
+        x, y = self.grid.point(k)
+        if self.curve is not None:
+            self.curve.place(self.net, x)
+        else:
+            moving.move(self.net, self.settings.dir_type, self.base, self.xdirection, self.ydirection,
+                             x, 0.0 if y is None else y)
+        if self.settings.recomputes_statistics:
+            bn_statistics.recompute(self.net, self.train_data, self.objective)
+        if self.folding is not None:
+            self.folding.refresh()
+        return x, y
+
+    def restore_centre(self):
+        """Put the model back at the centre (x = y = 0), as it came (api.py hands it back)."""
+        if self.curve is not None:
+            self.curve.place(self.net, 0.0)
+        else:
+            moving.move(self.net, self.settings.dir_type, self.base, self.xdirection, self.ydirection, 0.0, 0.0)
+        if self.centre_buffers is not None:
+            with torch.no_grad():
+                for buffer, saved in zip(self.net.buffers(), self.centre_buffers):
+                    buffer.copy_(saved)
+        if self.folding is not None:
+            self.folding.refresh()
+
+    def report(self, summary):
+        """The run's one line on stdout (rank 0): points computed, time, diverged values."""
+        counts = ', '.join(f'{n}: {c}' for n, c in summary['diverged'].items())
+        state = 'complete' if summary['complete'] else 'incomplete'
+        # With 'states' directions a point can also be NaN without any divergence: extrapolating past a
+        # model (x > 1 between two models, say) can drive BatchNorm running variances negative.
+        why = 'diverged, or a BatchNorm running variance went negative' if self.settings.dir_type == 'states' \
+            else 'diverged'
+        seconds = summary['seconds']
+        took = f'{seconds:.2f}' if seconds >= 1 else f'{seconds:.3g}'   # short runs keep 3 digits
+        print(f'{self.surf_file}: {summary["computed"]} points computed in {took} s, '
+              f'surface {state}' + (f'; inf/NaN points ({why}): {counts}' if counts else ''), flush=True)
+
+    def datasets(self):
+        """[(prefix, batch source)]: 'train', and 'test' with --eval_test."""
+        return [(prefix, data) for prefix, data in (('train', self.train_data), ('test', self.test_data))
+                if data is not None]
+
+    def value_names(self):
+        """The surface's value names: train_loss, train_acc, ... (test_... with --eval_test)."""
+        return [f'{prefix}_{key}' for prefix, _ in self.datasets() for key in self.value_keys]
+
+    def open_writer(self, value_names, by_products=()):
+        """A factory of the surface file's writer (called on rank 0 by run_grid)."""
+        attrs = {hdf5_layout.ARGS_ATTR: self.settings.recorded_args,
+                 hdf5_layout.VERSIONS_ATTR: library_versions(self.comm)}
+        if self.compute is not None:
+            attrs[hdf5_layout.COMPUTE_ATTR] = self.compute.record
+        identity = run_identity(self.settings, self.dir_file, self.grid.is_2d, self.kind)
+        return lambda: surface_store.SurfaceWriter(self.surf_file, self.grid, self.dir_file, value_names,
+                                                   identity, attrs, by_products)
+
+
+# ----------------------------------------------------------------------------- the steps
+
+def plan_files(settings, comm):
+    """The grid and the direction and surface file names; the folders that will hold new files
+    checked (default names lie beside --model_file, whose folder may be read-only)."""
+    grid = Grid(parse_axis(settings.x, '--x'), parse_axis(settings.y, '--y') if settings.y else None)
+    # Along a curve the curve file takes the direction file's place (names, records, identity).
+    dir_file = settings.curve_file or direction_files.name_direction_file(settings.directions)
+    surf_file = settings.surf_file or direction_files.name_surface_file(
+        dir_file, grid, settings.raw_data, settings.data_split, settings.split_idx)
+
+    def check_output_folders():
+        if not os.path.exists(dir_file):
+            check_output_folder(dir_file, 'direction file', 'pass --dir_file to use one from elsewhere')
+        if not settings.surf_file:
+            check_output_folder(surf_file, 'surface file', 'pass --surf_file to write it elsewhere')
+    comm.root_only(check_output_folders)
+    return grid, dir_file, surf_file
+
+
+def build_model(settings, net=None):
+    """(the centre model in eval mode, load_model(path, flag) for the other checkpoints). ``net``:
+    a model given from Python, whose current weights are the centre (and whose class is rebuilt
+    for --model_file2/3 by deep copy)."""
+    if net is not None:
+        import copy
+        template = copy.deepcopy(net).cpu()
+
+        def load_model(path, flag):
+            other = copy.deepcopy(template)
+            return loading.load_state(other, loading.read_state_dict(path, flag), f'{flag} {path!r}').eval()
+        return net.eval(), connecting_curves.loader_taking_bends(load_model, template)
+
+    def load_model(path, flag='--model_file'):
+        return loading.load(settings.dataset, settings.model, path, flag)
+    net = load_model(settings.model_file)
+    return net, connecting_curves.loader_taking_bends(load_model, net)
+
+
+def load_data(settings, device, comm, train_dataset=None, test_dataset=None):
+    """The training batch source (and the test one with --eval_test), before any file is made:
+    a data error must leave the folder as it was."""
+    train = settings.batch_source(True, device, comm, train_dataset)
+    wanted_test = settings.eval_test and (test_dataset is not None or isinstance(settings.dataset, str))
+    if settings.eval_test and not wanted_test:
+        raise UsageError('eval_test needs a test_dataset')
+    return train, settings.batch_source(False, device, comm, test_dataset) if wanted_test else None
+
+
+def choose_compute(settings, comm, kind, surf_file, grid, net, the_objective, train_data, test_data, device,
+                   reload_data):
+    """(settings with the compute configuration's parts set, training and test batch sources in
+    its batch size, the configuration.Choice): given, recorded in the surface file, or timed on
+    rank 0 and broadcast (choosing.choose). ``reload_data(settings)``: the batch sources
+    made again, for sources that cannot change their batch size in place."""
+    choice = choosing.choose(settings, comm, kind, surf_file, net, the_objective, train_data, test_data,
+                                   device, grid.num_points)
+    settings = choice.config.apply(settings)
+    sources = [data for data in (train_data, test_data) if data is not None]
+    if all(isinstance(data, batch_sources.CachedBatches) for data in sources):
+        for data in sources:
+            data.batch_size = settings.batch_size   # batched as it is read: nothing to redo
+    elif any(data.batch_size != settings.batch_size for data in sources):
+        train_data, test_data = reload_data(settings)   # a batch size recorded or given for collated data
+    return settings, train_data, test_data, choice
+
+
+def prepare_evaluation(settings, net, comm, device, datasets, announce=True):
+    """(eval_net, folding): ``net`` folded (--fold_bn), moved to ``device`` in its memory layout
+    (--channels_last), wrapped (--ngpu) and compiled (--compile). Folded before any file is made:
+    a model torch.fx cannot trace must leave the folder as it was. ``announce``: say how much was
+    folded (when --fold_bn was given; a chosen folding is in the compute line)."""
+    eval_net, folding = net, None
+    if settings.fold_bn:
+        folding = bn_folding.BatchNormFolding(net)
+        eval_net = folding.module
+        if comm.is_root and announce:
+            print(f'--fold_bn: {folding.num_folded} BatchNorm layers folded into convolutions'
+                  + ('' if folding.num_folded else ' (none follows a convolution directly)')
+                  + (f', {folding.num_fused} convolutions fused with the ReLU after them' if folding.num_fused else ''),
+                  file=sys.stderr, flush=True)
+    # The folded convolutions live in folding.module only; every other layer is net's own.
+    for model in [net] if folding is None else [net, folding.module]:
+        model.to(device)
+        if settings.channels_last:
+            model.to(memory_format=torch.channels_last)
+    if settings.channels_last:
+        for data in datasets:
+            if data is not None:
+                data.channels_last()
+    if settings.cuda and settings.ngpu > 1:
+        eval_net = torch.nn.DataParallel(eval_net, device_ids=list(range(min(settings.ngpu, torch.cuda.device_count()))))
+    if settings.compile:
+        # Parameters stay graph inputs (inductor's freezing is off by default), so moving the
+        # weights in place between points needs no recompilation.
+        eval_net = torch.compile(eval_net, dynamic=False)
+    return eval_net, folding
+
+
+CHECK_SAMPLES = 2   # the first check of the objective, on a built-in data set (probe_objective)
+
+
+def probe_objective(the_objective, eval_net, data, amp=False, differentiable=False, samples=None):
+    """The objective's value keys, from one batch at the centre: a loss function that returns the
+    wrong thing, or a batch the model cannot take, is refused here, before any file is made.
+    ``differentiable``: also take the loss sum the Hessian differentiates (plot_hessian_eigen).
+    ``samples``: a batch of only this many samples where the source can batch so (the built-in
+    data sets): a check needs no more, and a whole batch of a model that is timed or folded next
+    would be a pass of work thrown away."""
+    try:
+        if samples is not None and isinstance(data, batch_sources.CachedBatches):
+            first = data.first_batch(samples)
+        else:
+            first = next(iter(data.batches()))
+    except (TypeError, RuntimeError) as err:
+        raise UsageError(f'the data cannot be batched ({str(err).splitlines()[0]})') from None
+    eval_net.eval()
+    try:
+        with torch.inference_mode():
+            sums = the_objective.sums(eval_net, first, amp)
+        if differentiable:
+            with torch.enable_grad():
+                the_objective.loss_sum(eval_net, first)
+    except (TypeError, RuntimeError) as err:
+        # The model called with a batch it cannot take (a keyword it lacks, a shape mismatch).
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ''
+        raise UsageError(f'--loss_name {the_objective.name}: the model cannot take a batch of this data '
+                         f'({type(err).__name__}: {first_line})') from None
+    return the_objective.value_keys(sums)
+
+
+def check_surface(settings, comm, kind, grid, dir_file, surf_file):
+    """Rank 0: refuse an existing surface file made for another run, or computed in a
+    configuration that flags given now would change (configuration.refuse_changed_parts)."""
+    def check():
+        if os.path.exists(surf_file):
+            hdf5_layout.check_surface_matches(hdf5_layout.read_surface(surf_file), grid, dir_file,
+                                              run_identity(settings, dir_file, grid.is_2d, kind))
+            configuration.refuse_changed_parts(settings, kind, surf_file)
+    comm.root_only(check)
+
+
+def write_directions(settings, comm, dir_file, net, base_cpu, load_model):
+    """Rank 0: make (or complete) the direction file, the run's first file."""
+    if not settings.curve_file:
+        comm.root_only(lambda: direction_files.setup_direction_file(settings.directions, dir_file, net, base_cpu,
+                                                                load_model))
+
+
+def prepare_run(settings, comm, net=None, train_dataset=None, test_dataset=None, differentiable=False):
+    """Build everything a grid run needs on this rank (rank 0 makes the direction file). ``net``,
+    ``train_dataset``, ``test_dataset``: objects given from Python instead of --model/--dataset;
+    ``differentiable``: the run takes Hessians of the objective (checked on the probe batch).
+    The settings were validated (grid_args.validate) before this is called."""
+    runtime.keep_freed_memory()
+    torch.set_num_threads(settings.threads or default_threads(comm))
+    device = select_device(settings.cuda, comm.local_rank)
+    grid, dir_file, surf_file = plan_files(settings, comm)
+    net, load_model = build_model(settings, net)
+    curve = connecting_curves.load_curve(settings.curve_file, net, load_model)[0] if settings.curve_file else None
+    the_objective = objective.resolve(settings.loss_name)
+    train_data, test_data = load_data(settings, device, comm, train_dataset, test_dataset)
+    base_cpu = [t.cpu() for t in subsets.get_base(net, settings.dir_type)]
+    # The objective on the model as it is first: bad results are refused before anything is timed.
+    value_keys = probe_objective(the_objective, net.to(device), train_data, settings.amp, differentiable,
+                                 samples=CHECK_SAMPLES)
+    kind = configuration.HESSIAN if differentiable else configuration.SURFACE
+    check_surface(settings, comm, kind, grid, dir_file, surf_file)   # before any timing or line printed
+    if comm.is_root:
+        runtime.warn_about_amp(settings, device)
+    fold_given = settings.fold_bn is True
+    settings, train_data, test_data, choice = choose_compute(
+        settings, comm, kind, surf_file, grid, net, the_objective, train_data, test_data, device,
+        lambda chosen: load_data(chosen, device, comm, train_dataset, test_dataset))
+    eval_net, folding = prepare_evaluation(settings, net, comm, device, (train_data, test_data), announce=fold_given)
+    if eval_net is not net:   # folded, compiled or wrapped: it must take the batches too
+        probe_objective(the_objective, eval_net, train_data, settings.amp, differentiable)
+    write_directions(settings, comm, dir_file, net, base_cpu, load_model)
+    base = [t.to(device) for t in base_cpu]
+    xdirection, ydirection = (None, None) if curve is not None else \
+        direction_files.load_directions(dir_file, base_cpu, grid.is_2d, device)
+    centre_buffers = [b.detach().clone() for b in net.buffers()] if settings.recomputes_statistics else None
+    return Run(settings=settings, comm=comm, device=device, grid=grid, dir_file=dir_file, surf_file=surf_file,
+               net=net, eval_net=eval_net, folding=folding, objective=the_objective, value_keys=value_keys,
+               train_data=train_data, test_data=test_data, base=base, xdirection=xdirection,
+               ydirection=ydirection, curve=None if curve is None else curve.to(device),
+               centre_buffers=centre_buffers, compute=choice, kind=kind)
+
+
+# ----------------------------------------------------------------------------- one point
+
+@dataclasses.dataclass(frozen=True)
+class PointSettings(ModelDataSettings):
+    """The model and data at one point (hessian_spectrum.py, sharpness.py): their flags, typed."""
+    include_params: str
+    exclude_params: str
+
+    def default_file(self, kind):
+        """Where a script's results at this point go by default: beside --model_file, named after
+        it, ``kind`` ('spectrum', 'sharpness'), the parameter subset and the data options."""
+        name = f'{self.model_file}_{kind}' + direction_files.subset_suffix(self.include_params, self.exclude_params)
+        if self.raw_data:
+            name += '_rawdata'
+        if self.data_split > 1:
+            name += f'_datasplit={self.data_split}_splitidx={self.split_idx}'
+        return name + '.h5'
+
+    def identity(self):
+        """What a file of results at this point records, so a rerun for another model, data or
+        objective is refused (paths absolute, Python objects described)."""
+        identity = {}
+        for key in ('model', 'model_file', 'dataset', 'raw_data', 'data_split', 'split_idx', 'loss_name',
+                    'train_labels', 'include_params', 'exclude_params'):
+            value = describe(getattr(self, key))
+            identity[key] = os.path.realpath(value) if key in PATH_FIELDS and value else value
+        return identity
+
+
+@dataclasses.dataclass
+class Point:
+    """The model at one point, on its device, with its objective and training batch source."""
+    settings: PointSettings
+    device: torch.device
+    net: torch.nn.Module
+    objective: objective.Objective
+    data: object
+
+
+def prepare_point(settings, comm):
+    """Model, objective and training data for measurements at one point: the same steps as a grid
+    run's (load_data, prepare_evaluation, probe_objective with gradients), no grid, no directions."""
+    runtime.keep_freed_memory()
+    torch.set_num_threads(settings.threads or default_threads(comm))
+    device = select_device(settings.cuda, comm.local_rank)
+    net = loading.load(settings.dataset, settings.model, settings.model_file)
+    the_objective = objective.resolve(settings.loss_name)
+    data = settings.batch_source(True, device, comm)
+    net.to(device)
+    probe_objective(the_objective, net, data, differentiable=True)
+    return Point(settings=settings, device=device, net=net, objective=the_objective, data=data)

@@ -1,0 +1,1 @@
+"""MPI: ranks, messages, the GPU per rank, and which rank evaluates which points."""
