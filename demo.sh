@@ -39,7 +39,7 @@ run "$PY" plot_surface.py "${COMMON[@]}" --model_file "$MODEL_A" --model_file2 "
 # whose one bend is trained, ends fixed, to keep the loss low all along. Both paths are evaluated
 # with BatchNorm statistics recomputed at every t, so they differ in their weights alone.
 CURVE="$OUT/curve_bezier.h5"
-run "$PY" train_curve.py "${COMMON[@]}" --model_file "$MODEL_A" --model_file2 "$MODEL_B" --curve bezier \
+run "$PY" -m losslandscape.train_curve "${COMMON[@]}" --model_file "$MODEL_A" --model_file2 "$MODEL_B" --curve bezier \
     --num_bends 3 --epochs 10 --lr 0.05 --batch_size 64 --curve_file "$CURVE"
 run "$PY" plot_surface.py "${COMMON[@]}" --curve_file "$CURVE" --x=0:1:21 --eval_test --surf_file "$OUT/curve_t.h5"
 run "$PY" plot_surface.py "${COMMON[@]}" --model_file "$MODEL_A" --model_file2 "$MODEL_B" --x=0:1:21 \

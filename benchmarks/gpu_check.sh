@@ -3,7 +3,8 @@
 # benchmarks/RESULTS.md in a single command. resnet56, 10,000 CIFAR-sized images, 5x5 grid, this
 # suite against the naive DataLoader loop, and each GPU lever side by side. About 5 minutes on one H100.
 #
-#   bash benchmarks/gpu_check.sh            # uses python3 (PyTorch, torchvision, h5py, tqdm installed)
+#   bash benchmarks/gpu_check.sh            # uses python3 (PyTorch, h5py, tqdm ... installed); installs
+#                                           # the checkout's package into it (pip -e, no dependencies) if missing
 #   PYTHON=.venv/bin/python bash benchmarks/gpu_check.sh
 #
 # Writes bench_surface_gpu.json (and the printed table, gpu_check.log) to $OUT, or benchmarks/out.
@@ -12,6 +13,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 DEST=${OUT:-benchmarks/out}
 mkdir -p "$DEST"
+# The benchmarks import the losslandscape package: a bare machine gets the checkout's, nothing else.
+"$PY" -c 'import losslandscape' 2>/dev/null || "$PY" -m pip install -q --no-deps --no-build-isolation -e .
 export PYTHONUNBUFFERED=1
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv

@@ -168,12 +168,7 @@ def plot_density(grid, density, path_base, title):
 
 
 def main(argv=None):
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
-    grid_args.validate_point_script(parser, args, extra_checks=(check_spectrum,))
-    settings = PointSettings.from_args(args)
-    out_path = args.spectrum_file or settings.default_file('spectrum')
-    check_output_folder(out_path, 'spectrum file', 'pass --spectrum_file to write it elsewhere')
+    args, settings, out_path = grid_args.parse_point_script(get_args_parser(), argv, 'spectrum', check_spectrum)
     identity = settings.identity()
     data, attrs = stored_parts(out_path, identity)
 

@@ -21,7 +21,7 @@ from losslandscape.cli.parsing import ArgumentParser, check_output_folder, run_a
 from losslandscape.compute import choosing, timing_search
 from losslandscape.curvature import hessian, spectrum
 from losslandscape.curvature import sharpness_measures as measures
-from losslandscape.engine.run_setup import PointSettings, prepare_point
+from losslandscape.engine.run_setup import prepare_point
 from losslandscape.io import hdf5_layout as layout
 from losslandscape.parallel.mpi_comm import SerialComm
 
@@ -77,12 +77,7 @@ def estimated_gradients(args):
 
 
 def main(argv=None):
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
-    grid_args.validate_point_script(parser, args, extra_checks=(check_sharpness,))
-    settings = PointSettings.from_args(args)
-    out_path = args.sharpness_file or settings.default_file('sharpness')
-    check_output_folder(out_path, 'sharpness file', 'pass --sharpness_file to write it elsewhere')
+    args, settings, out_path = grid_args.parse_point_script(get_args_parser(), argv, 'sharpness', check_sharpness)
     comm = SerialComm()
     point = prepare_point(settings, comm)
     params = hessian.hessian_parameters(point.net, args.include_params, args.exclude_params)

@@ -48,7 +48,7 @@ from losslandscape.models import loading
 from losslandscape.models.cifar10.zoo import MODELS as CIFAR10_MODELS
 from losslandscape.parallel.mpi_comm import select_device
 from losslandscape.training import evaluation
-from losslandscape.training.schedule import decay_epochs, epoch_generator, learning_rate
+from losslandscape.training.schedule import add_schedule_arguments, decay_epochs, epoch_generator, learning_rate
 
 OPTIMIZERS = ('sgd', 'adam')
 AUGMENT_SIZE = (32, 32)                 # CIFAR-sized images are the ones augmented
@@ -63,15 +63,9 @@ def get_args_parser(add_help=True):
                             description=__doc__.split('\n\n')[0])
     optim = parser.add_argument_group('optimization')
     optim.add_argument('--batch_size', default=128, type=int, help='training batch size')
-    optim.add_argument('--lr', default=0.1, type=float, help='initial learning rate')
-    optim.add_argument('--lr_decay', default=0.1, type=float, help='learning rate factor at each decay epoch '
-                       '(epochs 150, 225, 275 of 300, scaled to --epochs)')
     optim.add_argument('--optimizer', default='sgd', choices=OPTIMIZERS, help='sgd (Nesterov momentum) or adam')
-    optim.add_argument('--weight_decay', default=0.0005, type=float, help='L2 weight decay')
-    optim.add_argument('--momentum', default=0.9, type=float, help='SGD momentum')
-    optim.add_argument('--epochs', default=300, type=int, help='number of training epochs')
-    optim.add_argument('--rand_seed', default=0, type=int, help='seed of the initialisation, batch order, '
-                       'augmentation and label noise')
+    add_schedule_arguments(optim, momentum_help='SGD momentum', weight_decay_help='L2 weight decay',
+                           seed_help='seed of the initialisation, batch order, augmentation and label noise')
 
     model = parser.add_argument_group('model')
     model.add_argument('--model', default='vgg9', help="a model of the dataset's zoo (e.g. vgg9, resnet56; "
@@ -308,12 +302,8 @@ def save_checkpoint(folder, epoch, net, optimizer, acc):
 
 
 def load_dict(path, flag, key):
-    """torch.load a checkpoint dict holding ``key`` (weights only), or raise UsageError."""
-    try:
-        content = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:  # torch raises many types for a bad file; all mean "not a checkpoint"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UsageError(f'{flag} {path!r} is not a readable PyTorch checkpoint ({first})') from None
+    """The checkpoint dict at ``path`` holding ``key`` (weights only), or raise UsageError."""
+    content = loading.read_checkpoint(path, flag)
     if not isinstance(content, dict) or key not in content:
         raise UsageError(f'{flag} {path!r} is a checkpoint without {key!r}')
     return content

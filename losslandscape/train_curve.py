@@ -60,14 +60,9 @@ def get_args_parser(add_help=True):
                        'it exists (required)')
 
     optim = parser.add_argument_group('optimization (as cifar10.main)')
-    optim.add_argument('--epochs', default=300, type=int, help='training epochs over the data')
-    optim.add_argument('--lr', default=0.1, type=float, help='initial learning rate')
-    optim.add_argument('--lr_decay', default=0.1, type=float, help='learning rate factor at each decay epoch '
-                       '(epochs 150, 225, 275 of 300, scaled to --epochs)')
-    optim.add_argument('--momentum', default=0.9, type=float, help='SGD momentum (Nesterov when above 0)')
-    optim.add_argument('--weight_decay', default=0.0005, type=float, help='L2 weight decay of the bends')
-    optim.add_argument('--rand_seed', default=0, type=int, help='seed of the batch order and of the t drawn '
-                       'for each mini-batch')
+    schedule.add_schedule_arguments(optim, momentum_help='SGD momentum (Nesterov when above 0)',
+                                    weight_decay_help='L2 weight decay of the bends',
+                                    seed_help='seed of the batch order and of the t drawn for each mini-batch')
 
     grid_args.add_data_arguments(parser, batch_size_help='training batch size (also that of the evaluations)',
                                  eval_test_help='also report the test loss and accuracy of the end models and '

@@ -18,6 +18,7 @@ from losslandscape.curves import connecting_curves
 from losslandscape.data import batch_sources, datasets
 from losslandscape.directions import normalization, subsets
 from losslandscape.engine.grid import parse_axis
+from losslandscape.engine.run_setup import PointSettings
 from losslandscape.errors import UsageError
 from losslandscape.figures import common
 from losslandscape.io import hdf5_layout
@@ -135,6 +136,18 @@ def validate_point_script(parser, args, extra_checks=()):
         check(parser, args)
     if args.eval_test:
         parser.error('--eval_test: these measurements are of the training objective')
+
+
+def parse_point_script(parser, argv, output, check):
+    """(args, PointSettings, output path) of a script that measures one point
+    (hessian_spectrum.py, sharpness.py): its flags checked (``check`` its own), the output file --
+    ``--{output}_file``, else named after the point -- in a writable folder."""
+    args = parser.parse_args(argv)
+    validate_point_script(parser, args, extra_checks=(check,))
+    settings = PointSettings.from_args(args)
+    path = getattr(args, f'{output}_file') or settings.default_file(output)
+    check_output_folder(path, f'{output} file', f'pass --{output}_file to write it elsewhere')
+    return args, settings, path
 
 
 # ----------------------------------------------------------------------------- directions

@@ -42,14 +42,20 @@ def build(dataset, name):
     return net
 
 
-def read_state_dict(path, flag='--model_file'):
-    """The state_dict stored in checkpoint ``path`` (UsageError if it cannot be one)."""
+def read_checkpoint(path, flag='--model_file'):
+    """What the PyTorch checkpoint ``path`` holds, read with weights_only=True onto the CPU
+    (UsageError naming ``flag`` if it is missing or not a checkpoint)."""
     check_file_exists(path, flag)
     try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+        return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as err:  # torch raises many types for a bad file; all mean "not a checkpoint"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f'{flag} {path!r} is not a readable PyTorch checkpoint ({first})') from None
+
+
+def read_state_dict(path, flag='--model_file'):
+    """The state_dict stored in checkpoint ``path`` (UsageError if it cannot be one)."""
+    checkpoint = read_checkpoint(path, flag)
     state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
         raise UsageError(f'{flag} {path!r} holds neither a state_dict nor a dict with a "state_dict"')

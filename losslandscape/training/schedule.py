@@ -11,6 +11,18 @@ import torch
 DECAY_EPOCHS_OF_300 = (150, 225, 275)   # the original's schedule, scaled to other lengths
 
 
+def add_schedule_arguments(group, *, momentum_help, weight_decay_help, seed_help):
+    """The optimizer flags both training scripts take, with the original's defaults (--epochs,
+    --lr, --lr_decay, --momentum, --weight_decay, --rand_seed); the helps say what each trains."""
+    group.add_argument('--epochs', default=300, type=int, help='number of training epochs')
+    group.add_argument('--lr', default=0.1, type=float, help='initial learning rate')
+    group.add_argument('--lr_decay', default=0.1, type=float, help='learning rate factor at each decay epoch '
+                       '(epochs 150, 225, 275 of 300, scaled to --epochs)')
+    group.add_argument('--momentum', default=0.9, type=float, help=momentum_help)
+    group.add_argument('--weight_decay', default=0.0005, type=float, help=weight_decay_help)
+    group.add_argument('--rand_seed', default=0, type=int, help=seed_help)
+
+
 def decay_epochs(epochs):
     """The epochs after which the learning rate decays: 150, 225, 275 for 300, scaled and rounded
     half up for other lengths (4 -> 2, 3, 4). Milestones that round to the same epoch count once
