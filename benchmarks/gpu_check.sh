@@ -13,8 +13,11 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 DEST=${OUT:-benchmarks/out}
 mkdir -p "$DEST"
-# The benchmarks import the losslandscape package: a bare machine gets the checkout's, nothing else.
-"$PY" -c 'import losslandscape' 2>/dev/null || "$PY" -m pip install -q --no-deps --no-build-isolation -e .
+# The benchmarks import the losslandscape package: a bare machine gets the checkout's (pip -e, no
+# dependencies, offline), or, where its setuptools cannot build it, the checkout on PYTHONPATH.
+if ! "$PY" -c 'import losslandscape' 2>/dev/null; then
+  "$PY" -m pip install -q --no-deps --no-build-isolation -e . || export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
 export PYTHONUNBUFFERED=1
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
