@@ -181,6 +181,17 @@ print(repr(s.values['train_loss'].tolist()))
     np.testing.assert_allclose(np.array(eval(done.stdout.strip().splitlines()[-1])), expected, rtol=1e-5)
 
 
+def test_the_console_commands_run_the_scripts(installed, tmp_path):
+    python, _ = installed
+    command = os.path.join(os.path.dirname(python), 'losslandscape-plot-surface')
+    done = subprocess.run([command, '--help'], cwd=tmp_path, env=user_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith('usage: plot_surface.py'), done.stderr
+    done = subprocess.run([command, '--x=nonsense'], cwd=tmp_path, env=user_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
 @pytest.mark.parametrize('script', SCRIPTS)
 def test_every_script_has_help_through_python_m(script, tmp_path):
     done = subprocess.run([sys.executable, '-m', f'losslandscape.{script}', '--help'], cwd=tmp_path,
@@ -248,3 +259,21 @@ def test_no_code_edits_sys_path():
                     if 'sys.path.insert' in text or 'sys.path.append' in text or 'sys.path[' in text:
                         offenders.append(os.path.join(base, name))
     assert offenders == []
+
+
+def test_every_file_kind_records_the_suite_version(tmp_path):
+    arrays = [np.ones((2, 3), np.float32)]
+    writers = {
+        'direction': lambda p: hdf5_layout.write_direction_file(p, arrays, arrays),
+        'surface': lambda p: hdf5_layout.write_surface_file(p, 'd.h5', [0.0, 1.0], None, {hdf5_layout.TRAIN_LOSS: np.zeros(2)},
+                                                            {hdf5_layout.TRAIN_LOSS: np.zeros(2, bool)}, {}),
+        'projection': lambda p: hdf5_layout.write_projection_file(p, [0.0], [0.0]),
+        'spectrum': lambda p: hdf5_layout.write_spectrum_file(p, {hdf5_layout.EIGENVALUES: [1.0]}, {}),
+        'curve': lambda p: hdf5_layout.write_curve_file(p, [{'w': arrays[0]}], None, {}, {}),
+        'sharpness': lambda p: hdf5_layout.write_sharpness_file(p, {hdf5_layout.SHARPNESS_NAMES[0]: [0.1]}, {}),
+    }
+    for kind, write in writers.items():
+        path = str(tmp_path / f'{kind}.h5')
+        write(path)
+        with h5py.File(path, 'r') as f:
+            assert f.attrs[hdf5_layout.SUITE_VERSION_ATTR] == f'"{losslandscape.__version__}"', kind

@@ -1,4 +1,5 @@
-"""Directions in weight space: making them, normalising them, naming their files, moving a model.
+"""Making directions in weight space: random (seeded by --idx), towards another model, and
+normalised as the paper does; their conventions, which the rest of the directions package follows.
 
 A direction is a list of tensors, one per entry of the model's base:
   'weights' -- net.parameters() in order; BatchNorm running statistics stay as trained.
@@ -18,13 +19,13 @@ direction is zero; otherwise it equals the weights themselves (so a step scales 
 
 --include_params / --exclude_params (comma-separated fnmatch patterns over the names of the
 parameters, or of the state_dict entries for 'states') restrict both directions to a subset of the
-tensors (a block, the attention layers, adapter weights): every other entry's direction is zero.
+tensors (a block, the attention layers, adapter weights): every other entry's direction is zero
+(directions.subsets).
 
-Models stored in bfloat16 or float16 keep a float32 copy of the centre (get_base), and a point's
-tensors are computed in float32 and rounded once, so moving along a direction never accumulates
-low-precision rounding.
+Models stored in bfloat16 or float16 keep a float32 copy of the centre (subsets.get_base), and a
+point's tensors are computed in float32 and rounded once (directions.moving), so moving along a
+direction never accumulates low-precision rounding. Files: directions.direction_files.
 """
-
 import torch
 
 from losslandscape.errors import UsageError
@@ -34,8 +35,6 @@ IGNORES = ('biasbn',)
 NORM_EPS = 1e-10
 BASE_SEED = 0   # direction seed = BASE_SEED + --idx, so --idx gives independent directions
 
-
-# ----------------------------------------------------------------------------- directions
 
 def random_direction(base, generator):
     """Gaussian tensors shaped like ``base`` (float32, drawn on the CPU so every device and
