@@ -9,7 +9,8 @@ are dropped together with every quad touching them, so ParaView shows a hole the
 """
 import numpy as np
 
-from losslandscape.cli.parsing import ArgumentParser, UsageError, run_as_script
+from losslandscape.cli.parsing import ArgumentParser, run_as_script
+from losslandscape.errors import UsageError
 from losslandscape.figures.common import SURF_NAME_CHOICES, describe_gaps, load_surface, surface_values
 from losslandscape.io.file_safety import atomic_path
 

@@ -25,9 +25,10 @@ import shlex
 import numpy as np
 import torch
 
-from losslandscape.cli.parsing import ArgumentParser, UsageError, check_file_exists, run_as_script
+from losslandscape.cli.parsing import ArgumentParser, check_file_exists, run_as_script
 from losslandscape.data import batch_sources, datasets
 from losslandscape.directions import normalization, projection, subsets
+from losslandscape.errors import UsageError
 from losslandscape.io import hdf5_layout
 from losslandscape.models import loading
 from losslandscape.objectives import objective

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from losslandscape.cli.parsing import UsageError
 from losslandscape.compute import bn_folding
 from losslandscape.compute.bn_folding import BatchNormFolding
 from losslandscape.directions import moving, normalization, subsets
+from losslandscape.errors import UsageError
 from losslandscape.models.cifar10.zoo import build
 from tests.conftest import ROOT
 from tests.synthetic_weights import synthetic_state_dict

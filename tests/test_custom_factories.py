@@ -12,8 +12,8 @@ import uuid
 import pytest
 import torch
 
-from losslandscape.cli.parsing import UsageError
 from losslandscape.data import user_code
+from losslandscape.errors import UsageError
 from tests.conftest import run_script
 
 MODELS_PY = '''

@@ -8,7 +8,7 @@ import torch
 
 from losslandscape import h52vtp
 from losslandscape import train as train_main
-from losslandscape.cli.parsing import UsageError
+from losslandscape.errors import UsageError
 from losslandscape.io import hdf5_layout
 from losslandscape.io.file_safety import atomic_path
 

@@ -5,11 +5,13 @@ Python API from there, and the checkout's compatibility files for code written a
 original."""
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
 import textwrap
 import zipfile
+from unittest import mock
 
 import h5py
 import numpy as np
@@ -36,7 +38,8 @@ USER_FILES = {
 
         def net():
             torch.manual_seed(0)
-            return torch.nn.Sequential(torch.nn.Linear(3, curves.WIDTH), torch.nn.Tanh(), torch.nn.Linear(curves.WIDTH, 1))
+            width = curves.WIDTH
+            return torch.nn.Sequential(torch.nn.Linear(3, width), torch.nn.Tanh(), torch.nn.Linear(width, 1))
     ''',
     'errors.py': '''
         import torch
@@ -58,16 +61,14 @@ GRID = ('--x=-1:1:3', '--y=-1:1:3')
 
 
 def load_user_modules(folder):
-    """The user's modules, imported by path in this process (to compute the values independently)."""
+    """The user's modules, imported by path in this process (to compute the values independently);
+    sys.modules is as before afterwards."""
     modules = {}
     for name in ('curves', 'grid', 'errors', 'objective'):
         spec = importlib.util.spec_from_file_location(f'user_{name}', folder / f'{name}.py')
         module = importlib.util.module_from_spec(spec)
-        if name == 'grid':
-            sys.modules['curves'], saved = modules['curves'], sys.modules.get('curves')
-        spec.loader.exec_module(module)
-        if name == 'grid':
-            sys.modules.pop('curves') if saved is None else sys.modules.__setitem__('curves', saved)
+        with mock.patch.dict(sys.modules, {'curves': modules.get('curves', module)}):   # grid.py imports it
+            spec.loader.exec_module(module)
         modules[name] = module
     return modules
 
@@ -104,7 +105,7 @@ def installed(tmp_path_factory):
     for name in filter(None, listed):
         if os.path.isfile(os.path.join(ROOT, name)):
             (clone / name).parent.mkdir(parents=True, exist_ok=True)
-            (clone / name).write_bytes(open(os.path.join(ROOT, name), 'rb').read())
+            shutil.copy2(os.path.join(ROOT, name), clone / name)
     wheels = tmp / 'wheels'
     built = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q',
                             '-w', str(wheels), str(clone)], capture_output=True, text=True)
@@ -151,7 +152,8 @@ def test_pip_installed_scripts_run_from_a_users_folder_of_colliding_names(instal
     torch.save(modules['grid'].net().state_dict(), user / 'm.t7')
     where = subprocess.run([python, '-c', 'import losslandscape; print(losslandscape.__file__)'], cwd=user,
                            env=user_env(), capture_output=True, text=True, check=True).stdout.strip()
-    assert where.startswith(str(tmp_path.parent)) and ROOT not in where   # the installed copy, not the checkout
+    venv = os.path.dirname(os.path.dirname(python))
+    assert where.startswith(venv + os.sep), where   # the installed copy, not the checkout
 
     flags = ['--model', 'grid:net', '--dataset', 'errors:make', '--loss_name', 'objective:fn', '--model_file', 'm.t7',
              *GRID, '--xnorm', 'filter', '--ynorm', 'filter', '--surf_file', 'surface.h5', '--threads', '1']
@@ -248,16 +250,13 @@ def test_the_repository_root_holds_only_the_original_codes_python_files():
 def test_no_code_edits_sys_path():
     """The package, the checkout's compatibility files, the benchmarks and the examples import
     through the installed package, never by changing sys.path."""
-    offenders = []
-    for folder in ('losslandscape', 'benchmarks', 'examples', 'cifar10', '.'):
-        for base, _, files in os.walk(os.path.join(ROOT, folder)):
-            if folder == '.' and base != os.path.join(ROOT, '.'):
-                continue
-            for name in files:
-                if name.endswith(('.py', '.sh')):
-                    text = open(os.path.join(base, name)).read()
-                    if 'sys.path.insert' in text or 'sys.path.append' in text or 'sys.path[' in text:
-                        offenders.append(os.path.join(base, name))
+    paths = [name for name in os.listdir(ROOT) if name.endswith('.py')]
+    for folder in ('losslandscape', 'benchmarks', 'examples', 'cifar10'):
+        paths += [os.path.join(base, name) for base, _, files in os.walk(os.path.join(ROOT, folder))
+                  for name in files if name.endswith(('.py', '.sh'))]
+    offenders = [path for path in paths
+                 if any(edit in open(os.path.join(ROOT, path)).read() for edit in ('sys.path.insert', 'sys.path.append',
+                                                                                     'sys.path['))]
     assert offenders == []
 
 
@@ -265,7 +264,8 @@ def test_every_file_kind_records_the_suite_version(tmp_path):
     arrays = [np.ones((2, 3), np.float32)]
     writers = {
         'direction': lambda p: hdf5_layout.write_direction_file(p, arrays, arrays),
-        'surface': lambda p: hdf5_layout.write_surface_file(p, 'd.h5', [0.0, 1.0], None, {hdf5_layout.TRAIN_LOSS: np.zeros(2)},
+        'surface': lambda p: hdf5_layout.write_surface_file(p, 'd.h5', [0.0, 1.0], None,
+                                                            {hdf5_layout.TRAIN_LOSS: np.zeros(2)},
                                                             {hdf5_layout.TRAIN_LOSS: np.zeros(2, bool)}, {}),
         'projection': lambda p: hdf5_layout.write_projection_file(p, [0.0], [0.0]),
         'spectrum': lambda p: hdf5_layout.write_spectrum_file(p, {hdf5_layout.EIGENVALUES: [1.0]}, {}),

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from losslandscape import plot_surface
-from losslandscape.cli.parsing import UsageError
 from losslandscape.compute import point_batching
 from losslandscape.data import datasets
 from losslandscape.directions import direction_files, subsets
+from losslandscape.errors import UsageError
 from losslandscape.io import hdf5_layout
 from losslandscape.models import loading
 from losslandscape.objectives import objective

@@ -11,7 +11,8 @@ import pytest
 from matplotlib.image import imread
 
 from losslandscape import h52vtp, plot_1D, plot_2D
-from losslandscape.cli.parsing import UsageError, run_main
+from losslandscape.cli.parsing import run_main
+from losslandscape.errors import UsageError
 from losslandscape.figures import common, curve_figures, surface_figures
 from losslandscape.io import hdf5_layout as layout
 

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from losslandscape.cli.parsing import UsageError
 from losslandscape.engine.grid import Grid, parse_axis
+from losslandscape.errors import UsageError
 from losslandscape.io import hdf5_layout
 from losslandscape.parallel.scheduler import assign_points
 from tests.conftest import ROOT, run_script

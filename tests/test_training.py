@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from losslandscape import train as train_main
-from losslandscape.cli.parsing import UsageError
 from losslandscape.data import datasets
+from losslandscape.errors import UsageError
 from losslandscape.models import loading
 from tests.conftest import call_main
 

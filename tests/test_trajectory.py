@@ -152,7 +152,7 @@ def test_missing_checkpoint_exits_2_with_one_line(run_folder):
 
 
 def test_too_few_checkpoints_for_pca(run_folder):
-    from losslandscape.cli.parsing import UsageError
+    from losslandscape.errors import UsageError
     with pytest.raises(UsageError, match='at least 3 checkpoints'):
         trajectory(run_folder, '--start_epoch', '3')
 
@@ -200,6 +200,6 @@ def test_printed_surface_command_uses_the_labels_the_path_was_evaluated_on(tmp_p
 
 
 def test_ignore_with_a_given_dir_file_is_refused(run_folder, tmp_path):
-    from losslandscape.cli.parsing import UsageError
+    from losslandscape.errors import UsageError
     with pytest.raises(UsageError, match='--ignore'):
         trajectory(run_folder, '--dir_file', str(tmp_path / 'any.h5'), '--ignore', 'biasbn')

@@ -8,7 +8,8 @@ import argparse
 import os
 import sys
 
-from losslandscape.errors import UsageError  # noqa: F401  (re-exported: scripts import it from here)
+from losslandscape.errors import UsageError
+from losslandscape.parallel.mpi_comm import is_speaking_rank
 
 
 def check_file_exists(path, what):
@@ -63,17 +64,11 @@ def run_main(main, argv=None):
     try:
         return main(argv)
     except UsageError as err:
-        report_usage_error(prog, err, show=_is_mpi_root())
+        report_usage_error(prog, err, show=is_speaking_rank())
         sys.exit(2)
     except KeyboardInterrupt:
         print(f'{prog}: interrupted', file=sys.stderr)
         sys.exit(130)
-
-
-def _is_mpi_root():
-    # Rank logic lives in mpi_comm, which imports this module: imported here, when first needed.
-    from losslandscape.parallel.mpi_comm import is_speaking_rank
-    return is_speaking_rank()
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
@@ -97,4 +92,4 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message):
-        self.exit(2, f'{self.prog}: error: {message} (see --help)\n' if _is_mpi_root() else None)
+        self.exit(2, f'{self.prog}: error: {message} (see --help)\n' if is_speaking_rank() else None)
