@@ -5,6 +5,7 @@ parsing.run_main (the same path as the command line, minus interpreter start-up)
 real subprocesses to prove the command-line wiring.
 """
 import importlib
+import json
 import os
 import shutil
 
@@ -15,6 +16,7 @@ import torch
 
 from losslandscape import plot_surface
 from losslandscape.cli import parsing
+from losslandscape.io import hdf5_layout
 from losslandscape.io.hdf5_layout import FileLock
 from tests.conftest import assert_one_line_error, call_main, run_script, snapshot
 
@@ -33,6 +35,16 @@ def workdir(tmp_path, checkpoints):
     with h5py.File(tmp_path / 'proj_like.h5', 'w') as f:
         f['something'] = np.zeros(3)
     torch.save(torch.zeros(5, dtype=torch.int64), tmp_path / 'labels.pt')
+    # A direction, a projection and a curve that each hold one NaN.
+    shutil.copy(DIR.format(d=tmp_path), tmp_path / 'nan_dir.h5')
+    with h5py.File(tmp_path / 'nan_dir.h5', 'r+') as f:
+        f[f'{hdf5_layout.XDIRECTION}/1'][(0,) * f[f'{hdf5_layout.XDIRECTION}/1'].ndim] = np.nan
+    with h5py.File(tmp_path / 'nan_proj.h5', 'w') as f:
+        f[hdf5_layout.PROJ_XCOORD], f[hdf5_layout.PROJ_YCOORD] = [0.0, np.nan, 1.0], [0.0, 0.5, 1.0]
+    with h5py.File(tmp_path / 'nan_curve.h5', 'w') as f:
+        f[f'{hdf5_layout.CURVE_BENDS}/0/w'] = np.array([1.0, np.inf], np.float32)
+        for key in hdf5_layout.CURVE_REQUIRED_ATTRS:
+            f.attrs[key] = json.dumps(3 if key == hdf5_layout.NUM_BENDS else 'x')
     from tests.fixtures.custom import three_class_model
     torch.save(three_class_model().state_dict(), tmp_path / 'three.t7')
     return tmp_path
@@ -61,6 +73,12 @@ PLOT_SURFACE_CASES = [
     ('unknown loss', [*MODEL, '--loss_name', 'hinge'], ['--loss_name', "'hinge'", 'causal_lm']),
     ('direction file for another model', ['--model', 'mlp', '--model_file', '{d}/mlp.t7', '--dir_file', DIR, '--x=-1:1:3'],
      ['direction file', 'does not fit the model']),
+    ('direction file with NaN', [*MODEL, '--dir_file', '{d}/nan_dir.h5', '--x=-1:1:3'],
+     ['direction file', 'xdirection/1 holds inf or NaN']),
+    ('projection file with NaN', [*MODEL, '--x=-1:1:3', '--y=-1:1:3', '--plot', '--proj_file', '{d}/nan_proj.h5'],
+     ['projection file', 'proj_xcoord holds inf or NaN']),
+    ('curve file with inf', [*MODEL, '--curve_file', '{d}/nan_curve.h5', '--x=0:1:3'],
+     ['--curve_file', 'bends/0/w holds inf or NaN']),
     ('direction file missing', [*MODEL, '--dir_file', '{d}/nodir.h5'], ['--dir_file', 'does not exist']),
     ('direction file is a surface file', [*MODEL, '--dir_file', '{d}/surf.h5', '--x=-1:1:3'], ['not a direction file']),
     ('1D direction file for a 2D grid', [*MODEL, '--dir_file', DIR, '--x=-1:1:3', '--y=-1:1:3'], ['no y direction']),

@@ -277,3 +277,122 @@ def test_fused_convolutions_follow_the_model_and_fall_back_off_the_fast_path():
     folding.module.to(memory_format=torch.channels_last)
     cl = x.contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(outputs(folding.module, cl), outputs(net, cl), rtol=1e-4, atol=1e-4)  # fused path
+
+
+def _post_op_calls(model, x, autocast=False):
+    """(the model's output, how many fused calls took oneDNN's ReLU post-op, how many applied
+    PyTorch's ReLU after the fused convolution) over one forward pass."""
+    counts = {True: 0, False: 0}
+    real = bn_folding.FusedConv._pre_activation_is_finite
+
+    def counting(self, x, other):
+        finite = real(self, x, other)
+        counts[finite] += 1
+        return finite
+    bn_folding.FusedConv._pre_activation_is_finite = counting
+    try:
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            result = outputs(model, x)
+    finally:
+        bn_folding.FusedConv._pre_activation_is_finite = real
+    return result, counts[True], counts[False]
+
+
+def _far_resnet(scale):
+    """A channels_last resnet20 with randomized statistics, its convolution weights times ``scale``
+    (a far grid point), with its fused and unfused folded views."""
+    net = randomize_statistics(build('resnet20'))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.mul_(scale)
+    net = net.to(memory_format=torch.channels_last)
+    return BatchNormFolding(net), BatchNormFolding(net, fuse=False)
+
+
+def _same_values_and_nans(a, b):
+    assert torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(torch.isinf(a), torch.isinf(b))
+    finite = torch.isfinite(a)
+    assert torch.equal(a[finite], b[finite])
+
+
+@pytest.mark.parametrize('autocast', [False, True], ids=['float32', 'bf16 autocast'])
+def test_an_overflow_inside_fused_calls_stays_nan_as_in_the_unfused_model(autocast):
+    """Far from the centre the activations overflow; an inf then meets -inf in the next
+    convolution. oneDNN's ReLU post-op would turn that NaN into 0 and the network would go on to
+    finite logits: the fused model must give NaN exactly where the unfused folded one does, and
+    the same values elsewhere."""
+    if not bn_folding.fusion_available() or (autocast and not bn_folding.onednn_bf16()):
+        pytest.skip('this PyTorch or CPU has no oneDNN fused convolution for this dtype')
+    fused, unfused = _far_resnet(1e4)
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)).contiguous(memory_format=torch.channels_last)
+    result, with_post_op, after = _post_op_calls(fused.module, x, autocast)
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+        reference = outputs(unfused.module, x)
+    assert torch.isnan(reference).any()   # the case is real: this point diverged
+    assert after > 0                      # and the guard saw it coming
+    _same_values_and_nans(result, reference)
+
+
+def test_a_nan_input_reaches_the_output_of_the_fused_model():
+    if not bn_folding.fusion_available():
+        pytest.skip('this PyTorch has no oneDNN fused convolution')
+    fused, unfused = _far_resnet(1.0)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)).contiguous(memory_format=torch.channels_last)
+    x[1, 0, 5, 5] = float('nan')
+    result, _, _ = _post_op_calls(fused.module, x)
+    assert torch.isnan(result[1]).all() and torch.isfinite(result[[0, 2, 3]]).all()
+    _same_values_and_nans(result, outputs(unfused.module, x))
+
+
+def test_at_ordinary_points_every_fused_call_keeps_its_relu_post_op_and_reads_only_the_input():
+    """The guard costs next to nothing where nothing diverges: bounds pass from call to call (and
+    through the shortcut convolutions), so only the network's input is measured."""
+    if not bn_folding.fusion_available():
+        pytest.skip('this PyTorch has no oneDNN fused convolution')
+    fused, unfused = _far_resnet(1.0)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)).contiguous(memory_format=torch.channels_last)
+    measured, real = [], bn_folding._magnitude
+
+    def spying(tensor, source):
+        if source is None or not source.bound() < bn_folding.SAFE_MAGNITUDE:
+            measured.append(tuple(tensor.shape))
+        return real(tensor, source)
+    bn_folding._magnitude = spying
+    try:
+        result, with_post_op, after = _post_op_calls(fused.module, x)
+    finally:
+        bn_folding._magnitude = real
+    assert (with_post_op, after) == (fused.num_fused, 0)
+    assert measured == [tuple(x.shape)]
+    assert torch.equal(result, outputs(unfused.module, x))
+
+
+class ChangedBetweenCalls(nn.Module):
+    """A fused call's output changed in place before the next fused call reads it: its bound from
+    the first call no longer holds, so the second must measure its input."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        h = self.a(x).relu()
+        h.mul_(3e38)              # overflows to inf wherever h > 1
+        return self.b(h).relu()   # inf against -inf weights: NaN
+
+
+def test_a_tensor_changed_between_fused_calls_is_measured_not_bounded():
+    if not bn_folding.fusion_available():
+        pytest.skip('this PyTorch has no oneDNN fused convolution')
+    torch.manual_seed(0)
+    net = ChangedBetweenCalls().eval().to(memory_format=torch.channels_last)
+    fused = BatchNormFolding(net)
+    assert fused.num_fused == 2
+    assert all(m.input_from is None for m in fused.module.modules() if isinstance(m, bn_folding.FusedConv))
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)).contiguous(memory_format=torch.channels_last)
+    result, _, after = _post_op_calls(fused.module, x)
+    reference = outputs(net, x)
+    assert after == 1 and torch.isnan(reference).any()
+    _same_values_and_nans(result, reference)

@@ -10,11 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from losslandscape import plot_surface
+from losslandscape._testing.fake_cifar10 import write_fake_cifar10
 from losslandscape.cli.parsing import run_main
 from losslandscape.data import datasets
+from losslandscape.directions import normalization, subsets
 from losslandscape.io import hdf5_layout
+from losslandscape.models.cifar10.zoo import build
 from losslandscape.training.evaluation import accuracy_percent, prediction_counts
 from tests.fixtures import forced_outputs
+from tests.test_bn_folding import randomize_statistics
 
 CASES = list(forced_outputs.REPLACEMENTS)
 
@@ -92,3 +96,55 @@ def test_forced_divergence_is_stored_and_flagged(tmp_path, forced_run, capsys, c
     bad_losses = int((~np.isfinite(s.values['train_loss'])).sum())
     flagged = f'train_loss: {bad_losses}, train_acc: 2' if bad_losses else 'train_acc: 2'
     assert 'diverged' in out and flagged in out, out
+
+
+# ----------------------------------------------------------------------------- overflow inside the network
+#
+# resnet20 with perturbed BatchNorm statistics on CIFAR-shaped images: along x the weights grow
+# 5000-10000-fold, the activations overflow to inf and the next convolution meets inf - inf, so
+# the point diverges (NaN); along y, and at the centre, nothing does. Every configuration the
+# suite can choose or be given must store NaN exactly where the plain one does, and otherwise
+# values within its tolerance of plain's.
+OVERFLOW_GRID = ['--x=-1e4:1e4:5', '--y=-1:1:3']
+
+
+@pytest.fixture(scope='module')
+def overflowing_resnet(tmp_path_factory):
+    """(flags naming the data, model and directions, the plain configuration's surface)."""
+    folder = tmp_path_factory.mktemp('overflow')
+    write_fake_cifar10(str(folder / 'data'), num_train=64, num_test=8)
+    torch.manual_seed(0)
+    net = randomize_statistics(build('resnet20'))
+    torch.save({'state_dict': net.state_dict()}, folder / 'resnet20.t7')
+    # Filter-normalized, BatchNorm and biases left alone: the paper's directions.
+    base = subsets.get_base(net, 'weights')
+    xdirection, ydirection = (normalization.make_random_direction(base, torch.Generator().manual_seed(seed),
+                                                                  'filter', 'biasbn') for seed in (1, 2))
+    hdf5_layout.write_direction_file(str(folder / 'dirs.h5'), [d.numpy() for d in xdirection],
+                                     [d.numpy() for d in ydirection])
+    flags = ['--dataset', 'cifar10', '--datapath', folder / 'data', '--model', 'resnet20',
+             '--model_file', folder / 'resnet20.t7', '--dir_file', folder / 'dirs.h5', '--threads', '2', *OVERFLOW_GRID]
+    plain = folder / 'plain.h5'
+    assert run_main(plot_surface.main, [str(a) for a in (*flags, '--compute_config', 'plain', '--surf_file', plain)]) == 0
+    return flags, hdf5_layout.read_surface(str(plain))
+
+
+@pytest.mark.parametrize('lever', [
+    [], ['--compute_config', 'search'], ['--fold_bn'], ['--channels_last'], ['--fold_bn', '--channels_last'],
+    ['--fold_bn', '--channels_last', '--batch_size', '16'], ['--batch_size', '16'], ['--points_per_call', '3'],
+    ['--amp'], ['--amp', '--fold_bn', '--channels_last']],
+    ids=lambda lever: ' '.join(lever) or 'defaults')
+def test_an_overflow_inside_the_network_diverges_under_every_configuration(tmp_path, overflowing_resnet, lever):
+    flags, plain = overflowing_resnet
+    loss = plain.values['train_loss']
+    assert np.isnan(loss).any() and np.isfinite(loss).sum() >= 3   # the case is real: some points diverge, not all
+    surf = tmp_path / 'lever.h5'
+    assert run_main(plot_surface.main, [str(a) for a in (*flags, *lever, '--surf_file', surf)]) == 0
+    got = hdf5_layout.read_surface(str(surf))
+    rtol = 3e-2 if '--amp' in lever else 1e-5   # bfloat16 keeps ~3 significant digits
+    for name in ('train_loss', 'train_acc'):
+        np.testing.assert_array_equal(np.isnan(got.values[name]), np.isnan(plain.values[name]), err_msg=name)
+        np.testing.assert_array_equal(np.isinf(got.values[name]), np.isinf(plain.values[name]), err_msg=name)
+    finite = np.isfinite(loss)
+    np.testing.assert_allclose(got.values['train_loss'][finite], loss[finite], rtol=rtol)
+    np.testing.assert_allclose(got.values['train_acc'][finite], plain.values['train_acc'][finite], atol=1.6)  # a sample

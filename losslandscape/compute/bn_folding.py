@@ -28,8 +28,23 @@ it that lives on), the fused call writes its result into that tensor's memory (o
 ``_convolution_pointwise_``) instead of into a new output: the same additions in the same order, so
 the same bits, without an output to allocate and a second input stream to read. On resnet20 this
 made a grid point 4-6 % faster in float32 and 4-12 % under --amp (benchmarks/RESULTS.md).
+
+A diverged point must stay diverged. oneDNN's ReLU post-op maps NaN to 0 (PyTorch's ReLU keeps
+it), so a NaN born inside a fused call -- an overflow to inf, then inf - inf in the next
+convolution -- would vanish, and the network would go on to finite logits where the unfused model
+gives NaN. A fused call therefore runs with the ReLU post-op only when its pre-activation is
+certainly finite: |conv(x) + other| <= max|x| * max_o sum|W_o| + max|b| + max|other| (W_o: output
+channel o's weights) stays far below float32's largest value (``SAFE_MAGNITUDE``), so nothing
+overflows and there is no NaN to lose. Otherwise (a far grid point, a non-finite input or weight)
+the call keeps the convolution and addition fused and applies PyTorch's ReLU after it: NaN and inf
+then travel exactly as in the unfused model. The bound of an input another fused call produced is
+that call's output bound, passed along the graph; other inputs are measured (one min/max
+reduction). On resnet20 that is the network's input and the two downsampling blocks' inputs and
+shortcuts, and the weight sums are computed once per grid point (when the weights change), so the
+check costs next to nothing at the points that do not diverge.
 """
 import functools
+import math
 import operator
 
 import torch
@@ -43,6 +58,9 @@ CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 FOLDED_PREFIX = 'folded_'
 FUSED_PREFIX = 'fused_'
+# The largest pre-activation bound a fused call takes with the ReLU post-op: 2**28 below float32's
+# largest value, far beyond the accumulation's rounding (and any transform oneDNN's algorithms use).
+SAFE_MAGNITUDE = 2.0 ** 100
 
 
 class BatchNormFolding:
@@ -77,6 +95,7 @@ class BatchNormFolding:
         self.num_folded = len(self.pairs)
         self.num_fused = _fuse_activations(self.module) if fuse and fusion_available() else 0
         self.num_in_place = _sum_into_dead_shortcuts(self.module) if self.num_fused else 0
+        _link_bounds(self.module)
         graph.lint()
         self.module.recompile()
         self.refresh()
@@ -149,13 +168,21 @@ class FusedConv(nn.Module):
     channels_last float32 (or, under autocast, bfloat16 where oneDNN has it) tensors on the CPU;
     the same operations one by one otherwise (oneDNN has no such post-ops for NCHW bfloat16). It
     reads ``conv``'s weights at every call, so it follows the folded weights' refresh and the
-    model's moves without a refresh of its own."""
+    model's moves without a refresh of its own. The ReLU post-op is used only where the
+    pre-activation is certainly finite (module docstring); elsewhere PyTorch's ReLU follows the
+    fused convolution and addition, so NaN stays NaN."""
 
     def __init__(self, conv):
         super().__init__()
         self.conv = conv
         # Set by _sum_into_dead_shortcuts when nothing reads ``other`` after this call.
         self.overwrite_other = False
+        # Set by _link_bounds: the fused calls whose outputs this call's input and ``other`` are
+        # (the bound of such a tensor is known without reading it), or None.
+        self.input_from = self.other_from = None
+        # A bound on |output| of this module's last call (inf: not known); read by the calls it feeds.
+        self.output_bound = math.inf
+        self.gains = WeightGains(conv)
 
     def forward(self, x, other=None):
         conv = self.conv
@@ -165,21 +192,100 @@ class FusedConv(nn.Module):
             x, weight = x.to(dtype), weight.to(dtype)
             bias = None if bias is None else bias.to(dtype)
             other = None if other is None else other.to(dtype)
-        if not (x.device.type == 'cpu' and x.dim() == 4
+        # Under torch.compile the operations are left to the compiler (the bound check reads
+        # tensors on the host, which would break its graph).
+        if torch.compiler.is_compiling() or not (x.device.type == 'cpu' and x.dim() == 4
                 and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and onednn_bf16()))
                 and weight.dtype == x.dtype and x.is_contiguous(memory_format=torch.channels_last)
                 and (other is None or (other.dtype == x.dtype and other.shape == _output_shape(conv, x)
                                        and other.is_contiguous(memory_format=torch.channels_last)))):
+            self.output_bound = math.inf   # not tracked here: the calls it feeds measure their inputs
             out = conv(x) if other is None else conv(x) + other
             return F.relu(out)
+        finite = self._pre_activation_is_finite(x, other)
         if other is None:
-            return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, conv.padding, conv.stride, conv.dilation,
-                                                           conv.groups, 'relu', [], '')
-        if self.overwrite_other and not other.requires_grad and not torch.compiler.is_compiling():
-            return torch.ops.mkldnn._convolution_pointwise_.binary(
-                other, x, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups, 'add', 1.0, 'relu', [], '')
-        return torch.ops.mkldnn._convolution_pointwise.binary(
-            x, other, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups, 'add', None, 'relu', [], '')
+            out = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, conv.padding, conv.stride, conv.dilation,
+                                                          conv.groups, 'relu' if finite else 'none', [], '')
+        elif self.overwrite_other and not other.requires_grad:
+            out = torch.ops.mkldnn._convolution_pointwise_.binary(
+                other, x, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups, 'add', 1.0,
+                'relu' if finite else None, [], None)
+        else:
+            out = torch.ops.mkldnn._convolution_pointwise.binary(
+                x, other, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups, 'add', None,
+                'relu' if finite else None, [], None)
+        return out if finite else out.relu_()   # PyTorch's ReLU: NaN stays NaN
+
+    def _pre_activation_is_finite(self, x, other):
+        """Whether ``conv(x) (+ other)`` is certainly finite (module docstring); sets
+        ``output_bound``. Bounds passed along the graph are used first, measured ones where those
+        are not known or too loose to tell."""
+        bound = self._pre_activation_bound(x, other, self.input_from, self.other_from)
+        if not bound < SAFE_MAGNITUDE and (self.input_from or self.other_from):
+            bound = self._pre_activation_bound(x, other, None, None)
+        finite = bound < SAFE_MAGNITUDE   # False for NaN: a non-finite input or weight
+        self.output_bound = bound if finite else math.inf
+        return finite
+
+    def _pre_activation_bound(self, x, other, input_from, other_from):
+        weight_gain, bias_size = self.gains()
+        bound = weight_gain * _magnitude(x, input_from) + bias_size
+        return bound if other is None else bound + _magnitude(other, other_from)
+
+
+class WeightGains:
+    """``gains()``: (max over output channels of the sum of |weights|, max |bias|) of convolution
+    ``conv`` in float64 -- |conv(x)| <= gain * max|x| + max|bias| -- computed again only when its
+    weights change (a move, a refresh, a new layout), so once per grid point."""
+
+    def __init__(self, conv):
+        self.conv = conv
+        self._key, self._gains = None, None
+
+    def __call__(self):
+        weight, bias = self.conv.weight, self.conv.bias
+        key = (weight.data_ptr(), weight._version) + (() if bias is None else (bias.data_ptr(), bias._version))
+        if key != self._key:
+            with torch.no_grad():
+                gain = weight.detach().double().abs().flatten(1).sum(dim=1).max().item()
+                size = 0.0 if bias is None else bias.detach().double().abs().max().item()
+            self._key, self._gains = key, (gain, size)
+        return self._gains
+
+
+class _FusedOutput:
+    """The bound of what a fused call returned last (in this forward pass: it runs first)."""
+
+    def __init__(self, fused):
+        self.fused = fused
+
+    def bound(self):
+        return self.fused.output_bound
+
+
+class _ConvolutionOutput:
+    """The bound of a plain convolution's output, from the bound of its input."""
+
+    def __init__(self, conv, source):
+        self.gains, self.source = WeightGains(conv), source
+
+    def bound(self):
+        gain, size = self.gains()
+        return gain * self.source.bound() + size
+
+
+def _magnitude(tensor, source):
+    """A bound on max |tensor|: ``source``'s (see _link_bounds) when it has one, else measured
+    (inf when the tensor holds inf or NaN)."""
+    if source is not None:
+        bound = source.bound()
+        if bound < SAFE_MAGNITUDE:
+            return bound
+    # The flat view of a channels_last tensor is free, and min/max over it is one fast pass.
+    flat = tensor.permute(0, 2, 3, 1).reshape(-1) if tensor.dim() == 4 else tensor.reshape(-1)
+    low, high = torch.aminmax(flat)
+    size = torch.maximum(-low, high).item()
+    return size if math.isfinite(size) else math.inf
 
 
 def _output_shape(conv, x):
@@ -267,3 +373,62 @@ def _sum_into_dead_shortcuts(module):
             owner[node] = owner[other]
             in_place += 1
     return in_place
+
+
+# Operations whose output is no larger than their input (max |out| <= max |in|) and that change no
+# tensor: a bound passes through them unchanged.
+_PASS_THROUGH_FUNCTIONS = (operator.getitem, torch.flatten, F.max_pool1d, F.max_pool2d, F.max_pool3d,
+                           F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
+                           F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
+_PASS_THROUGH_METHODS = ('view', 'reshape', 'flatten', 'permute', 'contiguous')
+_PASS_THROUGH_MODULES = (nn.Identity, nn.Flatten, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
+                         nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+                         nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+
+
+def _link_bounds(module):
+    """Give each fused call of ``module`` the bound sources of its input and ``other`` where the
+    graph computes them from another fused call's output (through plain convolutions and
+    operations that pass a bound through), so that it reads no tensor to bound them. Only where
+    every reader of each tensor on the way is such an operation or a fused call: none of those
+    changes a tensor another reads later (an in-place sum writes into a shortcut only after its
+    last reader), where another operation might."""
+    def kind(node):
+        if not isinstance(node, torch.fx.Node):
+            return None
+        if node.op == 'call_module':
+            sub = module.get_submodule(node.target)
+            if isinstance(sub, FusedConv):
+                return 'fused'
+            if type(sub) in CONVOLUTIONS and len(node.args) == 1 and not node.kwargs:
+                return 'convolution'
+            return 'pass' if type(sub) in _PASS_THROUGH_MODULES else None
+        if node.op == 'call_function' and node.target in _PASS_THROUGH_FUNCTIONS:
+            return 'pass'
+        if node.op == 'call_function' and node.target is F.pad:
+            mode = node.args[2] if len(node.args) > 2 else node.kwargs.get('mode', 'constant')
+            value = node.args[3] if len(node.args) > 3 else node.kwargs.get('value', None)
+            return 'pass' if mode == 'constant' and not value else None   # zeros added: no larger
+        if node.op == 'call_method' and node.target in _PASS_THROUGH_METHODS:
+            return 'pass'
+        return None
+
+    def only_read(node):
+        return all(kind(user) is not None and (kind(user) != 'pass' or only_read(user)) for user in node.users)
+
+    def source(node):
+        what = kind(node)
+        if what is None or not only_read(node):
+            return None
+        if what == 'fused':
+            return _FusedOutput(module.get_submodule(node.target))
+        inner = source(node.args[0])
+        if inner is None or what == 'pass':
+            return inner
+        return _ConvolutionOutput(module.get_submodule(node.target), inner)
+
+    for node in module.graph.nodes:
+        if kind(node) == 'fused':
+            fused = module.get_submodule(node.target)
+            fused.input_from = source(node.args[0])
+            fused.other_from = source(node.args[1]) if len(node.args) == 2 else None

@@ -124,6 +124,16 @@ def open_h5(path, what='file'):
         raise UsageError(f'{what} {path!r} is not a readable HDF5 file ({_first_line(err)})') from None
 
 
+def refuse_non_finite(arrays, what, path):
+    """Raise UsageError when a floating array of ``arrays`` ({dataset path: array}) holds inf or
+    NaN: a direction, a projection or a curve is a place in weight space, and a NaN in it would
+    make every point it touches NaN (or, worse, a number computed from one)."""
+    for name, array in arrays.items():
+        array = np.asarray(array)
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            raise UsageError(f'{what} {path!r}: {name} holds inf or NaN; it must be finite')
+
+
 def _first_line(err):
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
@@ -194,6 +204,8 @@ def read_direction_file(path):
         except (ValueError, OSError) as err:
             raise UsageError(f'direction file {path!r} is damaged ({_first_line(err)})') from None
         extras = {k: f[k][()] for k in PCA_KEYS if k in f}
+    for key, direction in ((XDIRECTION, xdirection), (YDIRECTION, ydirection or [])):
+        refuse_non_finite({f'{key}/{i}': array for i, array in enumerate(direction)}, 'direction file', path)
     return xdirection, ydirection, extras
 
 
@@ -434,7 +446,9 @@ def read_projection_file(path):
     with open_h5(path, 'projection file') as f:
         if PROJ_XCOORD not in f or PROJ_YCOORD not in f:
             raise UsageError(f'{path!r} is not a projection file (it has no {PROJ_XCOORD!r}/{PROJ_YCOORD!r})')
-        return {k: f[k][()] for k in f if isinstance(f[k], h5py.Dataset)}
+        datasets = {k: f[k][()] for k in f if isinstance(f[k], h5py.Dataset)}
+    refuse_non_finite({key: datasets[key] for key in (PROJ_XCOORD, PROJ_YCOORD)}, 'projection file', path)
+    return datasets
 
 
 # ----------------------------------------------------------------------------- spectrum files
@@ -557,6 +571,8 @@ def read_curve_file(path, what='curve file'):
                        for key in HISTORY_KEYS if CURVE_HISTORY in f and key in f[CURVE_HISTORY]}
         except (OSError, ValueError, KeyError) as err:
             raise UsageError(f'{what} {path!r} is damaged ({_first_line(err)})') from None
+    for i, bend in enumerate(bends):
+        refuse_non_finite({f'{CURVE_BENDS}/{i}/{name}': array for name, array in bend.items()}, what, path)
     if not isinstance(attrs[NUM_BENDS], int) or len(bends) != attrs[NUM_BENDS] - 2:
         raise UsageError(f'{what} {path!r} is damaged: num_bends {attrs[NUM_BENDS]} but {len(bends)} bends')
     return CurveRecord(path, bends, momentum, history, attrs)
