@@ -1,9 +1,9 @@
 """The loss landscape from Python: the same engine as plot_surface.py and plot_hessian_eigen.py.
 
-    import landscape
-    surface = landscape.surface(model, dataset, x='-1:1:21', y='-1:1:21', xnorm='filter',
-                                xignore='biasbn', ynorm='filter', yignore='biasbn',
-                                loss_name='crossentropy', surf_file='out/surface.h5')
+    import losslandscape
+    surface = losslandscape.surface(model, dataset, x=(-1, 1, 21), y='-1:1:21', xnorm='filter',
+                                    xignore='biasbn', ynorm='filter', yignore='biasbn',
+                                    loss_name='crossentropy', surf_file='out/surface.h5')
     surface.xcoordinates, surface.ycoordinates, surface.values['train_loss']
 
 ``model`` is an nn.Module whose current weights are the centre (x = y = 0; it is handed back
@@ -12,7 +12,9 @@ dicts of tensors (collated by torch's default_collate), ``test_dataset`` another
 are stored as test_...). Every other keyword is a flag of plot_surface.py under its own name
 (``x``, ``y``, ``xnorm``, ``dir_file``, ``batch_size``, ``include_params``, ``data_mode``, ...),
 and ``loss_name`` may also be the loss function itself: fn(model, batch) -> dict of batch sums
-(objective.py). ``surf_file`` is required; without ``dir_file`` the direction file is named as the
+(objective.py). The axes also take (MIN, MAX, NUM) tuples, the parameter patterns lists;
+``model_file`` is loaded into ``model`` first (which then holds it). Messages name the keywords
+(``surf_file=``), not the scripts' flags. ``surf_file`` is required; without ``dir_file`` the direction file is named as the
 scripts name it, after the surface file instead of a checkpoint (made when missing, reused when
 there). The HDF5 file is the scripts' own: rerunning the
 same call resumes, and the plot scripts draw it. Returns the hdf5_layout.Surface (coordinates and
@@ -26,6 +28,7 @@ The scripts' ``main`` functions call ``compute_surface`` and ``compute_hessian_e
 import argparse
 import dataclasses
 import os
+import re
 import sys
 
 import torch
@@ -38,6 +41,7 @@ from losslandscape.engine.run_setup import RunSettings, describe, prepare_run
 from losslandscape.engine.surface_engine import run_grid
 from losslandscape.errors import UsageError
 from losslandscape.io import hdf5_layout
+from losslandscape.models import loading
 from losslandscape.parallel.mpi_comm import get_comm
 
 # ----------------------------------------------------------------------------- what the scripts call
@@ -93,6 +97,41 @@ def _parser(hessian):
     return parser
 
 
+# Keywords that take Python sequences as well as the flag's text: the grid axes (MIN, MAX, NUM) and
+# the parameter patterns (a list of globs for GLOB,GLOB).
+AXIS_KEYWORDS = ('x', 'y')
+PATTERN_KEYWORDS = ('include_params', 'exclude_params')
+
+
+def _flag_text(name, value):
+    """A Python value of keyword ``name`` as its flag's text: (-1, 1, 21) -> '-1:1:21' for the
+    axes, ['a.*', 'b.*'] -> 'a.*,b.*' for the parameter patterns; other values as they are."""
+    if name in AXIS_KEYWORDS and isinstance(value, (tuple, list)):
+        if len(value) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise UsageError(f'{name}={value!r}: expected (MIN, MAX, NUM), e.g. {name}=(-1, 1, 21), or {name}=\'-1:1:21\'')
+        return ':'.join(repr(v) for v in value)
+    if name in PATTERN_KEYWORDS and isinstance(value, (tuple, list)):
+        if not all(isinstance(v, str) and v.strip() and ',' not in v for v in value):
+            raise UsageError(f'{name}={value!r}: expected a list of name patterns such as [\'layer4.*\', \'fc.*\']')
+        return ','.join(v.strip() for v in value)
+    return value
+
+
+def _keyword_message(message, names):
+    """A flag's message in the words of the Python API: '--surf_file' becomes 'surf_file=', and
+    '--x=-1:1' 'x=-1:1', for each flag that is a keyword here (``names``)."""
+    def keyword(match):
+        negated, name = match.group(1), match.group(2)
+        if name not in names:
+            return match.group(0)
+        return f'{name}=False' if negated else f'{name}='
+    return FLAG_IN_MESSAGE.sub(keyword, message)
+
+
+# A flag in a message, with the '=' or the space before a quoted or numeric value it may carry.
+FLAG_IN_MESSAGE = re.compile(r"--(no-)?([A-Za-z_]\w*)(?:=| (?=['\"\d-]))?")
+
+
 def _namespace(parser, model, dataset, test_dataset, flags):
     """The scripts' argparse Namespace for these keyword arguments: defaults, then ``flags`` (a
     string value goes through the flag's own type, as on the command line)."""
@@ -103,6 +142,10 @@ def _namespace(parser, model, dataset, test_dataset, flags):
         if action is None or name in ('model', 'dataset', 'model_given'):
             raise UsageError(f'unknown keyword {name}=: use plot_surface.py\'s flag names (x, y, xnorm, '
                              'dir_file, surf_file, batch_size, loss_name, include_params, ...)')
+        if name == 'rand_seed':
+            raise UsageError('rand_seed=: the model given is evaluated with the weights it has (seed torch before '
+                             'building it, or pass model_file=)')
+        value = _flag_text(name, value)
         if isinstance(value, str) and action.type is not None:
             try:
                 value = action.type(value)
@@ -114,6 +157,7 @@ def _namespace(parser, model, dataset, test_dataset, flags):
     if not args.surf_file:
         raise UsageError('surf_file= is required: the HDF5 file the surface is written to (and resumed from)')
     args.model, args.dataset, args.model_given = describe(model), dataset, True
+    args.rand_seed = None   # the weights are the model's own (or model_file's)
     args.eval_test = args.eval_test or test_dataset is not None
     return args
 
@@ -129,11 +173,26 @@ def _settings(args):
 
 
 def _run(model, dataset, test_dataset, flags, hessian):
+    parser = _parser(hessian)
+    names = {a.dest for a in parser._actions}
+    try:
+        return _compute(parser, model, dataset, test_dataset, flags, hessian)
+    except UsageError as err:   # the scripts' messages name flags; the caller wrote keywords
+        raise UsageError(_keyword_message(str(err), names)) from None
+
+
+def _load_model_file(model, path):
+    """model_file=: the checkpoint loaded into ``model``, which then is the centre."""
+    loading.load_state(model, loading.read_state_dict(path), f'--model_file {path!r}')   # _run says model_file=
+
+
+def _compute(parser, model, dataset, test_dataset, flags, hessian):
     if not isinstance(model, torch.nn.Module):
         raise UsageError(f'model must be a torch.nn.Module, not {type(model).__name__}')
-    parser = _parser(hessian)
     args = _namespace(parser, model, dataset, test_dataset, flags)
     grid_args.validate(parser, args, extra_checks=(grid_args.check_hessian,) if hessian else ())
+    if args.model_file:
+        _load_model_file(model, args.model_file)
     comm = get_comm(args.mpi)
     settings = _settings(args)
     was_training = model.training

@@ -55,8 +55,17 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
 
 
 def test_a_folder_that_cannot_hold_the_temporary_is_a_usage_error(tmp_path):
-    target = tmp_path / 'missing' / 'model.t7'
-    with pytest.raises(UsageError, match='cannot write .*model.t7'):
+    (tmp_path / 'a_file').write_text('')
+    target = tmp_path / 'a_file' / 'missing' / 'model.t7'
+    with pytest.raises(UsageError, match='cannot make the folder .*model.t7'):
         with atomic_path(str(target)):
             pass
-    assert not os.path.exists(tmp_path / 'missing')
+    assert sorted(os.listdir(tmp_path)) == ['a_file']
+
+
+def test_a_missing_folder_is_made_for_the_file(tmp_path):
+    target = tmp_path / 'missing' / 'deeper' / 'model.t7'
+    with atomic_path(str(target)) as tmp:
+        with open(tmp, 'w') as out:
+            out.write('x')
+    assert target.read_text() == 'x' and os.listdir(target.parent) == ['model.t7']

@@ -73,8 +73,8 @@ def test_two_ranks_batching_points_match_serial_one_at_a_time(tmp_path, checkpoi
 @pytest.mark.parametrize('argv,words', [
     (['--x=-1:1'], ['--x', 'MIN:MAX:NUM']),                   # found by the script, before MPI starts
     (['--x=-1:1:3', '--bogus', '1'], ['unrecognized arguments']),   # found by argparse
-    (['--x=-1:1:3', '--surf_file', '{d}/nofolder/s.h5'], ['--surf_file', 'does not exist']),
-], ids=['malformed grid', 'unknown flag', 'missing output folder'])
+    (['--x=-1:1:3', '--surf_file', '{d}/model.t7/s.h5'], ['--surf_file', 'is not a folder']),
+], ids=['malformed grid', 'unknown flag', 'output folder under a file'])
 def test_bad_arguments_are_reported_once(tmp_path, checkpoints, argv, words):
     """Under mpiexec every rank finds the same mistake; only rank 0 says so."""
     model = tmp_path / 'model.t7'

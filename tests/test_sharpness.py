@@ -103,8 +103,8 @@ def test_no_random_restarts_and_no_ascent_steps(tmp_path, capsys):
     (['--samples', '1'], ['--samples']),
     (['--eta', '-1'], ['--eta']),
     (['--include_params', 'nothing.*'], ['--include_params', 'matches no parameter']),
-    (['--sharpness_file', '{d}/nofolder/s.h5'], ['--sharpness_file', 'does not exist']),
-], ids=['rho zero', 'rho nan', 'one sample', 'negative eta', 'subset matches nothing', 'missing folder'])
+    (['--sharpness_file', '{d}/reg.t7/s.h5'], ['--sharpness_file', 'is not a folder']),
+], ids=['rho zero', 'rho nan', 'one sample', 'negative eta', 'subset matches nothing', 'folder under a file'])
 def test_bad_input(tmp_path, capsys, extra, words):
     torch.save({'state_dict': fx.regression_model().state_dict()}, tmp_path / 'reg.t7')
     before = snapshot(tmp_path)

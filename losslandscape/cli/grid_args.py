@@ -51,7 +51,10 @@ def _add_model_group(parser, centre):
     model.add_argument('--model', default='resnet56', help='a model of the dataset\'s zoo (e.g. resnet56, '
                        'vgg9; digits: mlp, cnn, cnn_bn) or package.module:factory returning an nn.Module')
     model.add_argument('--model_file', default='', help=f'checkpoint of the trained model ({centre}): a dict '
-                       'with "state_dict" or a bare state_dict')
+                       'with "state_dict" or a bare state_dict (saved with torch.save(model.state_dict(), path)); '
+                       'without it, the model as --model builds it, initialised under --rand_seed')
+    model.add_argument('--rand_seed', default=0, type=int, help='the seed of the initial weights when no --model_file '
+                       'is given (recorded with the results; ignored with --model_file) (default %(default)s)')
     objective.add_loss_argument(model)
     return model
 
@@ -69,8 +72,8 @@ def check_model(parser, args):
         parser.error('--model_file3 sets the y direction, so it needs --y')
     if not getattr(args, 'model_given', False):   # api.py hands the model itself
         loading.check_model_name(args.dataset, args.model)
-        if not args.model_file:
-            parser.error('--model_file is required: the checkpoint at the centre of the surface')
+        if not args.model_file and (args.model_file2 or args.model_file3):
+            parser.error('--model_file2/--model_file3 need --model_file: the checkpoint at the centre')
     for flag in ('model_file', 'model_file2', 'model_file3'):
         if getattr(args, flag):
             check_file_exists(getattr(args, flag), f'--{flag}')
@@ -84,9 +87,8 @@ def add_centre_arguments(parser):
 
 def check_centre(parser, args):
     loading.check_model_name(args.dataset, args.model)
-    if not args.model_file:
-        parser.error('--model_file is required: the checkpoint to measure')
-    check_file_exists(args.model_file, '--model_file')
+    if args.model_file:
+        check_file_exists(args.model_file, '--model_file')
     objective.check_loss_name(args.loss_name)
 
 

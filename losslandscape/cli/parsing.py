@@ -37,9 +37,11 @@ def check_writable_folder(folder, what, hint='', may_create=False):
 
 
 def check_output_folder(path, what, hint=''):
-    """Raise UsageError unless the folder that is to hold the file ``path`` exists and is writable.
-    ``what`` names the flag or file."""
-    check_writable_folder(os.path.dirname(os.path.abspath(path)), f'{what} {path!r}: its folder', hint)
+    """Raise UsageError unless the folder that is to hold the file ``path`` is writable or can be
+    made (its missing folders are made when the file is written, after every check has passed:
+    file_safety.make_parent_folder). ``what`` names the flag or file."""
+    check_writable_folder(os.path.dirname(os.path.abspath(path)), f'{what} {path!r}: its folder', hint,
+                          may_create=True)
 
 
 def report_usage_error(prog, err, show=True):

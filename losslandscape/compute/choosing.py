@@ -54,12 +54,16 @@ from losslandscape.curvature import hessian
 from losslandscape.data import batch_sources
 
 
-def choose(settings, comm, kind, surf_file, net, the_objective, train_data, test_data, device, num_points):
+def choose(settings, comm, kind, surf_file, net, the_objective, train_data, test_data, device, num_points,
+           threads=''):
     """The run's Choice, decided on rank 0 and broadcast (see the module docstring); rank 0 prints
-    its line. ``net`` is left on ``device`` in its own (contiguous) layout, in eval mode."""
+    its line, ending with ``threads`` (what runtime.set_threads said). ``net`` is left on
+    ``device`` in its own (contiguous) layout, in eval mode."""
     choice = comm.root_only(lambda: _decide(settings, comm, kind, surf_file, net, the_objective,
                                             train_data, test_data, device, num_points))
     config, line, record = choice
+    if threads and device.type == 'cpu':
+        line += f'; {threads}'
     if comm.is_root:
         print(line, flush=True)
     return configuration.Choice(configuration.ComputeConfig(**config), line, record)
@@ -143,7 +147,8 @@ def choose_point_batch_size(comm, point, mode, make_search):
     else:
         chosen, _, why = comm.root_only(lambda: _cached_or_timed(make_search(), mode == 'search'))
     if comm.is_root:
-        print(f'compute: batch {chosen.batch_size} ({why})', flush=True)
+        threads = f'; {point.threads}' if point.threads and point.device.type == 'cpu' else ''
+        print(f'compute: batch {chosen.batch_size} ({why}){threads}', flush=True)
     if isinstance(point.data, batch_sources.CachedBatches):   # batched as it is read; other sources keep theirs
         point.data.batch_size = chosen.batch_size
     return chosen.batch_size

@@ -1,5 +1,5 @@
-"""Process-wide runtime settings every run makes: glibc keeping freed memory, bf16 support of the
-device, and the --amp warning where bf16 is emulated."""
+"""Process-wide runtime settings every run makes: glibc keeping freed memory, CPU threads, bf16
+support of the device, and the --amp warning where bf16 is emulated."""
 import ctypes
 import os
 import sys
@@ -7,6 +7,7 @@ import sys
 import torch
 
 from losslandscape.compute import bn_folding
+from losslandscape.parallel.mpi_comm import threads_for
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3            # glibc's mallopt parameters (malloc.h)
 MMAP_THRESHOLD_BYTES = 32 << 20                        # the most glibc accepts on 64-bit systems
@@ -48,3 +49,11 @@ def warn_about_amp(settings, device):
         print('warning: --amp: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX), so bfloat16 is '
               'emulated and far slower than float32 (15x in benchmarks/RESULTS.md); run without --amp',
               file=sys.stderr, flush=True)
+
+
+def set_threads(requested, comm):
+    """Set torch's CPU threads for this rank (mpi_comm.threads_for) and return what the compute
+    line says of them, e.g. '2 threads (the 2 cores this process may use)'."""
+    threads, why = threads_for(requested, comm)
+    torch.set_num_threads(threads)
+    return f'{threads} thread{"s" if threads != 1 else ""} ({why})'

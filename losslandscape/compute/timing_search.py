@@ -99,6 +99,14 @@ class Search:
             free.append('batch_size')
         return free
 
+    def untimed(self):
+        """Why nothing is timed (the compute line's words), saying why the batch size is what it is."""
+        if 'batch_size' in self.given:
+            return 'the batch size is given; nothing else to choose for this model, data and flags'
+        return 'the default: ' + untimed_batch_reason(
+            self.probe.cached is not None, len(self.batch_sizes), points_per_call=self.settings.points_per_call,
+            statistics=self.settings.recomputes_statistics, ngpu=self.settings.ngpu)
+
     def cache_key(self):
         """The timing cache's key for this search (None when there is nothing to time)."""
         return _cache_key(configuration.SURFACE, self, amp=self.amp, free=self.free) if self.free else None
@@ -210,7 +218,7 @@ class Search:
 
     def _run(self, always, samples_per_point, points_per_rank, reference, start):
         if not self.free:
-            return reference, 'plain', 'nothing to choose for this model, data and flags'
+            return reference, 'plain', self.untimed()
         base_time, base_loss = self.measure(reference)
         run_seconds = base_time * samples_per_point * points_per_rank
         steps = [name for name in ('fold_bn', 'channels_last', 'batch_size') if name in self.free]
@@ -297,6 +305,21 @@ def _cache_key(kind, search, **more):
         given=search.given, **more)
 
 
+def untimed_batch_reason(resident, candidates, points_per_call=1, statistics=False, ngpu=1):
+    """Why a run's batch size is not timed (and so is the default): the first that holds."""
+    if points_per_call > 1:
+        return 'stacked points (--points_per_call) are not timed'
+    if not resident:
+        return 'only the batch size of a data set held in memory (a built-in one) is timed'
+    if statistics:
+        return 'recomputed BatchNorm statistics depend on the batches'
+    if ngpu > 1:
+        return 'the batch size is not timed across several GPUs'
+    if candidates <= 1:
+        return 'the data set is no larger than the smallest batch'
+    return 'nothing to time'
+
+
 def _too_short(always, run_seconds, search_seconds, what):
     """Why a run is not timed under auto ('' when it is: ``always``, or long enough to pay for
     timing ``what``): estimated under MIN_RUN_SECONDS, or the timing over SEARCH_SHARE of it."""
@@ -329,7 +352,7 @@ class HessianSearch:
             and len(self.batch_sizes) > 1
         self.probe = Probe(train_data, max(self.batch_sizes), device) if self.free else None
         self.vector = None
-        self.train_samples = n
+        self.train_samples, self.train_data = n, train_data
 
     def cache_key(self):
         """The timing cache's key for this search (None when the batch size is not free)."""
@@ -357,8 +380,8 @@ class HessianSearch:
         """(configuration, how, why): the batch size timed, or PLAIN's when not worth it."""
         reference = configuration.with_parts(configuration.PLAIN, self.given)
         if not self.free:
-            return reference, 'plain', ('the batch size is given, or batches are fixed by the data source: '
-                                        'only a built-in data set\'s is timed')
+            return reference, 'plain', 'as given' if 'batch_size' in self.given else 'the default: ' + \
+                untimed_batch_reason(isinstance(self.train_data, batch_sources.CachedBatches), len(self.batch_sizes))
         start = time.perf_counter()
         plain_size = min(configuration.PLAIN.batch_size, self.train_samples)
         base_time, base_product = self.measure(plain_size)   # the first measurement warms up too

@@ -5,7 +5,7 @@ import os
 
 import torch
 
-from losslandscape.data import datasets, user_code
+from losslandscape.data import datasets
 from losslandscape.errors import UsageError
 
 # ----------------------------------------------------------------------------- batch sources
@@ -142,7 +142,7 @@ def open_custom_dataset(dataset, datapath, train, what='--dataset'):
     """The torch Dataset a ``package.module:factory`` spec makes (or ``dataset`` itself, when it is
     one already: api.py), checked to be sized and non-empty."""
     if isinstance(dataset, str):
-        made = user_code.import_factory(dataset, what)(root=datapath, train=train)
+        made = datasets.make_custom_dataset(dataset, datapath, train, what)
         name = f'{what} {dataset!r}'
     else:
         made, name = dataset, 'the dataset'

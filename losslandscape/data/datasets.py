@@ -225,8 +225,18 @@ def load_digits(train=True, raw_data=False):
                          10, scale, shift)
 
 
+def make_custom_dataset(spec, datapath, train, what='--dataset'):
+    """The torch Dataset of the factory ``spec`` names: called with root= and train= where it
+    takes them. One that takes no train= has no test split to give."""
+    factory = user_code.import_factory(spec, what)
+    if not train and not user_code.takes_keyword(factory, 'train'):
+        raise UsageError(f'{what} {spec!r} takes no train= argument, so it has no test split: give it one '
+                         '(train=False: the test split) or leave out --eval_test')
+    return user_code.call_factory(factory, spec, what, root=datapath, train=train)
+
+
 def load_custom(spec, datapath, train=True):
-    dataset = user_code.import_factory(spec, '--dataset')(root=datapath, train=train)
+    dataset = make_custom_dataset(spec, datapath, train)
     try:
         n = len(dataset)
     except TypeError:

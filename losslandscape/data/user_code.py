@@ -13,32 +13,130 @@ The user's module may import its own top-level siblings (``import helpers`` in t
 the working folder is appended to sys.meta_path once: last, after every other finder, so it only
 supplies names nothing else provides and never replaces a module of the standard library or of an
 installed package. sys.path itself is never changed.
+
+A spec may give the factory keyword arguments, ``package.module:factory(depth=20, name='a')``:
+each value a Python literal (numbers, strings, booleans, None, tuples, lists, dicts of those),
+parsed with ast.literal_eval and never executed. ``canonical_spec`` writes a spec one way
+(keywords sorted, values as repr), which is what the files record as the run's identity.
 """
+import ast
+import dataclasses
+import functools
 import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import inspect
 import os
 import sys
 
 from losslandscape.errors import UsageError
 
 
-def import_factory(spec, what):
-    """Resolve 'package.module:callable' or raise UsageError saying what is wrong (``what`` names
-    the flag). The package is looked for in the working folder, then on sys.path (module docstring)."""
-    module_name, _, attr = spec.partition(':')
+@dataclasses.dataclass(frozen=True)
+class FactorySpec:
+    """A parsed 'package.module:factory(key=value, ...)'."""
+    module: str
+    name: str
+    kwargs: dict
+
+    def text(self):
+        """The spec written one way: keywords sorted, values as their repr."""
+        args = ', '.join(f'{key}={value!r}' for key, value in sorted(self.kwargs.items()))
+        return f'{self.module}:{self.name}' + (f'({args})' if self.kwargs else '')
+
+
+def parse_factory_spec(spec, what):
+    """The FactorySpec of ``spec`` or a UsageError saying what is wrong (``what`` names the flag)."""
+    module_name, _, call = spec.partition(':')
+    name, paren, rest = call.partition('(')
+    name = name.strip()
     # A relative name ('.models') would make importlib raise TypeError, not ImportError.
-    if not module_name or not attr or module_name.startswith('.'):
-        raise UsageError(f'{what} {spec!r}: expected package.module:factory')
+    if not module_name or not name.isidentifier() or module_name.startswith('.'):
+        raise UsageError(f'{what} {spec!r}: expected package.module:factory or package.module:factory(key=value, ...)')
+    kwargs = {}
+    if paren:
+        try:
+            tree = ast.parse(name + paren + rest, mode='eval').body
+        except SyntaxError:
+            raise UsageError(f'{what} {spec!r}: the arguments are not valid Python syntax') from None
+        if not isinstance(tree, ast.Call) or tree.args or any(k.arg is None for k in tree.keywords):
+            raise UsageError(f'{what} {spec!r}: give the factory keyword arguments only, e.g. factory(depth=20)')
+        for keyword in tree.keywords:
+            try:
+                kwargs[keyword.arg] = ast.literal_eval(keyword.value)
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                raise UsageError(f'{what} {spec!r}: the value of {keyword.arg}= is not a Python literal '
+                                 '(a number, string, boolean, None, or a tuple, list or dict of those)') from None
+    return FactorySpec(module_name.strip(), name, kwargs)
+
+
+def canonical_spec(spec):
+    """``spec`` written one way when it is a factory spec that parses (else as it is): the same
+    factory and arguments are the same run, however they were spaced or ordered."""
+    if not isinstance(spec, str) or ':' not in spec:
+        return spec
     try:
-        module = import_user_module(module_name)
+        return parse_factory_spec(spec, '').text()
+    except UsageError:
+        return spec
+
+
+def import_factory(spec, what):
+    """The callable 'package.module:factory(key=value, ...)' names, with its keyword arguments
+    bound, or a UsageError saying what is wrong (``what`` names the flag). The package is looked
+    for in the working folder, then on sys.path (module docstring)."""
+    parsed = parse_factory_spec(spec, what)
+    try:
+        module = import_user_module(parsed.module)
     except ImportError as err:
-        raise UsageError(f'{what} {spec!r}: cannot import {module_name!r} ({err})') from None
-    factory = getattr(module, attr, None)
+        raise UsageError(f'{what} {spec!r}: cannot import {parsed.module!r} ({err})') from None
+    factory = getattr(module, parsed.name, None)
     if not callable(factory):
-        raise UsageError(f'{what} {spec!r}: {module_name!r} has no callable {attr!r}')
-    return factory
+        raise UsageError(f'{what} {spec!r}: {parsed.module!r} has no callable {parsed.name!r}')
+    if not parsed.kwargs:
+        return factory
+    try:
+        inspect.signature(factory).bind_partial(**parsed.kwargs)
+    except TypeError as err:
+        raise UsageError(f'{what} {spec!r} cannot be called as given ({err})') from None
+    except ValueError:   # no signature to check (a builtin): its call tells
+        pass
+    return functools.partial(factory, **parsed.kwargs)
+
+
+def call_factory(factory, spec, what, *args, **optional):
+    """``factory(*args, **optional)`` for the factory of ``spec`` (its own keyword arguments already
+    bound), passing only the ``optional`` keywords its signature takes (a data set factory need
+    not take root= or train=). A factory that cannot be called so, or that raises, is a UsageError
+    naming it and why."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):   # a builtin or extension callable without one: call as asked
+        signature = None
+    if signature is not None:
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+        optional = {k: v for k, v in optional.items() if takes_any or k in signature.parameters}
+        try:
+            signature.bind(*args, **optional)
+        except TypeError as err:
+            raise UsageError(f'{what} {spec!r} cannot be called as given ({err})') from None
+    try:
+        return factory(*args, **optional)
+    except UsageError:
+        raise
+    except Exception as err:  # the user's code failed: say so in one line, as for any bad input
+        first = (str(err).strip().splitlines() or [''])[0]
+        raise UsageError(f'{what} {spec!r} raised {type(err).__name__}' + (f': {first}' if first else '')) from None
+
+
+def takes_keyword(factory, name):
+    """Whether ``factory`` accepts the keyword argument ``name`` (True when it cannot be told)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.kind is p.VAR_KEYWORD or (p.name == name and p.kind is not p.POSITIONAL_ONLY) for p in parameters)
 
 
 def import_user_module(module_name, folder=None):

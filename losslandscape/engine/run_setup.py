@@ -18,8 +18,11 @@ model, data set or loss function leaves the folder as it was. Used by plot_surfa
 plot_hessian_eigen.py and api.py.
 """
 import dataclasses
+import hashlib
+import json
 import os
 import platform
+import re
 import sys
 
 import h5py
@@ -29,14 +32,14 @@ import torch
 from losslandscape.cli.parsing import check_output_folder
 from losslandscape.compute import bn_folding, choosing, configuration, runtime
 from losslandscape.curves import bn_statistics, connecting_curves
-from losslandscape.data import batch_sources
+from losslandscape.data import batch_sources, user_code
 from losslandscape.directions import direction_files, moving, subsets
 from losslandscape.engine.grid import Grid, parse_axis
 from losslandscape.errors import UsageError
 from losslandscape.io import hdf5_layout, surface_store
 from losslandscape.models import loading
 from losslandscape.objectives import objective
-from losslandscape.parallel.mpi_comm import default_threads, select_device
+from losslandscape.parallel.mpi_comm import select_device
 
 
 def describe(value):
@@ -45,7 +48,18 @@ def describe(value):
         return value
     if callable(value) and not isinstance(value, torch.nn.Module):
         return objective.describe_callable(value)
-    return f'python:{type(value).__module__}.{type(value).__qualname__}'
+    described = f'python:{type(value).__module__}.{type(value).__qualname__}'
+    if isinstance(value, torch.nn.Module):
+        described += f' {hdf5_layout.ARCHITECTURE_TAG}{architecture_hash(value)}'
+    return described
+
+
+def architecture_hash(model):
+    """A hash of ``model``'s state_dict layout -- names, shapes, dtypes -- that a model given from
+    Python is recorded by besides its class: a class defined in a notebook (__main__) and the
+    same class moved into a module later are the same model."""
+    layout = [(name, tuple(t.shape), str(t.dtype)) for name, t in model.state_dict().items()]
+    return hashlib.sha256(json.dumps(layout).encode()).hexdigest()[:16]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,10 +82,22 @@ class ModelDataSettings:
     workers: int
     cuda: bool
     threads: int
+    rand_seed: int        # the initial weights' seed without --model_file (None: a model given from Python)
 
     @classmethod
     def from_args(cls, args):
         return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+    @property
+    def init_seed(self):
+        """The seed the centre's weights were initialised under, when no checkpoint gives them."""
+        return None if self.model_file else self.rand_seed
+
+    def untrained_name_root(self):
+        """What default file names start from without --model_file: the model, then the seed (in
+        the working folder)."""
+        model = re.sub(r'[^\w.=-]+', '_', str(user_code.canonical_spec(self.model))).strip('_')
+        return f'{model}_init_seed={self.rand_seed}'
 
     def batch_source(self, train, device, comm, dataset=None):
         """The training (``train``) or test batch source of these flags; ``dataset``: a data set
@@ -106,9 +132,13 @@ class RunSettings(ModelDataSettings):
     @classmethod
     def from_args(cls, args):
         names = {f.name for f in dataclasses.fields(cls)} - {'directions', 'recorded_args'}
-        return cls(directions=direction_files.DirectionSpec.from_args(args),
-                   recorded_args={k: describe(v) for k, v in vars(args).items()},
-                   **{name: getattr(args, name) for name in names})
+        settings = cls(directions=direction_files.DirectionSpec.from_args(args),
+                       recorded_args={k: describe(v) for k, v in vars(args).items()},
+                       **{name: getattr(args, name) for name in names})
+        if settings.init_seed is not None and not settings.directions.name_root and not settings.curve_file:
+            settings = dataclasses.replace(settings, directions=dataclasses.replace(
+                settings.directions, name_root=settings.untrained_name_root()))
+        return settings
 
     @property
     def dir_type(self):
@@ -122,6 +152,7 @@ class RunSettings(ModelDataSettings):
 
 # The identity fields that are paths: recorded absolute, so a run from another folder still matches.
 PATH_FIELDS = ('model_file', 'model_file2', 'model_file3', 'train_labels')
+FACTORY_FIELDS = ('model', 'dataset', 'loss_name')   # may name package.module:factory(...) specs
 
 
 def run_identity(settings, dir_file, is_2d, kind=configuration.SURFACE):
@@ -129,6 +160,8 @@ def run_identity(settings, dir_file, is_2d, kind=configuration.SURFACE):
     content id of the directions it uses (once its direction file exists)."""
     # Recorded always: values with recomputed BatchNorm statistics are never mixed with others.
     identity = {'recompute_bn': settings.recomputes_statistics}
+    if settings.init_seed is not None:   # no checkpoint: the weights are the seed's
+        identity['init_seed'] = settings.init_seed
     if kind == configuration.SURFACE:
         # Nor bf16 values with float32 ones (the loss moves by about 1e-3). The Hessian, always in
         # float32, may be added to a file whose loss values were computed under --amp.
@@ -143,6 +176,8 @@ def run_identity(settings, dir_file, is_2d, kind=configuration.SURFACE):
         source = settings.directions if hasattr(settings.directions, key) and not hasattr(settings, key) \
             else settings
         value = describe(getattr(source, key))
+        if key in FACTORY_FIELDS:   # the same factory and arguments, however they were written
+            value = user_code.canonical_spec(value)
         if key in PATH_FIELDS and value:
             value = os.path.realpath(value)
         identity[key] = value
@@ -276,7 +311,7 @@ def build_model(settings, net=None):
         return net.eval(), connecting_curves.loader_taking_bends(load_model, template)
 
     def load_model(path, flag='--model_file'):
-        return loading.load(settings.dataset, settings.model, path, flag)
+        return loading.load(settings.dataset, settings.model, path, flag, init_seed=settings.rand_seed)
     net = load_model(settings.model_file)
     return net, connecting_curves.loader_taking_bends(load_model, net)
 
@@ -292,13 +327,14 @@ def load_data(settings, device, comm, train_dataset=None, test_dataset=None):
 
 
 def choose_compute(settings, comm, kind, surf_file, grid, net, the_objective, train_data, test_data, device,
-                   reload_data):
+                   reload_data, threads=''):
     """(settings with the compute configuration's parts set, training and test batch sources in
     its batch size, the configuration.Choice): given, recorded in the surface file, or timed on
     rank 0 and broadcast (choosing.choose). ``reload_data(settings)``: the batch sources
-    made again, for sources that cannot change their batch size in place."""
+    made again, for sources that cannot change their batch size in place. ``threads``: what the
+    compute line says of the CPU threads (runtime.set_threads)."""
     choice = choosing.choose(settings, comm, kind, surf_file, net, the_objective, train_data, test_data,
-                                   device, grid.num_points)
+                             device, grid.num_points, threads)
     settings = choice.config.apply(settings)
     sources = [data for data in (train_data, test_data) if data is not None]
     if all(isinstance(data, batch_sources.CachedBatches) for data in sources):
@@ -397,10 +433,15 @@ def prepare_run(settings, comm, net=None, train_dataset=None, test_dataset=None,
     ``differentiable``: the run takes Hessians of the objective (checked on the probe batch).
     The settings were validated (grid_args.validate) before this is called."""
     runtime.keep_freed_memory()
-    torch.set_num_threads(settings.threads or default_threads(comm))
+    threads = runtime.set_threads(settings.threads, comm)
     device = select_device(settings.cuda, comm.local_rank)
     grid, dir_file, surf_file = plan_files(settings, comm)
+    if net is not None:   # before anything copies it
+        loading.check_model_tensors(net, device, 'model=')
+    given = net is not None
     net, load_model = build_model(settings, net)
+    if not given:
+        loading.check_model_tensors(net, device, f'--model {settings.model!r}')
     curve = connecting_curves.load_curve(settings.curve_file, net, load_model)[0] if settings.curve_file else None
     the_objective = objective.resolve(settings.loss_name)
     train_data, test_data = load_data(settings, device, comm, train_dataset, test_dataset)
@@ -415,7 +456,7 @@ def prepare_run(settings, comm, net=None, train_dataset=None, test_dataset=None,
     fold_given = settings.fold_bn is True
     settings, train_data, test_data, choice = choose_compute(
         settings, comm, kind, surf_file, grid, net, the_objective, train_data, test_data, device,
-        lambda chosen: load_data(chosen, device, comm, train_dataset, test_dataset))
+        lambda chosen: load_data(chosen, device, comm, train_dataset, test_dataset), threads)
     eval_net, folding = prepare_evaluation(settings, net, comm, device, (train_data, test_data), announce=fold_given)
     if eval_net is not net:   # folded, compiled or wrapped: it must take the batches too
         probe_objective(the_objective, eval_net, train_data, settings.amp, differentiable)
@@ -442,7 +483,7 @@ class PointSettings(ModelDataSettings):
     def default_file(self, kind):
         """Where a script's results at this point go by default: beside --model_file, named after
         it, ``kind`` ('spectrum', 'sharpness'), the parameter subset and the data options."""
-        name = f'{self.model_file}_{kind}' + direction_files.subset_suffix(self.include_params, self.exclude_params)
+        name = f'{self.model_file or self.untrained_name_root()}_{kind}' + direction_files.subset_suffix(self.include_params, self.exclude_params)
         if self.raw_data:
             name += '_rawdata'
         if self.data_split > 1:
@@ -456,7 +497,11 @@ class PointSettings(ModelDataSettings):
         for key in ('model', 'model_file', 'dataset', 'raw_data', 'data_split', 'split_idx', 'loss_name',
                     'train_labels', 'include_params', 'exclude_params'):
             value = describe(getattr(self, key))
+            if key in FACTORY_FIELDS:
+                value = user_code.canonical_spec(value)
             identity[key] = os.path.realpath(value) if key in PATH_FIELDS and value else value
+        if self.init_seed is not None:
+            identity['init_seed'] = self.init_seed
         return identity
 
 
@@ -468,17 +513,19 @@ class Point:
     net: torch.nn.Module
     objective: objective.Objective
     data: object
+    threads: str = ''   # what the compute line says of the CPU threads (runtime.set_threads)
 
 
 def prepare_point(settings, comm):
     """Model, objective and training data for measurements at one point: the same steps as a grid
     run's (load_data, prepare_evaluation, probe_objective with gradients), no grid, no directions."""
     runtime.keep_freed_memory()
-    torch.set_num_threads(settings.threads or default_threads(comm))
+    threads = runtime.set_threads(settings.threads, comm)
     device = select_device(settings.cuda, comm.local_rank)
-    net = loading.load(settings.dataset, settings.model, settings.model_file)
+    net = loading.load(settings.dataset, settings.model, settings.model_file, init_seed=settings.rand_seed)
+    loading.check_model_tensors(net, device, f'--model {settings.model!r}')
     the_objective = objective.resolve(settings.loss_name)
     data = settings.batch_source(True, device, comm)
     net.to(device)
     probe_objective(the_objective, net, data, differentiable=True)
-    return Point(settings=settings, device=device, net=net, objective=the_objective, data=data)
+    return Point(settings=settings, device=device, net=net, objective=the_objective, data=data, threads=threads)

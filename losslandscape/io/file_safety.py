@@ -41,6 +41,16 @@ def temporary_prefix(path):
     return '.' + os.path.basename(path) + '.'
 
 
+def make_parent_folder(path):
+    """Make the missing folders above the file ``path`` (a run's output folder need not exist:
+    the checks before any writing only made sure it can be made)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f'cannot make the folder {folder!r} for {path!r} ({err.strerror or err})') from None
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path`` to write the whole file to; when the block ends
@@ -48,6 +58,7 @@ def atomic_path(path):
 
     The temporary exists (empty) when the block starts. A folder in which it cannot be made is
     a UsageError naming ``path``."""
+    make_parent_folder(path)
     folder = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=TMP_SUFFIX, dir=folder)
@@ -86,6 +97,7 @@ class FileLock:
         self.fd = None
 
     def acquire(self):
+        make_parent_folder(self.lock_path)
         while True:
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
             try:

@@ -392,6 +392,23 @@ def _is_block(node, shape, dtype):
         and node.id.get_storage_size() == node.size * node.dtype.itemsize
 
 
+# A model given from Python is recorded as 'python:<module>.<class> arch:<hash of its state_dict layout>'
+# (run_setup.describe); files of earlier versions have the class alone.
+ARCHITECTURE_TAG = 'arch:'
+
+
+def same_python_model(stored, wanted):
+    """Whether two recorded models given from Python are the same: the same state_dict layout when
+    both record one (the class may have moved, from a notebook's __main__ into a module), else the
+    same class."""
+    if not (isinstance(stored, str) and isinstance(wanted, str) and stored.startswith('python:')
+            and wanted.startswith('python:')):
+        return False
+    stored_class, _, stored_arch = stored.partition(' ' + ARCHITECTURE_TAG)
+    wanted_class, _, wanted_arch = wanted.partition(' ' + ARCHITECTURE_TAG)
+    return stored_arch == wanted_arch if stored_arch and wanted_arch else stored_class == wanted_class
+
+
 def check_surface_matches(surface, grid, dir_file, identity):
     """Raise UsageError if an existing surface file was made for another grid, direction file
     or model/data (identity fields stored in its attributes; files without them are not checked)."""
@@ -416,7 +433,7 @@ def check_surface_matches(surface, grid, dir_file, identity):
                     raise UsageError(f'surface file {path!r} was computed along other directions than those now '
                                      f'in direction file {dir_file!r} (recreated since with other values); '
                                      'pass another --surf_file')
-            elif stored != wanted:
+            elif stored != wanted and not (key == 'model' and same_python_model(stored, wanted)):
                 raise UsageError(f'surface file {path!r} was made with {key}={stored!r}, not {wanted!r}; '
                                  'pass another --surf_file')
 

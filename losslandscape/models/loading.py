@@ -1,17 +1,24 @@
 """Building a model by name and loading a checkpoint into it.
 
 Names: the zoo of the dataset (cifar10/zoo.py, digits/models.py), or
-``package.module:factory`` for any nn.Module the user writes (called with no arguments).
+``package.module:factory`` for any nn.Module the user writes (called with no arguments, or with
+the keyword arguments the spec gives: ``package.module:factory(depth=20)``, user_code.py).
 Checkpoints: a dict holding 'state_dict' (the original code's format: also 'epoch', 'acc') or a
 bare state_dict; a DataParallel 'module.' prefix is stripped; always read with weights_only=True.
 """
+import itertools
+import re
+
 import torch
 
 from losslandscape.cli.parsing import check_file_exists
-from losslandscape.data.user_code import import_factory
+from losslandscape.data.user_code import call_factory, import_factory
 from losslandscape.errors import UsageError
 
 DATAPARALLEL_PREFIX = 'module.'
+ANSI_ESCAPE = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')   # torch's messages colour some words for terminals
+# What torch.load(weights_only=True) names when the file pickles an object of a class (a whole model).
+PICKLED_CLASS = re.compile(r'Unsupported global: GLOBAL ([\w.]+)')
 
 
 def zoo(dataset):
@@ -36,9 +43,12 @@ def check_model_name(dataset, name):
 def build(dataset, name):
     """A freshly initialised model (UsageError for an unknown name)."""
     check_model_name(dataset, name)
-    net = import_factory(name, '--model')() if ':' in name else zoo(dataset)[name]()
+    if ':' in name:
+        net = call_factory(import_factory(name, '--model'), name, '--model')
+    else:
+        net = zoo(dataset)[name]()
     if not isinstance(net, torch.nn.Module):
-        raise UsageError(f'--model {name!r} did not return a torch.nn.Module')
+        raise UsageError(f'--model {name!r} returned {type(net).__name__}, not a torch.nn.Module')
     return net
 
 
@@ -49,7 +59,13 @@ def read_checkpoint(path, flag='--model_file'):
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as err:  # torch raises many types for a bad file; all mean "not a checkpoint"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        text = ANSI_ESCAPE.sub('', str(err))
+        pickled = PICKLED_CLASS.search(text)
+        if pickled:
+            raise UsageError(f'{flag} {path!r} holds a pickled {pickled.group(1)} object, not a state_dict (was it '
+                             'saved with torch.save(model)?): save the weights instead, torch.save(model.state_dict(), '
+                             'path), and pass that file') from None
+        first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
         raise UsageError(f'{flag} {path!r} is not a readable PyTorch checkpoint ({first})') from None
 
 
@@ -80,10 +96,32 @@ def load_state(net, state, source):
     return net
 
 
-def load(dataset, model_name, model_file=None, flag='--model_file'):
-    """Build ``model_name`` and, if given, load the checkpoint ``model_file`` into it."""
-    net = build(dataset, model_name)
+def load(dataset, model_name, model_file=None, flag='--model_file', init_seed=None):
+    """Build ``model_name`` (its initial weights drawn under ``init_seed`` when given, without
+    touching the caller's random state) and, if given, load the checkpoint ``model_file`` into it."""
+    if init_seed is None:
+        net = build(dataset, model_name)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            net = build(dataset, model_name)
     if model_file:
         load_state(net, read_state_dict(model_file, flag), f'{flag} {model_file!r}')
     net.eval()
     return net
+
+
+def check_model_tensors(net, device, what='the model'):
+    """Raise UsageError when ``net`` cannot be evaluated on ``device``: a tensor on the meta device
+    (no values: a model built under torch.device('meta') or an empty-weights context), or on
+    another accelerator than ``device`` (a CPU tensor is fine: the run moves the model)."""
+    device = torch.device(device)
+    for name, tensor in itertools.chain(net.named_parameters(), net.named_buffers()):
+        if tensor.is_meta:
+            raise UsageError(f'{what} has tensors on the meta device ({name!r}), which hold no values: build it with '
+                             'real tensors (or load its weights with load_state_dict(..., assign=True)) first')
+        if tensor.device.type != 'cpu' and tensor.device != device and \
+                not (device.type == tensor.device.type and device.index is None):
+            raise UsageError(f'{what} has tensors on {tensor.device} ({name!r}), but the run computes on {device}: '
+                             + ('pass --cuda (cuda=True)' if device.type == 'cpu' else 'move the model to it')
+                             + ', or build the model on the CPU')

@@ -25,6 +25,7 @@ they hold.
 Values are named by key: 'loss' -> train_loss, 'acc' -> train_acc (percent), any other key K ->
 train_K (and test_... with --eval_test).
 """
+import inspect
 import math
 import re
 
@@ -66,8 +67,15 @@ def resolve(loss_name):
     if loss_name == 'causal_lm':
         return CausalLMObjective()
     if ':' in str(loss_name):
-        from losslandscape.data.user_code import import_factory
-        return CustomObjective(import_factory(loss_name, '--loss_name'), loss_name)
+        from losslandscape.data import user_code
+        fn = user_code.import_factory(loss_name, '--loss_name')
+        try:
+            inspect.signature(fn).bind(None, None)
+        except TypeError as err:
+            raise UsageError(f'--loss_name {loss_name!r} cannot be called as fn(model, batch) ({err})') from None
+        except ValueError:   # no signature to check (a builtin): its first call tells
+            pass
+        return CustomObjective(fn, loss_name)
     raise UsageError(f'unknown --loss_name {loss_name!r}: use one of {", ".join(LOSS_NAMES)} '
                      'or package.module:function')
 

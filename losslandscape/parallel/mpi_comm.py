@@ -51,6 +51,10 @@ class SerialComm:
         """The elementwise sum of ``array`` (float64 numpy) over the ranks, the same bits on every rank."""
         return array
 
+    def node_allgather(self, obj):
+        """[``obj`` of each rank on this node], in node-rank order."""
+        return [obj]
+
 
 class MPIComm(SerialComm):
     """COMM_WORLD through mpi4py."""
@@ -59,8 +63,8 @@ class MPIComm(SerialComm):
         self.MPI, self.comm = mpi, mpi.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         # Rank within the node: spreads GPUs evenly on multi-node jobs.
-        node = self.comm.Split_type(mpi.COMM_TYPE_SHARED)
-        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
+        self.node = self.comm.Split_type(mpi.COMM_TYPE_SHARED)
+        self.local_rank, self.local_size = self.node.Get_rank(), self.node.Get_size()
 
     def bcast(self, obj):
         return self.comm.bcast(obj, root=0)
@@ -80,6 +84,9 @@ class MPIComm(SerialComm):
 
     def recv_result(self):
         return self.comm.recv(source=self.MPI.ANY_SOURCE, tag=RESULT_TAG)
+
+    def node_allgather(self, obj):
+        return self.node.allgather(obj)
 
     def abort(self, code):
         sys.stdout.flush()
@@ -149,11 +156,33 @@ def select_device(use_cuda, local_rank=0):
     return torch.device('cuda', local_rank % torch.cuda.device_count())
 
 
-def default_threads(comm):
-    """CPU threads for one rank when --threads is not given: the node's cores shared among the
-    ranks on it (torch would otherwise give every rank all cores, and oversubscribed cores make
-    its thread pools spin and slow down many times over)."""
-    return max(1, (os.cpu_count() or 1) // comm.local_size)
+def usable_cores():
+    """The CPU cores this process may run on: its affinity mask (taskset, a Slurm cpuset, an MPI
+    launcher's binding) where the system tells it, else every core."""
+    try:
+        return frozenset(os.sched_getaffinity(0))
+    except AttributeError:   # no affinity masks on this system (macOS)
+        return frozenset(range(os.cpu_count() or 1))
+
+
+def threads_for(requested, comm):
+    """(CPU threads for this rank, why): ``requested`` (--threads) when given; else OMP_NUM_THREADS
+    when set (a per-process count, as OpenMP takes it); else the cores of this process's affinity
+    mask shared among the ranks on this node whose masks overlap it (ranks bound to cores of their
+    own keep theirs). os.cpu_count() counts cores the process may not use: on a shared or Slurm
+    node, or with several ranks per node, sizing from it oversubscribes the cores, and spinning
+    thread pools then slow down many times over. Collective over the node's ranks."""
+    mine = usable_cores()
+    masks = comm.node_allgather(mine)   # every rank takes part, whichever way it then decides
+    if requested:
+        return requested, '--threads'
+    omp = os.environ.get('OMP_NUM_THREADS', '').split(',')[0].strip()
+    if omp.isdigit() and int(omp) >= 1:
+        return int(omp), f'OMP_NUM_THREADS={omp}'
+    sharing = sum(1 for mask in masks if mask & mine)
+    threads = max(1, len(mine) // sharing)
+    cores = f'the {len(mine)} core{"s" if len(mine) != 1 else ""} this process may use'
+    return threads, cores + (f', shared by {sharing} MPI ranks on this node' if sharing > 1 else '')
 
 
 def get_comm(use_mpi):
