@@ -31,6 +31,7 @@ from losslandscape.curvature import hessian, spectrum
 from losslandscape.directions import normalization
 from losslandscape.engine.run_setup import PointSettings, prepare_point
 from losslandscape.errors import UsageError
+from losslandscape.figures.spectrum_figures import density_title
 from losslandscape.io import hdf5_layout as layout
 from losslandscape.parallel.mpi_comm import fail_all_ranks, get_comm
 
@@ -149,22 +150,10 @@ def directions_from(vectors, net, params, norms):
 
 
 def plot_density(grid, density, path_base, title):
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
+    """The density figure (figures.spectrum_density) written as path_base + '.pdf'/'.png'."""
     from losslandscape.figures.common import save_figure
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    floor = max(density.max() * 1e-12, 1e-300)
-    ax.semilogy(grid, np.maximum(density, floor), color='tab:blue', lw=1.2)
-    ax.set_xlabel('Eigenvalue')
-    ax.set_ylabel('Density (log scale)')
-    ax.set_ylim(bottom=max(floor, density.max() * 1e-8))
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    paths = save_figure(fig, path_base)
-    plt.close(fig)
-    return paths
+    from losslandscape.figures.spectrum_figures import density_figure
+    return save_figure(density_figure(grid, density, title), path_base)
 
 
 def main(argv=None):
@@ -263,7 +252,7 @@ def compute_spectrum(args, comm, out_path, identity, data, attrs):
     report(out_path, data, n, time.perf_counter() - started, operator.hvp_count)
     if args.density:
         plot_density(data[layout.DENSITY_GRID], data[layout.DENSITY], out_path + '_density',
-                     f'Hessian spectral density ({n} parameters, {args.density_starts} SLQ starts)')
+                     density_title(n, args.density_starts))
     if args.save_directions:
         xdirection, ydirection = directions_from(vectors[:2], point.net, params, (args.xnorm, args.ynorm))
         layout.write_direction_file(args.save_directions, xdirection, ydirection, attrs={

@@ -1,16 +1,19 @@
-"""Helpers the plot scripts share: reading a surface, derived values, axis labels, saving figures.
+"""Helpers the figures share: reading a surface, derived values, axis labels, making and saving figures.
 
-Used by curve_figures.py, surface_figures.py and h52vtp.py (and through them by plot_1D.py,
-plot_2D.py and the --plot options of the compute scripts): one named surface with its
-not-computed points masked, the derived surfaces (errors, eigenvalue ratio), direction labels that
-also work for files of the original code, and figures written as PDF + PNG.
+Used by curve_figures.py, surface_figures.py, spectrum_figures.py and h52vtp.py (and through them
+by plot_1D.py, plot_2D.py and the --plot options of the compute scripts): one named surface with
+its not-computed points masked, the derived surfaces (errors, eigenvalue ratio), direction labels
+that also work for files of the original code, figures that show themselves in a notebook, and
+figures written as PDF + PNG.
+
+Every check that refuses an argument says so in the caller's words: the scripts' flag
+(``--vmin 5``, FLAGS) or the Python keyword (``vmin=5``, KEYWORDS).
 """
 import os
 import re
 
 import numpy as np
 
-from losslandscape.cli.parsing import check_file_exists
 from losslandscape.errors import UsageError
 from losslandscape.io import hdf5_layout as layout
 
@@ -33,17 +36,63 @@ CHECKPOINT_NAME = re.compile(r'\.(t7|pth?|ckpt|tar)(?=[_.]|$)')
 PNG_DPI, PDF_DPI = 150, 300
 
 
+# ----------------------------------------------------------------------------- naming arguments
+
+class ArgumentSpelling:
+    """How an error message names an argument: as a script's flag or as a Python keyword, so that
+    one check serves plot_2D.py (``--vmin 5 must be below --vmax 1``) and the figure functions
+    (``vmin=5 must be below vmax=1``)."""
+
+    def __init__(self, as_flag):
+        self.as_flag = as_flag
+
+    def __call__(self, name, value=None):
+        """The argument ``name`` (and its ``value``, text, when given) as the caller wrote it."""
+        if self.as_flag:
+            return f'--{name}' if value is None else f'--{name} {value}'
+        return f'{name}=' if value is None else f'{name}={value}'
+
+
+FLAGS, KEYWORDS = ArgumentSpelling(as_flag=True), ArgumentSpelling(as_flag=False)
+
+
+def check_input_file(path, name, spell):
+    """UsageError unless ``path`` (the argument ``name``) is an existing regular file."""
+    if not path:
+        raise UsageError(f'{spell(name)} is required')
+    if not os.path.exists(path):
+        raise UsageError(f'{spell(name, repr(path))} does not exist')
+    if not os.path.isfile(path):
+        raise UsageError(f'{spell(name, repr(path))} is not a file')
+
+
 # ----------------------------------------------------------------------------- reading surfaces
 
 def load_surface(path, *, dims):
-    """Read a surface file and check it is ``dims``-dimensional (1 or 2), else UsageError."""
-    check_file_exists(path, '--surf_file')
-    surface = layout.read_surface(path)
+    """Read a surface file and check it is ``dims``-dimensional (1 or 2), else UsageError (in the
+    scripts' words)."""
+    return as_surface(path, dims=dims, spell=FLAGS, name='surf_file')
+
+
+def as_surface(surface, *, dims, spell=KEYWORDS, name='surface'):
+    """The hdf5_layout.Surface ``surface`` is (one losslandscape.surface returned) or that the
+    file at that path holds, checked to be ``dims``-dimensional (1 or 2); else UsageError naming
+    the argument ``name`` as ``spell`` spells it."""
+    if isinstance(surface, (str, os.PathLike)):
+        path = os.fspath(surface)
+        check_input_file(path, name, spell)
+        surface = layout.read_surface(path)
+    elif not isinstance(surface, layout.Surface):
+        raise UsageError(f'{spell(name)} must be a Surface (what losslandscape.surface returns) or the path '
+                         f'of a surface file, not {type(surface).__name__}')
     found = 1 if surface.ycoordinates is None else 2
     if found != dims:
-        script = 'plot_1D.py' if found == 1 else 'plot_2D.py or h52vtp.py'
-        raise UsageError(f'{path!r} holds a {found}D surface but this command needs a {dims}D one; '
-                         f'plot it with {script}')
+        if spell.as_flag:
+            script = 'plot_1D.py' if found == 1 else 'plot_2D.py or h52vtp.py'
+            raise UsageError(f'{surface.path!r} holds a {found}D surface but this command needs a {dims}D one; '
+                             f'plot it with {script}')
+        raise UsageError(f'{spell(name)} {surface.path!r} holds a {found}D surface but this figure needs a '
+                         f'{dims}D one')
     return surface
 
 
@@ -108,28 +157,29 @@ ORIGINAL_DIRECTION_NAME = re.compile(r'_(weights|states)(_xignore=[A-Za-z]+)?(_x
 PCA_DIRECTION_PATH = re.compile(r'(^|/)PCA_(weights|states)[^/]*/directions\.h5$')
 
 
-def direction_label(surface, axis='x', dir_file=''):
+def direction_label(surface, axis='x', dir_file='', spell=FLAGS):
     """Axis label for the ``axis`` ('x' or 'y') coordinate of a surface, e.g. 'filter-normalized
     direction' or, for PCA directions, '1st PC: 84.23 %'. ``dir_file``: see axis_titles."""
-    return _axis_labels(surface, (axis,), dir_file)[0][0]
+    return _axis_labels(surface, (axis,), dir_file, spell)[0][0]
 
 
-def axis_titles(surface, dir_file=''):
+def axis_titles(surface, dir_file='', spell=FLAGS):
     """The axis titles of the surface's plots, one per axis: 'x: <direction_label>' ..., or the
     principal components as they are ('1st PC: 84.23 %', '2nd PC: 10.12 %'), which name their axis.
 
-    ``dir_file`` (the --dir_file flag) must be a direction file; by default the surface's own
-    direction file is read when it is there and readable (for PCA labels and the settings it
-    records), else the labels come from the surface's own records."""
+    ``dir_file`` (the --dir_file flag, the dir_file= keyword: ``spell`` says which) must be a
+    direction file; by default the surface's own direction file is read when it is there and
+    readable (for PCA labels and the settings it records), else the labels come from the surface's
+    own records."""
     axes = AXES[:1] if surface.ycoordinates is None else AXES
-    labels, named_by_pc = _axis_labels(surface, axes, dir_file)
+    labels, named_by_pc = _axis_labels(surface, axes, dir_file, spell)
     return labels if named_by_pc else tuple(f'{axis}: {label}' for axis, label in zip(axes, labels))
 
 
-def _axis_labels(surface, axes, dir_file):
+def _axis_labels(surface, axes, dir_file, spell):
     """(labels of ``axes``, whether they name principal components)."""
     if dir_file:
-        pca_labels, made_with = _read_direction_facts(dir_file, '--dir_file')
+        pca_labels, made_with = _read_direction_facts(dir_file, spell)
     else:
         pca_labels, made_with = _own_direction_facts(surface)
     if pca_labels:
@@ -149,16 +199,17 @@ def _own_direction_facts(surface):
     there or unreadable (moved, another machine): the labels then come from the surface alone."""
     if surface.dir_file and os.path.isfile(surface.dir_file):
         try:
-            return _read_direction_facts(surface.dir_file, 'direction file')
+            return _read_direction_facts(surface.dir_file)
         except UsageError:
             pass
     return None, {}
 
 
-def _read_direction_facts(dir_file, what):
-    """(PCA axis labels or None, the settings the file's attributes record) of a direction file."""
-    check_file_exists(dir_file, what)
-    ratio, made_with = layout.read_direction_facts(dir_file, what)
+def _read_direction_facts(dir_file, spell=FLAGS):
+    """(PCA axis labels or None, the settings the file's attributes record) of a direction file,
+    the argument dir_file as ``spell`` spells it."""
+    check_input_file(dir_file, 'dir_file', spell)
+    ratio, made_with = layout.read_direction_facts(dir_file, spell('dir_file'))
     if ratio.size < 2:
         return None, made_with
     return tuple(f'{name}: {share * 100:.2f} %' for name, share in zip(PC_NAMES, ratio)), made_with
@@ -262,24 +313,33 @@ def loss_barrier(x, values):
     return float(highest - ends.max())
 
 
-def pca_axis_labels(dir_file):
+def pca_axis_labels(dir_file, spell=FLAGS):
     """('1st PC: 84.23 %', '2nd PC: ...') when ``dir_file`` holds PCA directions, else None."""
     if not dir_file:
         return None
-    return _read_direction_facts(dir_file, '--dir_file')[0]
+    return _read_direction_facts(dir_file, spell)[0]
 
 
 # ----------------------------------------------------------------------------- figures
 
 def new_figure(show, **kwargs):
-    """A pyplot figure when it is to be shown, else a detached Figure (headless, never leaked).
+    """A pyplot figure when it is to be shown, else a detached Figure (headless, never leaked);
+    either way an InlineFigure, which a notebook displays.
 
     matplotlib is imported here, not at the top: h52vtp and the error paths never need it."""
+    from losslandscape.figures.inline import InlineFigure
     if show:
         from matplotlib import pyplot
-        return pyplot.figure(**kwargs)
-    from matplotlib.figure import Figure
-    return Figure(**kwargs)
+        return pyplot.figure(FigureClass=InlineFigure, **kwargs)
+    return InlineFigure(**kwargs)
+
+
+def saved(fig, save):
+    """``fig``, written first as ``save`` + '.pdf' and '.png' when ``save`` (a path without
+    extension) is given: what the figure functions' save= does."""
+    if save:
+        save_figure(fig, os.fspath(save))
+    return fig
 
 
 def save_figure(fig, base):
@@ -326,11 +386,17 @@ def heat_values(values, vmin, vmax):
     return masked(np.nan_to_num(values, nan=np.nan, posinf=vmax + span, neginf=vmin - span))
 
 
-def contour_levels(vmin, vmax, vlevel):
+def check_value_range(vmin, vmax, spell=FLAGS):
+    """UsageError unless vmin < vmax, both finite (a colour scale, the contour levels' span)."""
     if not (np.isfinite(vmin) and np.isfinite(vmax) and vmin < vmax):
-        raise UsageError(f'--vmin {vmin:g} must be below --vmax {vmax:g}')
+        raise UsageError(f'{spell("vmin", f"{vmin:g}")} must be below {spell("vmax", f"{vmax:g}")}')
+
+
+def contour_levels(vmin, vmax, vlevel, spell=FLAGS):
+    """The contour levels vmin, vmin + vlevel, ... below vmax."""
+    check_value_range(vmin, vmax, spell)
     if not vlevel > 0:
-        raise UsageError(f'--vlevel must be positive (got {vlevel:g})')
+        raise UsageError(f'{spell("vlevel")} must be positive (got {vlevel:g})')
     return np.arange(vmin, vmax, vlevel)
 
 

@@ -1,18 +1,33 @@
-"""2D figures of a surface file: contours, heat map, 3D surface, optimizer trajectories, HTML viewer.
+"""2D figures of a surface: contours, filled contours, heat map, 3D surface, eigenvalue-ratio maps,
+optimizer trajectories, and the interactive HTML viewer.
 
-Drawn by plot_2D.py and by the --plot options of plot_surface.py, plot_hessian_eigen.py and
-plot_trajectory.py; the helpers shared with the 1D figures and h52vtp.py live in figures/common.py.
+Each figure has a function that takes a 2D surface (an hdf5_layout.Surface, what
+losslandscape.surface returns, or the path of a surface file) and returns its matplotlib Figure
+(the viewer: its plotly Figure), writing files only when given ``save=``: contour, heatmap,
+surface_3d, eig_ratio_map, trajectory, trajectory_contour, html_viewer. The plot_* and
+write_html_viewer functions below draw the same figures for plot_2D.py and the --plot options of
+plot_surface.py, plot_hessian_eigen.py and plot_trajectory.py: they write them beside the surface
+(or projection) file under the original code's names and return the paths. The helpers shared with
+the 1D figures and h52vtp.py live in figures/common.py.
+
+NaN (not computed) and inf (diverged) points are left out: holes in contours and the 3D surface,
+grey cells (NaN) or the colour bar's end colour (inf) in the heat map.
 """
+import dataclasses
 import os
 
 import numpy as np
 
-from losslandscape.cli.parsing import check_file_exists
 from losslandscape.errors import UsageError
 from losslandscape.figures.common import (
     EIG_RATIO,
+    FLAGS,
+    KEYWORDS,
     PRETTY_NAMES,
+    as_surface,
     axis_titles,
+    check_input_file,
+    check_value_range,
     contour_levels,
     describe_gaps,
     finish,
@@ -26,58 +41,95 @@ from losslandscape.figures.common import (
     pca_axis_labels,
     require_finite_points,
     save_figure,
+    saved,
     surface_values,
 )
 from losslandscape.io import hdf5_layout as layout
 
-# ----------------------------------------------------------------------------- 2D surface plots
+# ----------------------------------------------------------------------------- what a 2D figure draws
 
-def plot_2d_contour(surf_file, *, dir_file='', surf_name='train_loss', vmin=0.1, vmax=10, vlevel=0.5,
-                    zlim=None, show=False):
-    """Contour lines, filled contours, heat map and 3D surface of ``surf_name``; returns the files.
 
-    NaN (not computed) and inf (diverged) points are left out: holes in contours and the 3D
-    surface, grey cells (NaN) or the colour bar's end colour (inf) in the heat map. ``dir_file``
-    (PCA directions, for the axis titles) defaults to the surface's own (plot_common.axis_titles)."""
-    levels = contour_levels(vmin, vmax, vlevel)
-    surface = load_surface(surf_file, dims=2)
-    Z = surface_values(surface, surf_name)
+@dataclasses.dataclass
+class Plane:
+    """One value of a 2D surface, ready to draw: the Surface, the value's name and array (NaN
+    where not computed), its mesh and the axis titles."""
+    surface: layout.Surface
+    surf_name: str
+    values: np.ndarray
+    X: np.ndarray
+    Y: np.ndarray
+    titles: tuple
+
+    @property
+    def label(self):
+        return PRETTY_NAMES.get(self.surf_name, self.surf_name)
+
+
+def prepare_plane(surface, surf_name, dir_file, spell, name='surface'):
+    """The Plane of ``surf_name`` on ``surface`` (a Surface or a 2D surface file), or UsageError:
+    not 2D, no such value, a grid under 2 x 2, no finite point, a bad ``dir_file`` (the arguments
+    named as ``spell`` spells them)."""
+    surface = as_surface(surface, dims=2, spell=spell, name=name)
+    values = surface_values(surface, surf_name)
     X, Y = grid_mesh(surface)
-    require_finite_points(surface, surf_name, Z)
-    titles = axis_titles(surface, dir_file)   # a bad --dir_file is refused before any file is written
-    gap_note = describe_gaps(surf_name, Z)
-    if gap_note:
-        print(gap_note)
-    base = f'{surf_file}_{surf_name}'
-    written = []
-    written += _plot_contour_lines(titles, X, Y, Z, levels, surf_name, base + '_2dcontour', show)
-    written += _plot_filled_contours(titles, X, Y, Z, levels, surf_name, base + '_2dcontourf', show)
-    written += _plot_heatmap(surface, titles, Z, surf_name, vmin, vmax, base + '_2dheat', show)
-    written += _plot_3d_surface(titles, X, Y, Z, surf_name, zlim, base + '_3dsurface', show)
-    finish(show)
-    return written
+    require_finite_points(surface, surf_name, values)
+    return Plane(surface, surf_name, values, X, Y, axis_titles(surface, dir_file, spell))
 
 
-def _plot_contour_lines(titles, X, Y, Z, levels, surf_name, base, show):
+# ----------------------------------------------------------------------------- 2D surface figures
+
+def contour(surface, surf_name='train_loss', *, vmin=0.1, vmax=10, vlevel=0.5, filled=False, dir_file='',
+            save=None):
+    """Contour lines of ``surf_name`` at vmin, vmin + vlevel, ... below vmax, labelled with their
+    values; with ``filled``, filled contours with a colour bar instead.
+
+    ``surface``: a Surface (what losslandscape.surface returns) or a 2D surface file. ``surf_name``:
+    any value it holds or derives (train_loss, test_acc, train_err, eig_ratio, ...). ``dir_file``:
+    a direction file for the axis titles (PCA directions: '1st PC: 84.23 %'); default the
+    surface's own. ``save``: a path without extension, to write save.pdf and save.png. Returns the
+    Figure."""
+    levels = contour_levels(vmin, vmax, vlevel, KEYWORDS)
+    plane = prepare_plane(surface, surf_name, dir_file, KEYWORDS)
+    draw = _filled_contour_figure if filled else _contour_lines_figure
+    return saved(draw(plane, levels, show=False), save)
+
+
+def heatmap(surface, surf_name='train_loss', *, vmin=0.1, vmax=10, dir_file='', save=None):
+    """``surf_name`` as coloured grid cells on a fixed vmin .. vmax scale with a colour bar:
+    not-computed points grey, diverged ones the bar's end colour. Arguments as in contour."""
+    check_value_range(vmin, vmax, KEYWORDS)
+    plane = prepare_plane(surface, surf_name, dir_file, KEYWORDS)
+    return saved(_heatmap_figure(plane.surface, plane.titles, plane.values, plane.surf_name, vmin, vmax,
+                                 show=False), save)
+
+
+def surface_3d(surface, surf_name='train_loss', *, zlim=None, dir_file='', save=None):
+    """``surf_name`` as a shaded 3D surface with a colour bar; ``zlim``: values above it are drawn
+    flat at zlim (default: no cap). Arguments as in contour."""
+    plane = prepare_plane(surface, surf_name, dir_file, KEYWORDS)
+    return saved(_surface_3d_figure(plane, zlim, show=False), save)
+
+
+def _contour_lines_figure(plane, levels, show):
     fig = new_figure(show)
     ax = fig.add_subplot()
-    lines = ax.contour(X, Y, masked(Z), levels=levels, cmap='summer')
+    lines = ax.contour(plane.X, plane.Y, masked(plane.values), levels=levels, cmap='summer')
     ax.clabel(lines, inline=True, fontsize=8)
-    label_axes(ax, titles)
-    ax.set_title(PRETTY_NAMES.get(surf_name, surf_name))
-    return save_figure(fig, base)
+    label_axes(ax, plane.titles)
+    ax.set_title(plane.label)
+    return fig
 
 
-def _plot_filled_contours(titles, X, Y, Z, levels, surf_name, base, show):
+def _filled_contour_figure(plane, levels, show):
     fig = new_figure(show)
     ax = fig.add_subplot()
-    filled = ax.contourf(X, Y, masked(Z), levels=levels, cmap='summer', extend='both')
-    fig.colorbar(filled, ax=ax, label=PRETTY_NAMES.get(surf_name, surf_name))
-    label_axes(ax, titles)
-    return save_figure(fig, base)
+    filled = ax.contourf(plane.X, plane.Y, masked(plane.values), levels=levels, cmap='summer', extend='both')
+    fig.colorbar(filled, ax=ax, label=plane.label)
+    label_axes(ax, plane.titles)
+    return fig
 
 
-def _plot_heatmap(surface, titles, Z, surf_name, vmin, vmax, base, show, cmap='viridis'):
+def _heatmap_figure(surface, titles, Z, surf_name, vmin, vmax, show, cmap='viridis'):
     import matplotlib
     fig = new_figure(show)
     ax = fig.add_subplot()
@@ -86,57 +138,93 @@ def _plot_heatmap(surface, titles, Z, surf_name, vmin, vmax, base, show, cmap='v
                          shading='nearest', cmap=colours, vmin=vmin, vmax=vmax)
     fig.colorbar(mesh, ax=ax, extend='both', label=PRETTY_NAMES.get(surf_name, surf_name))
     label_axes(ax, titles)
-    return save_figure(fig, base)
+    return fig
 
 
-def _plot_3d_surface(titles, X, Y, Z, surf_name, zlim, base, show):
+def _surface_3d_figure(plane, zlim, show):
     import mpl_toolkits.mplot3d  # noqa: F401  (registers the '3d' projection)
-    shown = np.where(np.isfinite(Z), Z, np.nan)
+    shown = np.where(np.isfinite(plane.values), plane.values, np.nan)
     if zlim is not None:
         shown = np.minimum(shown, zlim)  # NaN stays NaN
     fig = new_figure(show)
     ax = fig.add_subplot(projection='3d')
-    ny, nx = Z.shape
+    ny, nx = shown.shape
     finite = shown[np.isfinite(shown)]
     # rcount/ccount: full resolution up to 200 per axis (matplotlib's default would thin to 50).
-    drawn = ax.plot_surface(X, Y, masked(shown), cmap='coolwarm', linewidth=0, antialiased=False,
+    drawn = ax.plot_surface(plane.X, plane.Y, masked(shown), cmap='coolwarm', linewidth=0, antialiased=False,
                             vmin=finite.min(), vmax=finite.max(), rcount=min(ny, 200), ccount=min(nx, 200))
     if zlim is not None:
         ax.set_zlim(top=zlim)
     # pad: room between the colour bar and the y axis title, which runs diagonally below the bar.
-    fig.colorbar(drawn, ax=ax, shrink=0.5, aspect=5, pad=0.12, label=PRETTY_NAMES.get(surf_name, surf_name))
-    label_axes(ax, titles, fontsize='small')
-    return save_figure(fig, base)
+    fig.colorbar(drawn, ax=ax, shrink=0.5, aspect=5, pad=0.12, label=plane.label)
+    label_axes(ax, plane.titles, fontsize='small')
+    return fig
+
+
+def plot_2d_contour(surf_file, *, dir_file='', surf_name='train_loss', vmin=0.1, vmax=10, vlevel=0.5,
+                    zlim=None, show=False):
+    """Contour lines, filled contours, heat map and 3D surface of ``surf_name`` (contour, heatmap,
+    surface_3d), written as surf_file + '_<surf_name>_2dcontour', '_2dcontourf', '_2dheat' and
+    '_3dsurface' (.pdf and .png); returns the files. ``dir_file``: as in contour."""
+    levels = contour_levels(vmin, vmax, vlevel)
+    # A bad --dir_file is refused here, before any file is written.
+    plane = prepare_plane(surf_file, surf_name, dir_file, FLAGS, name='surf_file')
+    gap_note = describe_gaps(surf_name, plane.values)
+    if gap_note:
+        print(gap_note)
+    figures = {'_2dcontour': _contour_lines_figure(plane, levels, show),
+               '_2dcontourf': _filled_contour_figure(plane, levels, show),
+               '_2dheat': _heatmap_figure(plane.surface, plane.titles, plane.values, surf_name, vmin, vmax, show),
+               '_3dsurface': _surface_3d_figure(plane, zlim, show)}
+    base = f'{surf_file}_{surf_name}'
+    written = [path for suffix, fig in figures.items() for path in save_figure(fig, base + suffix)]
+    finish(show)
+    return written
+
+
+# ----------------------------------------------------------------------------- Hessian maps
+
+def eig_ratio_map(surface, *, signed=False, dir_file='', save=None):
+    """Heat map of |min_eig / max_eig| (scale 0 .. 0.5), the paper's measure of non-convexity, on a
+    2D Hessian surface; with ``signed`` the ratio itself (scale: its own range). Arguments as in
+    contour. Returns the Figure."""
+    return saved(_eig_ratio_map(surface, signed, dir_file, KEYWORDS, show=False), save)
+
+
+def _eig_ratio_map(surface, signed, dir_file, spell, show, name='surface'):
+    surface = as_surface(surface, dims=2, spell=spell, name=name)
+    if not has_values(surface, EIG_RATIO):
+        raise UsageError(f'surface file {surface.path!r} has no {layout.MIN_EIG!r} and {layout.MAX_EIG!r}; '
+                         'compute them with plot_hessian_eigen.py (losslandscape.hessian_eigen from Python) first')
+    grid_mesh(surface)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        ratio = surface_values(surface, layout.MIN_EIG) / surface_values(surface, layout.MAX_EIG)
+    require_finite_points(surface, EIG_RATIO, ratio)
+    titles = axis_titles(surface, dir_file, spell)
+    if not signed:
+        return _heatmap_figure(surface, titles, np.abs(ratio), EIG_RATIO, 0.0, 0.5, show)
+    finite = ratio[np.isfinite(ratio)]
+    low, high = (finite.min(), finite.max()) if finite.min() < finite.max() else (finite.min() - 1, finite.max() + 1)
+    return _heatmap_figure(surface, titles, ratio, 'eig_signed_ratio', low, high, show)
 
 
 def plot_2d_eig_ratio(surf_file, *, dir_file='', show=False):
-    """Heat maps of |min_eig / max_eig| (scale 0..0.5) and of the signed ratio; returns the files.
-    ``dir_file``: as in plot_2d_contour."""
+    """Heat maps of |min_eig / max_eig| and of the signed ratio (eig_ratio_map), written as
+    surf_file + '_min_eig_max_eig_abs_ratio_heat_sns' and '_ratio_heat_sns'; returns the files."""
     surface = load_surface(surf_file, dims=2)
-    if not has_values(surface, EIG_RATIO):
-        raise UsageError(f'surface file {surf_file!r} has no {layout.MIN_EIG!r} and {layout.MAX_EIG!r}; '
-                         'compute them with plot_hessian_eigen.py first')
-    grid_mesh(surface)
-    with np.errstate(divide='ignore', invalid='ignore'):
-        signed = surface_values(surface, layout.MIN_EIG) / surface_values(surface, layout.MAX_EIG)
-    require_finite_points(surface, EIG_RATIO, signed)
-    titles = axis_titles(surface, dir_file)
     base = f'{surf_file}_{layout.MIN_EIG}_{layout.MAX_EIG}'
-    written = _plot_heatmap(surface, titles, np.abs(signed), EIG_RATIO, 0.0, 0.5, base + '_abs_ratio_heat_sns',
-                            show)
-    finite = signed[np.isfinite(signed)]
-    low, high = (finite.min(), finite.max()) if finite.min() < finite.max() else (finite.min() - 1, finite.max() + 1)
-    written += _plot_heatmap(surface, titles, signed, 'eig_signed_ratio', low, high, base + '_ratio_heat_sns',
-                             show)
+    figures = {'_abs_ratio_heat_sns': _eig_ratio_map(surface, False, dir_file, FLAGS, show),
+               '_ratio_heat_sns': _eig_ratio_map(surface, True, dir_file, FLAGS, show)}
+    written = [path for suffix, fig in figures.items() for path in save_figure(fig, base + suffix)]
     finish(show)
     return written
 
 
 # ----------------------------------------------------------------------------- trajectories
 
-def read_trajectory(proj_file):
+def read_trajectory(proj_file, spell=FLAGS):
     """(x, y, per-checkpoint train loss or None) from a projection file, validated."""
-    check_file_exists(proj_file, '--proj_file')
+    check_input_file(proj_file, 'proj_file', spell)
     proj = layout.read_projection_file(proj_file)
     px = np.asarray(proj[layout.PROJ_XCOORD], dtype=np.float64).ravel()
     py = np.asarray(proj[layout.PROJ_YCOORD], dtype=np.float64).ravel()
@@ -170,42 +258,65 @@ def _draw_path(fig, ax, px, py, loss, ends=('first checkpoint', 'last checkpoint
     ax.legend(loc='best', fontsize='small')
 
 
-def plot_trajectory(proj_file, dir_file=None, *, show=False):
-    """The optimizer path projected on the direction plane; writes proj_file + '.pdf'/'.png'."""
-    px, py, loss = read_trajectory(proj_file)
-    labels = pca_axis_labels(dir_file) or ('1st direction', '2nd direction')
+def trajectory(proj_file, *, dir_file=None, save=None):
+    """The optimizer's path (a projection file of plot_trajectory.py) in the plane of its
+    directions, coloured by each checkpoint's training loss when the file has it. ``dir_file``: its
+    PCA direction file, for axis titles with the explained variance. Returns the Figure."""
+    return saved(_trajectory(proj_file, dir_file, KEYWORDS, show=False), save)
+
+
+def _trajectory(proj_file, dir_file, spell, show):
+    px, py, loss = read_trajectory(proj_file, spell)
+    labels = pca_axis_labels(dir_file, spell) or ('1st direction', '2nd direction')
     fig = new_figure(show)
     ax = fig.add_subplot()
     _draw_path(fig, ax, px, py, loss, path_end_labels(proj_file))
     ax.set_xlabel(labels[0], fontsize='xx-large')
     ax.set_ylabel(labels[1], fontsize='xx-large')
     ax.tick_params(labelsize='x-large')
-    written = save_figure(fig, proj_file)
+    return fig
+
+
+def plot_trajectory(proj_file, dir_file=None, *, show=False):
+    """The optimizer path projected on the direction plane (trajectory); writes proj_file + '.pdf'/'.png'."""
+    written = save_figure(_trajectory(proj_file, dir_file, FLAGS, show), proj_file)
     finish(show)
     return written
 
 
-def plot_contour_trajectory(surf_file, dir_file, proj_file, *, surf_name='train_loss', vmin=0.1, vmax=10,
-                            vlevel=0.5, show=False):
-    """Contours of ``surf_name`` with the projected optimizer path on top; returns the files.
+def trajectory_contour(surface, proj_file, *, surf_name='train_loss', vmin=0.1, vmax=10, vlevel=0.5, dir_file='',
+                       save=None):
+    """Contours of ``surf_name`` (as contour's, plus dotted rings at 10 .. 1e8) with the projected
+    optimizer path of ``proj_file`` on top. Arguments as in contour. Returns the Figure."""
+    levels = contour_levels(vmin, vmax, vlevel, KEYWORDS)
+    plane = prepare_plane(surface, surf_name, dir_file, KEYWORDS)
+    return saved(_trajectory_contour(plane, levels, proj_file, KEYWORDS, show=False), save)
 
-    ``dir_file`` (PCA directions, for the axis labels) defaults to the surface's own."""
-    levels = contour_levels(vmin, vmax, vlevel)
-    surface = load_surface(surf_file, dims=2)
-    Z = surface_values(surface, surf_name)
-    X, Y = grid_mesh(surface)
-    px, py, loss = read_trajectory(proj_file)
-    titles = axis_titles(surface, dir_file)
+
+def _trajectory_contour(plane, levels, proj_file, spell, show):
+    px, py, loss = read_trajectory(proj_file, spell)
     fig = new_figure(show)
     ax = fig.add_subplot()
-    near = ax.contour(X, Y, masked(Z), levels=levels)
+    near = ax.contour(plane.X, plane.Y, masked(plane.values), levels=levels)
     # The original's second set of levels, 10 .. 1e8, shows the far-away high-loss rings.
-    far = ax.contour(X, Y, masked(Z), levels=np.logspace(1, 8, num=8), linestyles='dotted')
+    far = ax.contour(plane.X, plane.Y, masked(plane.values), levels=np.logspace(1, 8, num=8), linestyles='dotted')
     for lines in (near, far):
         ax.clabel(lines, inline=True, fontsize=6)
     _draw_path(fig, ax, px, py, loss, path_end_labels(proj_file))
-    label_axes(ax, titles)
-    written = save_figure(fig, f'{proj_file}_{surf_name}_2dcontour_proj')
+    label_axes(ax, plane.titles)
+    return fig
+
+
+def plot_contour_trajectory(surf_file, dir_file, proj_file, *, surf_name='train_loss', vmin=0.1, vmax=10,
+                            vlevel=0.5, show=False):
+    """Contours of ``surf_name`` with the projected optimizer path on top (trajectory_contour),
+    written as proj_file + '_<surf_name>_2dcontour_proj' (.pdf and .png); returns the files.
+
+    ``dir_file`` (PCA directions, for the axis labels) defaults to the surface's own."""
+    levels = contour_levels(vmin, vmax, vlevel)
+    plane = prepare_plane(surf_file, surf_name, dir_file, FLAGS, name='surf_file')
+    written = save_figure(_trajectory_contour(plane, levels, proj_file, FLAGS, show),
+                          f'{proj_file}_{surf_name}_2dcontour_proj')
     finish(show)
     return written
 
@@ -238,13 +349,25 @@ VIEWER_CAMERA_EYE = dict(x=2.1 + VIEWER_CAMERA_SHIFT, y=2.1 - VIEWER_CAMERA_SHIF
 
 
 def write_html_viewer(surf_file, *, dir_file='', surf_name='train_loss', proj_file=None, out_path=None):
-    """One self-contained HTML file (plotly.js embedded, works offline): a rotatable 3D surface
-    beside its contour map, plus the projected trajectory when ``proj_file`` is given.
+    """The viewer of html_viewer as one self-contained HTML file (plotly.js embedded, works
+    offline). Default name: surf_file + '_<surf_name>_viewer.html'. Returns its path."""
+    fig = _html_viewer(surf_file, surf_name, dir_file, proj_file, FLAGS, name='surf_file')
+    return _write_html(fig, out_path or f'{surf_file}_{surf_name}_viewer.html')
 
-    Not-computed and diverged points are holes. Default name: surf_file + '_<surf_name>_viewer.html'.
-    ``dir_file``: as in plot_2d_contour."""
-    fig = html_viewer_figure(surf_file, dir_file=dir_file, surf_name=surf_name, proj_file=proj_file)
-    out_path = out_path or f'{surf_file}_{surf_name}_viewer.html'
+
+def html_viewer(surface, surf_name='train_loss', *, dir_file='', proj_file=None, save=None):
+    """The interactive viewer of ``surf_name`` as a plotly Figure: a rotatable 3D surface beside
+    its contour map, plus the projected trajectory of ``proj_file`` when given. Not-computed and
+    diverged points are holes. ``surface``, ``dir_file``: as in contour. ``save``: the path of a
+    self-contained HTML file to write (plotly.js embedded, works offline). Returns the Figure
+    (a notebook shows it; it needs plotly, the 'viewer' extra)."""
+    fig = _html_viewer(surface, surf_name, dir_file, proj_file, KEYWORDS)
+    if save:
+        _write_html(fig, os.fspath(save))
+    return fig
+
+
+def _write_html(fig, out_path):
     try:
         fig.write_html(out_path, include_plotlyjs=True, full_html=True)
     except OSError as err:
@@ -253,17 +376,14 @@ def write_html_viewer(surf_file, *, dir_file='', surf_name='train_loss', proj_fi
     return out_path
 
 
-def html_viewer_figure(surf_file, *, dir_file='', surf_name='train_loss', proj_file=None):
-    """The plotly figure write_html_viewer writes (arguments as there)."""
+def _html_viewer(surface, surf_name, dir_file, proj_file, spell, name='surface'):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    surface = load_surface(surf_file, dims=2)
-    Z = surface_values(surface, surf_name)
-    grid_mesh(surface)
-    require_finite_points(surface, surf_name, Z)
-    titles = axis_titles(surface, dir_file)
-    Z = np.where(np.isfinite(Z), Z, np.nan)  # plotly draws NaN as a hole; inf would break the scale
+    plane = prepare_plane(surface, surf_name, dir_file, spell, name)
+    surface, titles = plane.surface, plane.titles
+    # plotly draws NaN as a hole; inf would break the colour scale.
+    Z = np.where(np.isfinite(plane.values), plane.values, np.nan)
     x, y, title = surface.xcoordinates, surface.ycoordinates, PRETTY_NAMES.get(surf_name, surf_name)
     fig = make_subplots(rows=1, cols=2, specs=[[{'type': 'scene'}, {'type': 'xy'}]],
                         horizontal_spacing=VIEWER_PANEL_GAP, column_widths=VIEWER_PANEL_WIDTHS,
@@ -276,7 +396,7 @@ def html_viewer_figure(surf_file, *, dir_file='', surf_name='train_loss', proj_f
     fig.add_trace(go.Contour(x=x, y=y, z=Z, colorscale='Viridis', showscale=False,
                              contours=dict(showlabels=True), name=surf_name, hovertemplate=hover), row=1, col=2)
     if proj_file:
-        _add_html_trajectory(fig, surface, Z, proj_file, surf_name)
+        _add_html_trajectory(fig, surface, Z, proj_file, surf_name, spell)
     # The scene's axis titles are drawn inside its panel, where a direction label such as
     # 'x: filter-normalized direction' does not fit: the scene says 'x' / 'y' (or '1st PC'), and
     # the full labels stand below it, in the hover and on the contour panel's axes.
@@ -285,7 +405,7 @@ def html_viewer_figure(surf_file, *, dir_file='', surf_name='train_loss', proj_f
     fig.add_annotation(text='<br>'.join(titles), showarrow=False, xref='paper', yref='paper',
                        x=(scene_left + scene_right) / 2, y=-0.06, xanchor='center', yanchor='top',
                        font=dict(size=12))
-    fig.update_layout(title=os.path.basename(surf_file), autosize=True, height=VIEWER_HEIGHT,
+    fig.update_layout(title=os.path.basename(surface.path), autosize=True, height=VIEWER_HEIGHT,
                       margin=VIEWER_MARGIN,
                       legend=dict(orientation='h', x=1.0, xanchor='right', y=-0.14, yanchor='top'),
                       scene=dict(xaxis_title=short_titles[0], yaxis_title=short_titles[1], zaxis_title=title,
@@ -301,11 +421,11 @@ def _short_axis_title(text):
     return text.split(':', 1)[0]
 
 
-def _add_html_trajectory(fig, surface, Z, proj_file, surf_name):
+def _add_html_trajectory(fig, surface, Z, proj_file, surf_name, spell):
     import plotly.graph_objects as go
     from scipy.interpolate import RegularGridInterpolator
 
-    px, py, loss = read_trajectory(proj_file)
+    px, py, loss = read_trajectory(proj_file, spell)
     fig.add_trace(go.Scatter(x=px, y=py, mode='lines+markers', name='trajectory',
                              line=dict(color='red'), marker=dict(size=4)), row=1, col=2)
     if loss is not None and surf_name == layout.TRAIN_LOSS:
