@@ -145,6 +145,8 @@ def test_missing_output_folders_are_made(tmp_path, capsys, checkpoints):
     run_ok(capsys, '--dataset', 'digits', '--model', 'mlp', '--model_file', model, *GRID, '--threads', '1',
            '--surf_file', tmp_path / 'out' / 'deeper' / 's.h5', '--dir_file', '')
     assert (tmp_path / 'out' / 'deeper' / 's.h5').is_file()
+    losslandscape.figures.loss_curve(str(tmp_path / 'out' / 'deeper' / 's.h5'), save=str(tmp_path / 'figs' / 'curve'))
+    assert sorted(p.name for p in (tmp_path / 'figs').iterdir()) == ['curve.pdf', 'curve.png']
     run_ok(capsys, '--dataset', 'digits', '--model', 'mlp', '--model_file', model, '--threads', '1', '--top_k', '1',
            '--spectrum_file', tmp_path / 'spectra' / 'a.h5', '--data_split', '10', main=hessian_spectrum.main)
     assert (tmp_path / 'spectra' / 'a.h5').is_file()

@@ -15,6 +15,7 @@ import re
 import numpy as np
 
 from losslandscape.errors import UsageError
+from losslandscape.io import file_safety
 from losslandscape.io import hdf5_layout as layout
 
 # Surfaces derived from the stored ones (see surface_values).
@@ -346,6 +347,7 @@ def save_figure(fig, base):
     """Write ``base + '.pdf'`` and ``base + '.png'``; return both paths."""
     paths = [base + '.pdf', base + '.png']
     bbox = _tight_bbox(fig)
+    file_safety.make_parent_folder(paths[0])
     try:
         # No creation date: the same data gives byte-identical files.
         fig.savefig(paths[0], dpi=PDF_DPI, bbox_inches=bbox, format='pdf', metadata={'CreationDate': None})

@@ -44,6 +44,7 @@ from losslandscape.figures.common import (
     saved,
     surface_values,
 )
+from losslandscape.io import file_safety
 from losslandscape.io import hdf5_layout as layout
 
 # ----------------------------------------------------------------------------- what a 2D figure draws
@@ -368,6 +369,7 @@ def html_viewer(surface, surf_name='train_loss', *, dir_file='', proj_file=None,
 
 
 def _write_html(fig, out_path):
+    file_safety.make_parent_folder(out_path)
     try:
         fig.write_html(out_path, include_plotlyjs=True, full_html=True)
     except OSError as err:
