@@ -28,6 +28,7 @@ import torch
 from losslandscape.cli.parsing import ArgumentParser, check_file_exists, run_as_script
 from losslandscape.data import batch_sources, datasets
 from losslandscape.directions import normalization, projection, subsets
+from losslandscape.engine import progress
 from losslandscape.errors import UsageError
 from losslandscape.io import hdf5_layout
 from losslandscape.models import loading
@@ -181,12 +182,11 @@ def training_data(args, device):
 def evaluate_checkpoints(args, paths, net):
     """Each checkpoint's own training values (loss, and the objective's others: accuracy in %, ...),
     in eval mode with its own BN statistics: {train_loss: array over checkpoints, ...}."""
-    from tqdm import tqdm
     device = select_device(args.cuda)
     data = training_data(args, device)
     the_objective = objective.resolve(args.loss_name)
     values = {}
-    for path in tqdm(paths, desc='evaluating checkpoints', unit='ckpt', dynamic_ncols=True):
+    for path in progress.progress_iter(paths, 'evaluating checkpoints', 'ckpt'):
         loading.load_state(net, loading.read_state_dict(path, 'checkpoint'), f'checkpoint {path!r}')
         for key, value in objective.evaluate(net.to(device), data, the_objective).items():
             values.setdefault(f'train_{key}', []).append(value)

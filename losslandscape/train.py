@@ -43,6 +43,7 @@ from losslandscape.cli.parsing import (
     run_as_script,
 )
 from losslandscape.data import datasets
+from losslandscape.engine import progress
 from losslandscape.io.file_safety import atomic_path
 from losslandscape.models import loading
 from losslandscape.models.cifar10.zoo import MODELS as CIFAR10_MODELS
@@ -261,7 +262,7 @@ def train_epoch(net, train, labels, optimizer, loss_name, batch_size, generator,
     loss_sum = torch.zeros((), dtype=torch.float64, device=train.device)
     correct = torch.zeros((), dtype=torch.int64, device=train.device)
     num_batches = math.ceil(len(train) / batch_size)
-    with tqdm(total=num_batches, desc=desc, unit='batch', leave=False, dynamic_ncols=True) as bar:
+    with progress.progress_bar(num_batches, desc, 'batch', leave=False) as bar:
         for start in range(0, len(train), batch_size):
             idx = order[start:start + batch_size]
             raw = train.inputs[idx]

@@ -108,11 +108,9 @@ class StreamedBatches:
         self.layout = None
 
     def batches(self):
-        from tqdm import tqdm
-
+        from losslandscape.engine.progress import progress_iter
         from losslandscape.parallel.mpi_comm import is_speaking_rank
-        for batch in tqdm(self.loader, desc=self.desc, unit='batch', leave=False, dynamic_ncols=True,
-                          disable=not is_speaking_rank(), mininterval=0.5):
+        for batch in progress_iter(self.loader, self.desc, 'batch', leave=False, disable=not is_speaking_rank()):
             batch = map_tensors(batch, lambda t: t.to(self.device, non_blocking=True))
             yield batch if self.layout is None else map_tensors(batch, self.layout)
 
