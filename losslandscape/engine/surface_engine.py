@@ -13,9 +13,9 @@ import sys
 import time
 
 import numpy as np
-from tqdm import tqdm
 
 from losslandscape._testing import fault_injection
+from losslandscape.engine import progress
 from losslandscape.io.surface_store import Terminated, sigterm_raises
 from losslandscape.parallel.mpi_comm import fail_all_ranks
 from losslandscape.parallel.scheduler import assign_points
@@ -75,8 +75,7 @@ def run_grid(comm, grid, open_writer, evaluate_points, desc='grid points', point
 
 def _root_loop(comm, grid, writer, evaluate_points, pending, calls, desc):
     done_before = grid.num_points - len(pending)
-    with tqdm(total=grid.num_points, initial=done_before, desc=desc, unit='pt', dynamic_ncols=True,
-              disable=False, mininterval=0.5) as bar:
+    with progress.progress_bar(grid.num_points, desc, 'pt', initial=done_before) as bar:
         def record(results):
             for k, values in results:
                 writer.record(k, values)
