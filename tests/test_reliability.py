@@ -18,7 +18,7 @@ from losslandscape.engine.grid import Grid, parse_axis
 from losslandscape.errors import UsageError
 from losslandscape.io import hdf5_layout
 from losslandscape.curvature import hessian
-from losslandscape.parallel.scheduler import assign_points, serpentine
+from losslandscape.parallel.scheduler import are_neighbours, assign_chains, assign_points, serpentine
 from tests.conftest import ROOT, run_script
 
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), 'mpiexec')
@@ -341,6 +341,25 @@ def test_every_point_goes_to_exactly_one_rank(nx, ny, nranks, data):
     flat = np.concatenate(shares) if shares else np.array([])
     assert sorted(flat.tolist()) == pending
     assert max(map(len, shares)) - min(map(len, shares)) <= 1     # balanced
+
+
+@settings(max_examples=300, deadline=None)
+@given(nx=st.integers(1, 40), ny=st.integers(1, 40), nranks=st.integers(1, 64), one_d=st.booleans(), data=st.data())
+def test_chains_give_every_point_to_one_rank_as_a_walk_between_neighbours(nx, ny, nranks, one_d, data):
+    """plot_hessian_eigen.py's order: each rank's share of the whole grid is a walk from neighbour to
+    neighbour (so each warm solve starts from the point before); with points missing, every point
+    still goes to exactly one rank, the shares balanced."""
+    shape = (nx,) if one_d else (ny, nx)
+    total = int(np.prod(shape))
+    shares = [assign_chains(np.arange(total), r, nranks, shape) for r in range(nranks)]
+    assert sorted(np.concatenate(shares).tolist()) == list(range(total))
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    for share in shares:
+        assert all(are_neighbours(a, b, shape) for a, b in zip(share[:-1], share[1:]))
+    pending = sorted(data.draw(st.sets(st.integers(0, total - 1))))
+    shares = [assign_chains(pending, r, nranks, shape) for r in range(nranks)]
+    assert sorted(np.concatenate(shares).tolist()) == pending
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
 
 
 @settings(max_examples=200, deadline=None)
