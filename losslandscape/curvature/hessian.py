@@ -36,8 +36,6 @@ DEFAULT_EIG_MAXITER = 100   # ARPACK restarts per solve (each costs about ncv HV
 DEFAULT_EIG_NCV = 20        # Lanczos basis size: scipy's own default for one eigenvalue
 DEFAULT_TRACE_SAMPLES = 16
 EIG_SOLVERS = ('warm', 'cold')   # --eig_solver: see EigenTracker
-WARM_VECTORS_PER_END = 1    # Ritz vectors of each end a warm solve starts from (2 cost a product more per point
-                            # on the digits CNN map and did not change its values: benchmarks/RESULTS.md)
 WARM_BUDGET_PER_NCV = 2     # a warm solve gives up after this many times --eig_ncv products: by then it has
                             # spent what the cold solve takes (about 2 (ncv + 1)), so it no longer pays
 START_SEED = 0              # the first point's random Lanczos start vector
@@ -648,7 +646,10 @@ class EigenTracker:
         # The warm basis holds as many vectors as ARPACK's (ncv), and at least the two ends'
         # restart pairs and a step beyond them.
         self.max_basis = max(ncv, 2 * RESTART_KEEP + 2)
-        self.start = None     # (2, n): the last point's eigenvectors (top, bottom); None: a new chain
+        # (2, n): the last point's eigenvectors (top, bottom); None: a new chain. Two Ritz vectors of
+        # each end instead cost a product more per point on the digits CNN maps and were no closer to
+        # the dense eigenvalues.
+        self.start = None
 
     def reset(self):
         """The next point starts a new chain: it is solved cold."""
