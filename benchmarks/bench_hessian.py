@@ -8,20 +8,39 @@ points along a filter-normalised random direction, as plot_hessian_eigen.py solv
 2 (ncv + 1) products per point -- the fewest two ARPACK solves can take, and what they take with
 the default settings on the test networks.
 
+Then, with --maps (default: both), eigenvalue maps solved cold (--eig_solver cold: ARPACK from
+the same seeded vector at every point) against warm (the default: each point from the previous
+point's eigenvectors), each through the package's own entry points: products per point, seconds
+per point (the grid loop's, as the run's line reports it) and the largest difference between the
+two maps relative to |max_eig|. 'digits': the digits CNN (cnn_bn) trained 8 epochs as demo.sh
+trains it, a 5x5 map over +-0.5 along filter-normalized directions, --batch_size 1438 (the whole
+training set in one batch); 'resnet20': a freshly initialised resnet20 on 500 fake CIFAR-sized
+images, a 3x3 map over +-0.5 likewise.
+
     python benchmarks/bench_hessian.py --model resnet20 --num_images 256 --json bench_hessian.json
+    python benchmarks/bench_hessian.py --maps digits
 """
 import argparse
+import contextlib
+import io
 import json
 import os
 import platform
+import re
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
 import torch
 
+import losslandscape
+from losslandscape import plot_hessian_eigen
 from losslandscape.curvature import hessian
 from losslandscape.data import datasets
 from losslandscape.directions import moving, normalization, subsets
+from losslandscape.io import hdf5_layout
 from losslandscape.models import loading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +64,79 @@ def get_args_parser():
     parser.add_argument('--threads', default=None, type=int, help='torch CPU threads (default: torch\'s)')
     parser.add_argument('--seed', default=0, type=int, help='seed of the random model and data (default %(default)s)')
     parser.add_argument('--json', default='', help='also write the numbers to this JSON file')
+    parser.add_argument('--maps', nargs='*', default=list(MAPS), choices=MAPS,
+                        help='eigenvalue maps to solve cold and warm (default: %(default)s; --maps alone: none)')
     return parser
+
+
+MAPS = ('digits', 'resnet20')
+# The maps' common flags: filter-normalized directions without biases and BatchNorm, +-0.5.
+MAP_DIRECTIONS = {'xnorm': 'filter', 'xignore': 'biasbn', 'ynorm': 'filter', 'yignore': 'biasbn'}
+DIGITS_EPOCHS = 8
+DIGITS_BATCH = 1438            # the digits training set: one batch
+RESNET_IMAGES = 500
+
+
+def loop_seconds(stdout):
+    """The grid loop's seconds from the run's line ('... N points computed in S s, ...')."""
+    return float(re.search(r'points computed in ([0-9.e+-]+) s', stdout).group(1))
+
+
+def summarize_map(surface, seconds):
+    return {'products_per_point': float(surface.values[hdf5_layout.HVP_COUNT].mean()),
+            'seconds_per_point': seconds / surface.values[hdf5_layout.MAX_EIG].size,
+            'eig_solve': surface.values[hdf5_layout.EIG_SOLVE].ravel().tolist()}
+
+
+def compare(maps):
+    """{'cold': ..., 'warm': ..., 'max_rel_difference': {...}} of two Surfaces (cold, warm)."""
+    (cold, cold_seconds), (warm, warm_seconds) = maps
+    scale = np.abs(cold.values[hdf5_layout.MAX_EIG])
+    differences = {name: float((np.abs(warm.values[name] - cold.values[name]) / scale).max())
+                   for name in (hdf5_layout.MAX_EIG, hdf5_layout.MIN_EIG)}
+    return {'cold': summarize_map(cold, cold_seconds), 'warm': summarize_map(warm, warm_seconds),
+            'max_difference_over_abs_max_eig': differences}
+
+
+def digits_map(folder, threads):
+    """The digits CNN map, cold then warm: [(Surface, loop seconds)] * 2."""
+    save = os.path.join(folder, 'trained')
+    subprocess.run([sys.executable, '-m', 'losslandscape.train', '--dataset', 'digits', '--model', 'cnn_bn',
+                    '--epochs', str(DIGITS_EPOCHS), '--batch_size', '64', '--lr', '0.05', '--save', save],
+                   check=True, capture_output=True)
+    model = next(os.path.join(root, name) for root, _, names in os.walk(save) for name in names
+                 if name == f'model_{DIGITS_EPOCHS}.t7')
+    results = []
+    for solver in ('cold', 'warm'):
+        surf = os.path.join(folder, f'digits_{solver}.h5')
+        argv = ['--dataset', 'digits', '--model', 'cnn_bn', '--model_file', model, '--x=-0.5:0.5:5', '--y=-0.5:0.5:5',
+                *[f'--{k}={v}' for k, v in MAP_DIRECTIONS.items()], '--batch_size', str(DIGITS_BATCH),
+                '--eig_solver', solver, '--surf_file', surf, *(['--threads', str(threads)] if threads else [])]
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            plot_hessian_eigen.main(argv)
+        results.append((hdf5_layout.read_surface(surf), loop_seconds(out.getvalue())))
+    return results
+
+
+def resnet_map(folder, args):
+    """resnet20 on RESNET_IMAGES fake CIFAR images (BatchNorm statistics from one pass over them),
+    a 3x3 map, cold then warm, through losslandscape.hessian_eigen."""
+    torch.manual_seed(args.seed)
+    net = loading.build('cifar10', 'resnet20')
+    data = fake_cifar(RESNET_IMAGES, args.seed, torch.device('cpu'))
+    set_batchnorm_statistics(net, data, args.batch_size)
+    dataset = torch.utils.data.TensorDataset(data.normalize(data.inputs), data.targets)
+    results = []
+    for solver in ('cold', 'warm'):
+        surf = os.path.join(folder, f'resnet20_{solver}.h5')
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            surface = losslandscape.hessian_eigen(net, dataset, x='-0.5:0.5:3', y='-0.5:0.5:3', batch_size=args.batch_size,
+                                                  eig_solver=solver, surf_file=surf, threads=args.threads,
+                                                  **MAP_DIRECTIONS)
+        results.append((surface, loop_seconds(out.getvalue())))
+    return results
 
 
 def fake_cifar(num_images, seed, device):
@@ -126,6 +217,15 @@ def main(argv=None):
         per_point = 2 * (args.eig_ncv + 1)
         result.update(points_per_minute=60.0 * hvps_per_second / per_point,
                       points_per_minute_source='estimated', hvps_per_point=per_point)
+    with tempfile.TemporaryDirectory() as folder:
+        for name in args.maps:
+            maps = digits_map(folder, args.threads) if name == 'digits' else resnet_map(folder, args)
+            result[f'{name}_map'] = row = compare(maps)
+            print(f'{name} map, cold vs warm: {row["cold"]["products_per_point"]:.1f} vs '
+                  f'{row["warm"]["products_per_point"]:.1f} products per point, {row["cold"]["seconds_per_point"]:.2f} '
+                  f'vs {row["warm"]["seconds_per_point"]:.2f} s per point; largest difference / |max_eig|: '
+                  f'max_eig {row["max_difference_over_abs_max_eig"]["max_eig"]:.2e}, '
+                  f'min_eig {row["max_difference_over_abs_max_eig"]["min_eig"]:.2e}', flush=True)
     result['versions'] = {'python': platform.python_version(), 'torch': torch.__version__, 'numpy': np.__version__}
 
     print(f'{args.model} on {args.num_images} fake CIFAR images ({device}, {result["threads"]} threads, batch '

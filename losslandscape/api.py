@@ -64,8 +64,10 @@ def compute_hessian_eigen(settings, comm, solver, **objects):
     missing point; ``solver``: a hessian.SolverSettings."""
     run = prepare_run(settings, comm, differentiable=True, **objects)
     names = evaluators.eigen_value_names(trace=solver.trace_samples > 0)
-    summary = run_grid(comm, run.grid, run.open_writer(names, evaluators.EIGEN_BY_PRODUCTS),
-                       evaluators.make_hessian_evaluator(run, solver), desc='hessian eigenvalues')
+    evaluate = evaluators.make_hessian_evaluator(run, solver)
+    # Chains of neighbouring points per rank, so that each solve starts from the point before.
+    summary = run_grid(comm, run.grid, run.open_writer(names, evaluators.EIGEN_BY_PRODUCTS), evaluate,
+                       desc='hessian eigenvalues', chains=True, on_bar=evaluate.attach_bar)
     if comm.is_root:
         run.report(summary)
     return run, summary

@@ -39,8 +39,13 @@ def report_eigenvalues(surf_file):
     nonzero = finite & (max_eig != 0)   # a zero Hessian (every ReLU dead) has no ratio
     worst = f', |min/max| <= {np.abs(min_eig[nonzero] / max_eig[nonzero]).max():.3g}' if nonzero.any() else ''
     products = surface.values[hdf5_layout.HVP_COUNT][surface.done[hdf5_layout.HVP_COUNT]]
-    # Points from a file of the original code have no count.
+    # Points from a file of the original code have no count (and files before eig_solve no way).
+    ways = surface.values[hdf5_layout.EIG_SOLVE][surface.done[hdf5_layout.EIG_SOLVE]] \
+        if hdf5_layout.EIG_SOLVE in surface.values else np.array([])
+    solved = ', '.join(f'{np.count_nonzero(ways == code)} {path}' for code, path in enumerate(hdf5_layout.EIG_SOLVE_PATHS)
+                       if np.count_nonzero(ways == code))
     cost = f'; {products.mean():.1f} Hessian-vector products per point' if products.size else ''
+    cost += f' ({solved})' if solved else ''
     print(f'max_eig {max_eig[finite].min():.4g} .. {max_eig[finite].max():.4g}, min_eig '
           f'{min_eig[finite].min():.4g} .. {min_eig[finite].max():.4g}{worst}' + cost, flush=True)
 

@@ -244,6 +244,8 @@ def test_defaults_formatter_states_a_default_only_once_and_only_when_there_is_on
 OTHER_SCRIPT_CASES = [
     ('plot_hessian_eigen', [*MODEL, '--eig_tol', '2'], ['--eig_tol']),
     ('plot_hessian_eigen', [*MODEL, '--compile'], ['--compile']),
+    ('plot_hessian_eigen', [*MODEL, '--eig_solver', 'fast'], ['--eig_solver', 'invalid choice']),
+    ('plot_hessian_eigen', [*MODEL, '--eig_solver', 'cold', '--warm_start'], ['--eig_solver cold', '--warm_start', 'disagree']),
     ('plot_hessian_eigen', [*MODEL, '--eval_test'], ['--eval_test']),
     ('plot_hessian_eigen', [*MODEL, '--fold_bn'], ['--fold_bn']),
     ('plot_hessian_eigen', [*MODEL, '--amp'], ['--amp']),

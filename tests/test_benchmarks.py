@@ -3,11 +3,13 @@ speed is judged from `make bench` output, never by tests)."""
 import json
 import os
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from benchmarks import bench_hessian, bench_surface
+from losslandscape.io import hdf5_layout
 
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), 'mpiexec')
 
@@ -49,12 +51,27 @@ def test_bench_surface_table(tmp_path, capsys, with_mpi):
 
 def test_bench_hessian_reports_products_per_second(tmp_path):
     result = bench_hessian.main(['--num_images', '8', '--batch_size', '8', '--repeats', '1', '--threads', '1',
-                                 '--points', '1', '--eig_ncv', '4', '--json', str(tmp_path / 'h.json')])
+                                 '--points', '1', '--eig_ncv', '4', '--json', str(tmp_path / 'h.json'), '--maps'])
     assert result['hvps_per_second'] == pytest.approx(1 / result['seconds_per_hvp'])
     assert result['points_per_minute_source'] == 'measured' and result['hvp_counts'][0] >= 4
     max_eig, min_eig = result['eigenvalues'][0]
     assert max_eig >= min_eig
     assert json.loads((tmp_path / 'h.json').read_text())['hvps_per_second'] == result['hvps_per_second']
+
+
+def test_bench_hessian_compares_cold_and_warm_maps():
+    """The map rows: products and seconds per point of each map, and the largest differences
+    relative to the cold map's |max_eig| (the maps themselves take minutes: run by make bench)."""
+    def surface(max_eig, min_eig, products, ways):
+        return SimpleNamespace(values={hdf5_layout.MAX_EIG: np.array(max_eig), hdf5_layout.MIN_EIG: np.array(min_eig),
+                                       hdf5_layout.HVP_COUNT: np.array(products), hdf5_layout.EIG_SOLVE: np.array(ways)})
+    cold = surface([10.0, -20.0], [-1.0, -2.0], [42.0, 42.0], [0.0, 0.0])
+    warm = surface([10.01, -20.0], [-1.0, -1.9], [42.0, 8.0], [0.0, 1.0])
+    row = bench_hessian.compare([(cold, 8.0), (warm, 5.0)])
+    assert row['cold']['products_per_point'] == 42.0 and row['warm']['products_per_point'] == 25.0
+    assert row['cold']['seconds_per_point'] == 4.0 and row['warm']['seconds_per_point'] == 2.5
+    assert row['max_difference_over_abs_max_eig'] == pytest.approx({'max_eig': 1e-3, 'min_eig': 5e-3})
+    assert bench_hessian.loop_seconds('s.h5: 9 points computed in 12.5 s, surface complete') == 12.5
 
 
 def test_bench_spectrum_table(tmp_path, capsys):

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from losslandscape.engine.grid import Grid, parse_axis
 from losslandscape.errors import UsageError
 from losslandscape.io import hdf5_layout
-from losslandscape.parallel.scheduler import assign_points
+from losslandscape.curvature import hessian
+from losslandscape.parallel.scheduler import are_neighbours, assign_chains, assign_points, serpentine
 from tests.conftest import ROOT, run_script
 
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), 'mpiexec')
@@ -342,6 +343,25 @@ def test_every_point_goes_to_exactly_one_rank(nx, ny, nranks, data):
     assert max(map(len, shares)) - min(map(len, shares)) <= 1     # balanced
 
 
+@settings(max_examples=300, deadline=None)
+@given(nx=st.integers(1, 40), ny=st.integers(1, 40), nranks=st.integers(1, 64), one_d=st.booleans(), data=st.data())
+def test_chains_give_every_point_to_one_rank_as_a_walk_between_neighbours(nx, ny, nranks, one_d, data):
+    """plot_hessian_eigen.py's order: each rank's share of the whole grid is a walk from neighbour to
+    neighbour (so each warm solve starts from the point before); with points missing, every point
+    still goes to exactly one rank, the shares balanced."""
+    shape = (nx,) if one_d else (ny, nx)
+    total = int(np.prod(shape))
+    shares = [assign_chains(np.arange(total), r, nranks, shape) for r in range(nranks)]
+    assert sorted(np.concatenate(shares).tolist()) == list(range(total))
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    for share in shares:
+        assert all(are_neighbours(a, b, shape) for a, b in zip(share[:-1], share[1:]))
+    pending = sorted(data.draw(st.sets(st.integers(0, total - 1))))
+    shares = [assign_chains(pending, r, nranks, shape) for r in range(nranks)]
+    assert sorted(np.concatenate(shares).tolist()) == pending
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
 @settings(max_examples=200, deadline=None)
 @given(nx=st.integers(1, 30), ny=st.integers(1, 30), k=st.data())
 def test_point_numbering_is_the_meshgrid_convention(nx, ny, k):
@@ -370,14 +390,27 @@ def assert_same_datasets(a, b):
         np.testing.assert_array_equal(da[key], db[key], err_msg=key)
 
 
-@pytest.mark.parametrize('fault_env,random_kill', [({'LANDSCAPE_KILL_AT': 'point:4'}, False),
-                                                  ({'LANDSCAPE_STALL_AT': 'point:8'}, True)],
-                         ids=['after-4-points', 'random'])
-def test_hessian_kill_and_rerun_gives_the_uninterrupted_result(tmp_path, checkpoints, fault_env, random_kill):
+def assert_within_eig_tol(actual, expected, tol):
+    """Both eigenvalue maps of ``actual`` within ``tol`` x |max_eig| of ``expected``'s, point by point:
+    what warm solves promise (hessian.warm_extremes)."""
+    scale = tol * np.abs(expected.values[hdf5_layout.MAX_EIG])
+    for name in (hdf5_layout.MAX_EIG, hdf5_layout.MIN_EIG):
+        difference = np.abs(actual.values[name] - expected.values[name])
+        assert (difference <= scale).all(), (name, (difference / scale).max())
+
+
+@pytest.mark.parametrize('solver,fault_env,random_kill', [('cold', {'LANDSCAPE_KILL_AT': 'point:4'}, False),
+                                                         ('warm', {'LANDSCAPE_KILL_AT': 'point:4'}, False),
+                                                         ('warm', {'LANDSCAPE_STALL_AT': 'point:8'}, True)],
+                         ids=['cold-after-4-points', 'warm-after-4-points', 'warm-random'])
+def test_hessian_kill_and_rerun_gives_the_uninterrupted_result(tmp_path, checkpoints, solver, fault_env, random_kill):
+    """Cold solves: the rerun's points equal the uninterrupted run's bit for bit. Warm solves: the
+    rerun starts its chain afresh with a cold solve, so its points agree to the solver's tolerance."""
     model = tmp_path / 'model.t7'
     shutil.copy(checkpoints['mlp'], model)
     argv = ['--dataset', 'digits', '--model', 'mlp', '--model_file', model, '--x=-1:1:5', '--y=-1:1:3',
-            '--xnorm', 'filter', '--ynorm', 'filter', '--data_split', '4', '--threads', '1', '--eig_ncv', '8']
+            '--xnorm', 'filter', '--ynorm', 'filter', '--data_split', '4', '--threads', '1', '--eig_ncv', '8',
+            '--eig_solver', solver]
     start = time.monotonic()
     ref = run_script('plot_hessian_eigen.py', *argv, '--surf_file', tmp_path / 'ref.h5')
     assert ref.returncode == 0, ref.stderr
@@ -397,7 +430,18 @@ def test_hessian_kill_and_rerun_gives_the_uninterrupted_result(tmp_path, checkpo
     expected, final = hdf5_layout.read_surface(str(tmp_path / 'ref.h5')), hdf5_layout.read_surface(str(surf))
     for name in names:
         assert final.done[name].all()
-        np.testing.assert_array_equal(final.values[name], expected.values[name])
+    if solver == 'cold':
+        for name in names:
+            np.testing.assert_array_equal(final.values[name], expected.values[name])
+        return
+    assert_within_eig_tol(final, expected, hessian.DEFAULT_EIG_TOL)
+    # The first point the rerun solved (the points reach the file in serpentine order) starts a new
+    # chain: cold, where the uninterrupted run, whose grid's first point is its only cold one, solved
+    # it warm (unless the kill came before any point).
+    paths = final.values[hdf5_layout.EIG_SOLVE].ravel()
+    first_rerun = serpentine(np.arange(15), final.shape)[15 - missing]
+    assert paths[first_rerun] == 0
+    assert expected.values[hdf5_layout.EIG_SOLVE].ravel()[first_rerun] == (1 if missing < 15 else 0)
 
 
 @pytest.mark.parametrize('fault_env,random_kill', [({'LANDSCAPE_KILL_AT': 'file:1'}, False),

@@ -448,22 +448,29 @@ def add_hessian_arguments(parser):
     """plot_hessian_eigen.py's own flags (and landscape.hessian_eigen's keywords)."""
     eigen = parser.add_argument_group('hessian')
     eigen.add_argument('--eig_tol', default=hessian.DEFAULT_EIG_TOL, type=float,
-                       help='ARPACK stopping tolerance of each Lanczos solve: residual <= tol x Ritz value '
-                       '(the smallest eigenvalue is solved shifted, so its error is about '
-                       'tol x (1.1 max_eig - min_eig); default %(default)s, as the original)')
+                       help='stopping tolerance of each solve. Cold (ARPACK\'s Lanczos): residual <= tol x Ritz '
+                       'value (the smallest eigenvalue is solved shifted, so its error is about '
+                       'tol x (1.1 max_eig - min_eig)); warm: both residuals <= tol x |max_eig|. Either way each '
+                       'value lies within tol x |max_eig| of an eigenvalue (default %(default)s, as the original)')
+    eigen.add_argument('--eig_solver', default=None, choices=hessian.EIG_SOLVERS,
+                       help='warm (default): each rank walks its points in serpentine order, a chain of '
+                       'neighbours; the first point of a chain is solved cold, every later one from the '
+                       'eigenvectors of the point before (a block Krylov space that stops on explicit '
+                       'residuals: about a third of the cold products on the digits CNN), falling back to the '
+                       'cold solve where it does not converge within 2 x --eig_ncv products. cold: every point '
+                       'by ARPACK from the same seeded start vector, as before, so resumed and MPI runs equal '
+                       'a serial one bit for bit (warm: within --eig_tol; see README). The surface\'s eig_solve '
+                       'says how each point was solved')
     eigen.add_argument('--eig_maxiter', default=hessian.DEFAULT_EIG_MAXITER, type=int,
-                       help='most ARPACK restarts per solve (each costs about --eig_ncv Hessian-vector '
+                       help='most ARPACK restarts per cold solve (each costs about --eig_ncv Hessian-vector '
                        'products); a point that does not converge stores NaN (default %(default)s)')
     eigen.add_argument('--eig_ncv', default=hessian.DEFAULT_EIG_NCV, type=int,
-                       help='Lanczos vectors per restart: a solve costs at least ncv + 1 products; smaller '
-                       'saves products on fine grids thanks to the warm start, larger is more robust '
+                       help='Lanczos vectors per restart of a cold solve (which costs at least ncv + 1 products '
+                       'per eigenvalue), and the most vectors a warm solve keeps; larger is more robust '
                        '(default %(default)s)')
-    eigen.add_argument('--warm_start', action='store_true',
-                       help='start each point\'s solver from the eigenvectors of the rank\'s previous point '
-                       '(fewer products with a small --eig_ncv on fine grids; the values then depend on '
-                       'the order of the points, so a resumed or MPI run agrees with a serial one only '
-                       'within --eig_tol instead of bit for bit, which holds without it for runs with the '
-                       'same --threads per rank)')
+    eigen.add_argument('--warm_start', action=argparse.BooleanOptionalAction, default=None,
+                       help='the former switch, kept for old command lines: --warm_start is --eig_solver warm '
+                       '(now the default), --no-warm_start is --eig_solver cold')
     eigen.add_argument('--trace', action='store_true',
                        help='also store a Hutchinson estimate of the Hessian trace at every point')
     eigen.add_argument('--trace_samples', default=hessian.DEFAULT_TRACE_SAMPLES, type=int,
@@ -493,6 +500,12 @@ def check_hessian(parser, args):
         parser.error('--eig_maxiter must be at least 1')
     if args.eig_ncv < 2:
         parser.error('--eig_ncv must be at least 2 (ARPACK needs more vectors than eigenvalues)')
+    from_switch = None if args.warm_start is None else ('warm' if args.warm_start else 'cold')
+    if args.eig_solver and from_switch and args.eig_solver != from_switch:
+        parser.error(f'--eig_solver {args.eig_solver} and --{"" if args.warm_start else "no-"}warm_start disagree; '
+                     'give one of them')
+    # Resolved here, so the surface file's recorded arguments say which solver ran.
+    args.eig_solver = args.eig_solver or from_switch or 'warm'
     if args.trace_samples < 1:
         parser.error('--trace_samples must be at least 1')
     if not (np.isfinite(args.ratio_max) and args.ratio_max > 0):
@@ -501,7 +514,7 @@ def check_hessian(parser, args):
 
 def solver_settings(args):
     return hessian.SolverSettings(tol=args.eig_tol, maxiter=args.eig_maxiter, ncv=args.eig_ncv,
-                                  warm_start=args.warm_start, trace_samples=args.trace_samples if args.trace else 0)
+                                  solver=args.eig_solver, trace_samples=args.trace_samples if args.trace else 0)
 
 
 # ----------------------------------------------------------------------------- composing

@@ -12,8 +12,10 @@ once per point of weight space and kept, as far as memory allows, so that every 
 is only the second back-propagation through it (no forward pass, no first backward).
 
 The largest and smallest eigenvalues come from ARPACK's Lanczos method (scipy eigsh) on a
-LinearOperator; ``EigenTracker`` warm-starts each point from the previous point's eigenvectors.
-The ratio |min_eig / max_eig| measures the local non-convexity (Li et al. 2018, section 7).
+LinearOperator (the cold solve), or, point after point, from ``warm_extremes``: a block Krylov
+space grown from the previous point's Ritz vectors, both ends at once, stopped by explicit
+residuals (``EigenTracker`` chains them and falls back to the cold solve). The ratio
+|min_eig / max_eig| measures the local non-convexity (Li et al. 2018, section 7).
 """
 import dataclasses
 import itertools
@@ -33,6 +35,9 @@ DEFAULT_EIG_TOL = 1e-2      # the original's tolerance: ARPACK's residual test |
 DEFAULT_EIG_MAXITER = 100   # ARPACK restarts per solve (each costs about ncv HVPs)
 DEFAULT_EIG_NCV = 20        # Lanczos basis size: scipy's own default for one eigenvalue
 DEFAULT_TRACE_SAMPLES = 16
+EIG_SOLVERS = ('warm', 'cold')   # --eig_solver: see EigenTracker
+WARM_BUDGET_PER_NCV = 2     # a warm solve gives up after this many times --eig_ncv products: by then it has
+                            # spent what the cold solve takes (about 2 (ncv + 1)), so it no longer pays
 START_SEED = 0              # the first point's random Lanczos start vector
 TRACE_SEED = 0              # Hutchinson vectors at point k: default_rng((TRACE_SEED, k))
 SHIFT_MARGIN = 0.1          # see extreme_eigenvalues
@@ -48,11 +53,11 @@ RETAINED_MEMORY_SHARE = 0.25
 
 @dataclasses.dataclass(frozen=True)
 class SolverSettings:
-    """How plot_hessian_eigen.py solves each point (its --eig_* / --warm_start / --trace flags)."""
+    """How plot_hessian_eigen.py solves each point (its --eig_* / --trace flags)."""
     tol: float = DEFAULT_EIG_TOL
     maxiter: int = DEFAULT_EIG_MAXITER
     ncv: int = DEFAULT_EIG_NCV
-    warm_start: bool = False
+    solver: str = 'warm'         # one of EIG_SOLVERS
     trace_samples: int = 0       # 0: no trace
 
 
@@ -106,7 +111,8 @@ class MeanLossHessian:
     ``data``: a batch source (data.batch_sources), or a CachedDataset (evaluated in batches of
     ``batch_size``); ``loss``: an objective.Objective or a --loss_name. Products take and return
     flat float64 numpy vectors (what ARPACK works in); the model computes in its own dtype.
-    ``hvp_count`` counts every product; a product holding inf or NaN raises NonFiniteProduct. The
+    ``hvp_count`` counts every product (``on_products``, when set, is called with it after each
+    product or block); a product holding inf or NaN raises NonFiniteProduct. The
     parameters are read when a product is taken, so moving the model in place (Run.move_to) moves
     the Hessian with it.
 
@@ -149,6 +155,9 @@ class MeanLossHessian:
         self.retain_graphs = retain_graphs
         self.share = share    # processes (MPI ranks of a node) sharing the device's memory
         self.hvp_count = 0
+        # Called with hvp_count after every product (or block of them): the grid's progress line
+        # (evaluators.ProductProgress), so that a slow point shows it is moving.
+        self.on_products = None
         self._count = None
         self._functional_ok = True
         # The kept gradients (each a tuple over self.params, holding its batch's graph) of the
@@ -214,6 +223,8 @@ class MeanLossHessian:
         """The summed ``products`` (``count`` of them) checked and counted. Checked after the sum,
         so every rank raises alike."""
         self.hvp_count += count
+        if self.on_products is not None:
+            self.on_products(self.hvp_count)
         if not np.isfinite(products).all():
             raise NonFiniteProduct('the Hessian-vector product holds inf or NaN')
         return products
@@ -426,13 +437,21 @@ class MeanLossHessian:
 @dataclasses.dataclass
 class ExtremeEigen:
     """The largest and smallest eigenvalues at one point, their eigenvectors and the HVPs the
-    solves took. A solve that fails gives NaN and None, and ``failure`` says why."""
+    solves took. A solve that fails gives NaN and None, and ``failure`` says why. ``path``: how
+    the point was solved, one of SOLVE_PATHS."""
     max_eig: float
     min_eig: float
     max_vec: np.ndarray
     min_vec: np.ndarray
     hvp_count: int
     failure: str = ''
+    path: str = 'cold'
+
+
+# How a point was solved: 'cold', ARPACK from the seeded start vector (the first point of a chain,
+# or --eig_solver cold); 'warm', warm_extremes from the previous point's eigenvectors; 'fallback',
+# a warm solve that did not converge, then the cold solve (its products count both).
+SOLVE_PATHS = ('cold', 'warm', 'fallback')
 
 
 def top_eigenpair(operator, v0, tol, maxiter, ncv):
@@ -516,27 +535,138 @@ def _start_vector(n, v0, avoid=None):
     return v0
 
 
-class EigenTracker:
-    """Extreme eigenvalues point after point, each solve starting from the eigenvectors of the
-    previous point (neighbouring grid points have nearby Hessians, so Lanczos starts close to the
-    answer and converges in fewer products)."""
+def warm_extremes(hessian, start, tol, budget, max_basis):
+    """Largest and smallest eigenvalue of ``hessian`` (a MeanLossHessian) from ``start`` ((m, n)
+    rows: the previous point's eigenvectors), both ends in one subspace.
 
-    def __init__(self, tol=DEFAULT_EIG_TOL, maxiter=DEFAULT_EIG_MAXITER, ncv=DEFAULT_EIG_NCV, warm_start=True):
-        self.tol, self.maxiter, self.ncv = tol, maxiter, ncv
-        self.max_vec = self.min_vec = None
-        # Without warm starts every point starts from the same seeded vector, so a point's result
-        # does not depend on which points this rank solved before it: resumed and MPI runs then
-        # give bit for bit the values of an uninterrupted serial run with the same --threads
-        # (a different thread count may sum the products in another order).
-        self.warm_start = warm_start
+    Rayleigh-Ritz on a basis V grown from ``start`` by the residuals of the extreme Ritz pairs
+    that have not converged: each step adds one product per open end, and the basis spans the
+    block Krylov space of ``start`` (Lanczos with full reorthogonalization, the block being the
+    previous point's answer, so a basis of a few vectors already holds most of the new one). V and
+    W = H V are both kept, so every Ritz pair's residual ||H y - theta y|| = ||W s - theta V s||
+    is explicit, from the products themselves, at no extra product. The stopping rule is ARPACK's
+    tolerance on the whole spectrum's scale, with a margin: both residuals <= ``tol`` |theta_max| /
+    WARM_RESIDUAL_MARGIN. A symmetric matrix has an eigenvalue within the residual of every Ritz
+    value, and the Ritz values lie inside the spectrum (theta_max <= lambda_max, theta_min >=
+    lambda_min), so each end is within tol |lambda_max| of an eigenvalue, on the side a cold solve
+    errs too. But not necessarily of the extreme one: a network's smallest eigenvalues are a
+    dense cluster, and a start vector that followed one branch of it may reach a small residual
+    on a neighbour of the smallest. Further steps push theta_min down through the cluster; the
+    margin buys them (see WARM_RESIDUAL_MARGIN).
+
+    More than ``max_basis`` vectors: a thick restart keeps the RESTART_KEEP extreme Ritz pairs of
+    each end (their products are combinations of W: none to take again). More than ``budget``
+    products, a non-finite product or an exhausted basis: ``failure`` says so (EigenTracker then
+    solves cold). The vectors are those of the converged pair, for the next point."""
+    count_before = hessian.hvp_count
+
+    def failed(why):
+        return ExtremeEigen(math.nan, math.nan, None, None, hessian.hvp_count - count_before, why, 'warm')
+
+    basis = _orthonormal_rows(np.asarray(start, dtype=np.float64))
+    try:
+        images = hessian.hvp_block(basis)
+        while True:
+            values, coords = np.linalg.eigh(_symmetric(basis @ images.T))
+            ends = [len(values) - 1, 0]            # the top and the bottom Ritz pair
+            ritz = coords[:, ends].T @ basis
+            residuals = coords[:, ends].T @ images - values[ends, None] * ritz
+            still_open = np.linalg.norm(residuals, axis=1) > tol * abs(values[-1]) / WARM_RESIDUAL_MARGIN
+            if not still_open.any():
+                return ExtremeEigen(float(values[-1]), float(values[0]), ritz[0], ritz[1],
+                                    hessian.hvp_count - count_before, '', 'warm')
+            if hessian.hvp_count - count_before + still_open.sum() > budget:
+                return failed(f'the warm solve did not converge within {budget} products')
+            new = _orthonormal_rows(_without_components(residuals[still_open], basis))
+            if not len(new):
+                return failed('the warm solve\'s Krylov space is exhausted before its residuals are small')
+            if len(basis) + len(new) > max_basis:
+                keep = sorted(set(range(RESTART_KEEP)) | set(range(len(values) - RESTART_KEEP, len(values))))
+                basis, images = coords[:, keep].T @ basis, coords[:, keep].T @ images
+            basis = np.concatenate([basis, new])
+            images = np.concatenate([images, hessian.hvp_block(new)])
+    except NonFiniteProduct as err:
+        return failed(str(err))
+
+
+RESTART_KEEP = 3    # Ritz pairs of each end a warm solve's thick restart keeps
+# A warm solve stops at residuals this many times below tol |theta_max|. Stopped at the bound itself,
+# min_eig of a briefly trained digits CNN (4x4 map over +-0.5, 1864 weights) ended 1.6 tol |max_eig|
+# above the dense Hessian's smallest eigenvalue at one point: its Ritz value sat on the 4th smallest
+# (the bottom four within 0.4 of 27). With the margin every point of that map and of the 8-epoch
+# digits CNN's 5x5 map lies within 0.57 tol |max_eig| of the dense (resp. cold) values, as close as
+# the cold solve comes (0.54 tol there), for 12.8 instead of 11.4 products per point on the latter.
+WARM_RESIDUAL_MARGIN = 1.5
+
+
+def _symmetric(matrix):
+    """The symmetric part: V^T H V is symmetric but for the float32 rounding of the products."""
+    return 0.5 * (matrix + matrix.T)
+
+
+def _without_components(rows, basis):
+    """``rows`` less their components in the span of ``basis``'s orthonormal rows; twice, as
+    classical Gram-Schmidt loses orthogonality once the residuals are small."""
+    for _ in range(2):
+        rows = rows - (rows @ basis.T) @ basis
+    return rows
+
+
+def _orthonormal_rows(rows):
+    """An orthonormal basis (rows) of the span of ``rows``, less directions that are rounding
+    noise (below 1e-8 of the longest row): nothing when all are."""
+    if not len(rows):
+        return rows
+    q, r = np.linalg.qr(rows.T)
+    scale = np.linalg.norm(rows, axis=1).max()
+    kept = np.abs(np.diag(r)) > 1e-8 * scale if scale > 0 else np.zeros(len(rows), dtype=bool)
+    return q[:, kept].T
+
+
+class EigenTracker:
+    """Extreme eigenvalues point after point along a chain of neighbouring grid points.
+
+    ``solver`` 'warm' (EIG_SOLVERS): the first point of a chain is solved cold (ARPACK from the
+    seeded start vector, ``extreme_eigenvalues``), every later one by ``warm_extremes`` from the
+    eigenvectors of the point before: neighbouring points have nearly the same extreme
+    eigenvectors, so it converges in a few products. A warm solve that does not converge within
+    WARM_BUDGET_PER_NCV x ncv products (or meets a non-finite product) falls back to the cold
+    solve. ``reset()`` starts a new chain (the next point is not a neighbour of the last).
+    'cold': every point from the same seeded vector, so a point's result does not depend on
+    which points this rank solved before it: resumed and MPI runs then give bit for bit the
+    values of an uninterrupted serial run with the same --threads (a different thread count may
+    sum the products in another order)."""
+
+    def __init__(self, tol=DEFAULT_EIG_TOL, maxiter=DEFAULT_EIG_MAXITER, ncv=DEFAULT_EIG_NCV, solver='warm',
+                 warm_budget=None):
+        if solver not in EIG_SOLVERS:
+            raise UsageError(f'solver must be one of {", ".join(EIG_SOLVERS)}, not {solver!r}')
+        self.tol, self.maxiter, self.ncv, self.solver = tol, maxiter, ncv, solver
+        self.warm_budget = WARM_BUDGET_PER_NCV * ncv if warm_budget is None else warm_budget
+        # The warm basis holds as many vectors as ARPACK's (ncv), and at least the two ends'
+        # restart pairs and a step beyond them.
+        self.max_basis = max(ncv, 2 * RESTART_KEEP + 2)
+        # (2, n): the last point's eigenvectors (top, bottom); None: a new chain. Two Ritz vectors of
+        # each end instead cost a product more per point on the digits CNN maps and were no closer to
+        # the dense eigenvalues.
+        self.start = None
+
+    def reset(self):
+        """The next point starts a new chain: it is solved cold."""
+        self.start = None
 
     def solve(self, hessian):
-        result = extreme_eigenvalues(hessian, self.tol, self.maxiter, self.ncv, self.max_vec, self.min_vec)
+        warm = None
+        if self.solver == 'warm' and self.start is not None and hessian.size >= DENSE_BELOW:
+            warm = warm_extremes(hessian, self.start, self.tol, self.warm_budget, self.max_basis)
+        if warm is not None and not warm.failure:
+            result = warm
+        else:
+            result = extreme_eigenvalues(hessian, self.tol, self.maxiter, self.ncv)
+            if warm is not None:
+                result.hvp_count += warm.hvp_count
+                result.path = 'fallback'
         # A failed solve keeps the last good start vectors.
-        if not self.warm_start:
-            return result
-        if result.max_vec is not None:
-            self.max_vec = result.max_vec
-        if result.min_vec is not None:
-            self.min_vec = result.min_vec
+        if result.max_vec is not None and result.min_vec is not None:
+            self.start = np.stack([result.max_vec, result.min_vec])
         return result

@@ -18,14 +18,20 @@ from losslandscape._testing import fault_injection
 from losslandscape.engine import progress
 from losslandscape.io.surface_store import Terminated, sigterm_raises
 from losslandscape.parallel.mpi_comm import fail_all_ranks
-from losslandscape.parallel.scheduler import assign_points
+from losslandscape.parallel.scheduler import assign_chains, assign_points
 
 
-def run_grid(comm, grid, open_writer, evaluate_points, desc='grid points', points_per_call=1):
+def run_grid(comm, grid, open_writer, evaluate_points, desc='grid points', points_per_call=1, chains=False,
+             on_bar=None):
     """Evaluate ``evaluate_points([(k, names), ...]) -> [{name: float}, ...]`` at every point k of
     ``grid`` that misses a value, handing it up to ``points_per_call`` of this rank's points at a
     time. ``names`` are the values point k misses: the evaluator computes at least those (a file
     that has train_loss and now gets test_loss does not pay for train_loss again).
+
+    ``chains``: each rank takes a contiguous run of the missing points in serpentine order and
+    evaluates it in that order (scheduler.assign_chains: consecutive points are neighbours), instead
+    of every nranks-th point. ``on_bar(bar)``: called on rank 0 with the progress bar, before the
+    first point (an evaluator that shows progress within a point).
 
     ``open_writer()`` (called on rank 0 only) returns a surface_store.SurfaceWriter. Returns a
     summary dict on rank 0 (None elsewhere). SIGTERM or Ctrl-C on rank 0 ends the run with one line
@@ -39,7 +45,8 @@ def run_grid(comm, grid, open_writer, evaluate_points, desc='grid points', point
 
     missing = dict(comm.root_only(open_and_list))   # the run's one collective
     pending = list(missing)
-    mine = assign_points(pending, comm.rank, comm.size)
+    mine = assign_chains(pending, comm.rank, comm.size, grid.shape) if chains \
+        else assign_points(pending, comm.rank, comm.size)
     calls = [[(int(k), missing[int(k)]) for k in mine[i:i + points_per_call]]
              for i in range(0, len(mine), points_per_call)]
     started = time.perf_counter()
@@ -47,7 +54,7 @@ def run_grid(comm, grid, open_writer, evaluate_points, desc='grid points', point
         try:
             if comm.is_root:
                 with sigterm_raises():
-                    _root_loop(comm, grid, writer, evaluate_points, pending, calls, desc)
+                    _root_loop(comm, grid, writer, evaluate_points, pending, calls, desc, on_bar)
             else:
                 for points in calls:
                     for (k, _), values in zip(points, evaluate_points(points)):
@@ -73,9 +80,11 @@ def run_grid(comm, grid, open_writer, evaluate_points, desc='grid points', point
     return summarize(writer, len(pending), time.perf_counter() - started)
 
 
-def _root_loop(comm, grid, writer, evaluate_points, pending, calls, desc):
+def _root_loop(comm, grid, writer, evaluate_points, pending, calls, desc, on_bar):
     done_before = grid.num_points - len(pending)
     with progress.progress_bar(grid.num_points, desc, 'pt', initial=done_before) as bar:
+        if on_bar is not None:
+            on_bar(bar)
         def record(results):
             for k, values in results:
                 writer.record(k, values)

@@ -28,6 +28,7 @@ PRETTY_NAMES = {
     TRAIN_ERR: 'Training error (%)', TEST_ERR: 'Test error (%)',
     layout.MAX_EIG: 'Largest Hessian eigenvalue', layout.MIN_EIG: 'Smallest Hessian eigenvalue',
     layout.TRACE: 'Hessian trace', layout.HVP_COUNT: 'Hessian-vector products',
+    layout.EIG_SOLVE: 'Eigenvalue solve (0 cold, 1 warm, 2 warm then cold)',
     EIG_RATIO: '|min eig / max eig|', 'eig_signed_ratio': 'min eig / max eig',
     'train_perplexity': 'Training perplexity', 'test_perplexity': 'Test perplexity',
 }

@@ -19,10 +19,12 @@ Surface file (written by plot_surface / plot_hessian_eigen, read by the plot scr
     dir_file       string: the direction file the surface was computed along
     xcoordinates   float64 (nx,)
     ycoordinates   float64 (ny,), 2D only
-    train_loss, train_acc, test_loss, test_acc, max_eig, min_eig, trace, hvp_count
+    train_loss, train_acc, test_loss, test_acc, max_eig, min_eig, trace, hvp_count, eig_solve
                    float64 arrays of shape (ny, nx) for 2D with Z[i, j] = f(x[j], y[i]), or (nx,)
                    for 1D. Accuracies are percentages. NaN where not computed yet; a computed value
-                   may itself be NaN or inf (a diverged point).
+                   may itself be NaN or inf (a diverged point). eig_solve: how the point's
+                   eigenvalues were solved, 0 cold, 1 warm, 2 warm then cold (EIG_SOLVE_PATHS);
+                   absent in files written before it, like hvp_count in the original code's.
     done/<name>    bool array beside each value array: which points hold a result. This, not the
                    value, decides what a resumed run recomputes, so 0, negative, NaN and inf are all
                    results. Files from the original code have no done/ group: there a value of -1
@@ -75,7 +77,9 @@ YCOORDINATES = 'ycoordinates'
 TRAIN_LOSS, TRAIN_ACC = 'train_loss', 'train_acc'
 TEST_LOSS, TEST_ACC = 'test_loss', 'test_acc'
 MAX_EIG, MIN_EIG, TRACE, HVP_COUNT = 'max_eig', 'min_eig', 'trace', 'hvp_count'
-SURFACE_NAMES = (TRAIN_LOSS, TRAIN_ACC, TEST_LOSS, TEST_ACC, MAX_EIG, MIN_EIG, TRACE, HVP_COUNT)
+EIG_SOLVE = 'eig_solve'   # how a point's eigenvalues were solved: the index of its way in EIG_SOLVE_PATHS
+EIG_SOLVE_PATHS = ('cold', 'warm', 'fallback')   # 0, 1, 2 (curvature.hessian.SOLVE_PATHS says what each is)
+SURFACE_NAMES = (TRAIN_LOSS, TRAIN_ACC, TEST_LOSS, TEST_ACC, MAX_EIG, MIN_EIG, TRACE, HVP_COUNT, EIG_SOLVE)
 DONE_GROUP = 'done'
 LEGACY_MISSING = -1.0   # the original code's fill value for "not computed yet"
 
