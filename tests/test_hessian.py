@@ -15,7 +15,7 @@ from losslandscape import plot_hessian_eigen, plot_surface
 from losslandscape.curvature import hessian
 from losslandscape.data import batch_sources, datasets
 from losslandscape.directions import moving, subsets
-from losslandscape.engine import evaluators
+from losslandscape.engine import evaluators, progress
 from losslandscape.errors import UsageError
 from losslandscape.io import hdf5_layout
 from losslandscape.models import loading
@@ -611,6 +611,7 @@ def test_warm_map_agrees_with_cold_in_a_third_of_the_products_and_shows_them(tmp
     common = [*CNN_MAP, '--model_file', local_copy(tmp_path, checkpoints['cnn_bn'])]
     cold = run_eigen(capsys, *common, '--eig_solver', 'cold', '--surf_file', tmp_path / 'cold.h5')
     monkeypatch.setattr(evaluators, 'PROGRESS_SECONDS', 0.0)
+    monkeypatch.setattr(progress, 'LOG_INTERVAL_SECONDS', 0.0)   # stderr is not a terminal here: lines
     code, err = call_main(plot_hessian_eigen.main, [*DATA, *common, '--surf_file', tmp_path / 'warm.h5'], capsys)
     assert code == 0, err
     assert 'Hessian-vector products into this point' in err

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from losslandscape.curvature import hessian
 from losslandscape.engine.grid import Grid, parse_axis
 from losslandscape.errors import UsageError
 from losslandscape.io import hdf5_layout
-from losslandscape.curvature import hessian
 from losslandscape.parallel.scheduler import are_neighbours, assign_chains, assign_points, serpentine
 from tests.conftest import ROOT, run_script
 

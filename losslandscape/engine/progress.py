@@ -44,8 +44,9 @@ class LogProgress:
     """Progress as plain lines (module docstring): ``interval`` seconds apart at most once per
     update, and a last line when it closes after any progress since the previous line."""
 
-    def __init__(self, total, desc, unit, initial=0, stream=None, interval=LOG_INTERVAL_SECONDS,
-                 clock=time.monotonic, leave=True, disable=False):
+    def __init__(self, total, desc, unit, initial=0, stream=None, interval=None, clock=time.monotonic, leave=True,
+                 disable=False):
+        interval = LOG_INTERVAL_SECONDS if interval is None else interval
         self.total, self.desc, self.unit, self.n = total, desc, unit, initial
         self.leave, self.disable = leave, disable
         self.stream, self.interval, self.clock = stream if stream is not None else sys.stderr, interval, clock
