@@ -32,6 +32,8 @@ bench: $(VENV)/.test-installed
 	# float32 flags and --amp, side by side in one run.
 	$(PY) benchmarks/bench_surface.py --levers "" "--compute_config plain" "--channels_last --batch_size 64 --fold_bn" \
 		" --amp" --mpi_levers "" "--channels_last --batch_size 64 --fold_bn" --mpi
+	# What keeping diverged points diverged costs the fused, folded model (compute/bn_folding.py).
+	$(PY) benchmarks/bench_divergence_guard.py
 	$(PY) benchmarks/bench_hessian.py
 	$(PY) benchmarks/bench_io.py --grids 41 201
 	# PyHessian, for the comparison only: in the benchmark's own folder, never a dependency.

@@ -108,3 +108,18 @@ def test_bench_spectrum_verdict_needs_both_numbers_as_exact_as_pyhessian():
             row('as exact', 1e-8, 0.05, 0.12), row('more exact, slower', 1e-8, 0.01, 0.2)]
     assert verdict(rows) == {'row': 'as exact', 'speedup': pytest.approx(2.5)}
     assert verdict(rows[:2]) == {'row': None, 'speedup': None}
+
+
+def test_bench_divergence_guard_compares_the_guard_with_the_post_op_always(tmp_path):
+    from benchmarks import bench_divergence_guard
+    from losslandscape.compute import bn_folding
+    if not bn_folding.fusion_available():
+        pytest.skip('this PyTorch has no oneDNN fused convolution')
+    out = tmp_path / 'guard.json'
+    results = bench_divergence_guard.main(['--num_images', '8', '--batch_size', '4', '--points', '1', '--repeats', '2',
+                                           '--threads', '1', '--json', str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+    seconds = results['seconds_per_point']
+    assert set(seconds) == {'guarded', 'post-op always'} and all(s > 0 for s in seconds.values())
+    assert results['guard_cost'] == pytest.approx(seconds['guarded'] / seconds['post-op always'])
+    assert results['fused_calls'] == 19   # resnet20: every convolution but the two shortcuts'
