@@ -15,6 +15,7 @@ from losslandscape import plot_hessian_eigen, plot_surface
 from losslandscape.cli.parsing import run_main
 from losslandscape.data import batch_sources
 from losslandscape.directions import moving, normalization, subsets
+from losslandscape.engine import progress
 from losslandscape.io import hdf5_layout
 from tests.conftest import assert_one_line_error, call_main, snapshot
 from tests.fixtures import objectives as fx
@@ -180,7 +181,8 @@ def test_include_params_moves_only_the_named_parameters(tmp_path, capsys):
 # ----------------------------------------------------------------------------- data modes
 
 @pytest.mark.parametrize('data', ['regression', 'digits'])
-def test_streamed_and_resident_data_give_the_same_values(tmp_path, capsys, checkpoints, data):
+def test_streamed_and_resident_data_give_the_same_values(tmp_path, capsys, checkpoints, monkeypatch, data):
+    monkeypatch.setattr(progress, 'LOG_INTERVAL_SECONDS', 0.0)   # stderr is not a terminal: a line per batch
     if data == 'regression':
         common = [*REGRESSION, '--model_file', save(fx.regression_model(), tmp_path / 'm.t7'), '--batch_size', '16']
     else:
