@@ -294,3 +294,33 @@ def test_two_mpi_ranks_on_two_cores_take_one_thread_each(tmp_path, checkpoints):
                                              'on this node)'), run.stdout
     with h5py.File(tmp_path / 's.h5') as f:
         assert np.isfinite(f['train_loss'][()]).all()
+
+
+class _TensorOn:
+    """What check_model_tensors reads of a tensor, on a device this machine may not have."""
+
+    def __init__(self, device):
+        self.device, self.is_meta = torch.device(device), False
+
+
+class _ModelOn(torch.nn.Module):
+    def __init__(self, device):
+        super().__init__()
+        self.on = _TensorOn(device)
+
+    def named_parameters(self, *args, **kwargs):
+        return iter([('layer.weight', self.on)])
+
+    def named_buffers(self, *args, **kwargs):
+        return iter([])
+
+
+def test_a_model_on_another_device_than_the_runs_is_refused():
+    from losslandscape.models import loading
+    with pytest.raises(UsageError, match=r"model= has tensors on cuda:0 \('layer.weight'\), but the run computes on "
+                                         r"cpu: pass --cuda"):
+        loading.check_model_tensors(_ModelOn('cuda:0'), 'cpu', 'model=')
+    with pytest.raises(UsageError, match='on cuda:1 .* computes on cuda:0: move the model to it'):
+        loading.check_model_tensors(_ModelOn('cuda:1'), 'cuda:0', 'model=')
+    loading.check_model_tensors(_ModelOn('cuda:0'), 'cuda:0', 'model=')    # the run's own device
+    loading.check_model_tensors(_ModelOn('cpu'), 'cuda:0', 'model=')       # moved there by the run
