@@ -13,13 +13,15 @@ from losslandscape.parallel.mpi_comm import is_speaking_rank
 
 
 def check_file_exists(path, what):
-    """Raise UsageError unless ``path`` is an existing regular file. ``what`` names the flag."""
+    """Raise UsageError unless ``path`` is an existing regular file. ``what`` names the flag
+    ('--surf_file') or, ending in '=', the Python keyword ('surf_file=') it was given as."""
     if not path:
         raise UsageError(f'{what} is required')
+    given = f'{what}{path!r}' if what.endswith('=') else f'{what} {path!r}'
     if not os.path.exists(path):
-        raise UsageError(f'{what} {path!r} does not exist')
+        raise UsageError(f'{given} does not exist')
     if not os.path.isfile(path):
-        raise UsageError(f'{what} {path!r} is not a file')
+        raise UsageError(f'{given} is not a file')
 
 
 def check_writable_folder(folder, what, hint='', may_create=False):

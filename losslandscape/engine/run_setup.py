@@ -436,9 +436,9 @@ def prepare_run(settings, comm, net=None, train_dataset=None, test_dataset=None,
     threads = runtime.set_threads(settings.threads, comm)
     device = select_device(settings.cuda, comm.local_rank)
     grid, dir_file, surf_file = plan_files(settings, comm)
-    if net is not None:   # before anything copies it
-        loading.check_model_tensors(net, device, 'model=')
     given = net is not None
+    if given:   # before build_model copies it
+        loading.check_model_tensors(net, device, 'model=')
     net, load_model = build_model(settings, net)
     if not given:
         loading.check_model_tensors(net, device, f'--model {settings.model!r}')

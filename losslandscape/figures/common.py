@@ -14,6 +14,7 @@ import re
 
 import numpy as np
 
+from losslandscape.cli.parsing import check_file_exists
 from losslandscape.errors import UsageError
 from losslandscape.io import file_safety
 from losslandscape.io import hdf5_layout as layout
@@ -60,12 +61,7 @@ FLAGS, KEYWORDS = ArgumentSpelling(as_flag=True), ArgumentSpelling(as_flag=False
 
 def check_input_file(path, name, spell):
     """UsageError unless ``path`` (the argument ``name``) is an existing regular file."""
-    if not path:
-        raise UsageError(f'{spell(name)} is required')
-    if not os.path.exists(path):
-        raise UsageError(f'{spell(name, repr(path))} does not exist')
-    if not os.path.isfile(path):
-        raise UsageError(f'{spell(name, repr(path))} is not a file')
+    check_file_exists(path, spell(name))
 
 
 # ----------------------------------------------------------------------------- reading surfaces
