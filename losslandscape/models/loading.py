@@ -4,18 +4,20 @@ Names: the zoo of the dataset (cifar10/zoo.py, digits/models.py), or
 ``package.module:factory`` for any nn.Module the user writes (called with no arguments, or with
 the keyword arguments the spec gives: ``package.module:factory(depth=20)``, user_code.py).
 Checkpoints: a dict holding 'state_dict' (the original code's format: also 'epoch', 'acc') or a
-bare state_dict; a DataParallel 'module.' prefix is stripped; always read with weights_only=True.
+bare state_dict, always read with weights_only=True; a .safetensors file; a Hugging Face model
+folder (models.checkpoints). A DataParallel 'module.' prefix is stripped.
 """
 import itertools
 import re
+import zipfile
 
 import torch
 
 from losslandscape.cli.parsing import check_file_exists
 from losslandscape.data.user_code import call_factory, import_factory
 from losslandscape.errors import UsageError
+from losslandscape.models import checkpoints
 
-DATAPARALLEL_PREFIX = 'module.'
 ANSI_ESCAPE = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')   # torch's messages colour some words for terminals
 # What torch.load(weights_only=True) names when the file pickles an object of a class (a whole model).
 PICKLED_CLASS = re.compile(r'Unsupported global: GLOBAL ([\w.]+)')
@@ -52,11 +54,14 @@ def build(dataset, name):
     return net
 
 
-def read_checkpoint(path, flag='--model_file'):
+def read_checkpoint(path, flag='--model_file', mmap=False):
     """What the PyTorch checkpoint ``path`` holds, read with weights_only=True onto the CPU
-    (UsageError naming ``flag`` if it is missing or not a checkpoint)."""
+    (UsageError naming ``flag`` if it is missing or not a checkpoint). ``mmap``: map the file's
+    tensors instead of reading them (files of torch's zip format; older ones are read whole)."""
     check_file_exists(path, flag)
     try:
+        if mmap and zipfile.is_zipfile(path):
+            return torch.load(path, map_location='cpu', weights_only=True, mmap=True)
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as err:  # torch raises many types for a bad file; all mean "not a checkpoint"
         text = ANSI_ESCAPE.sub('', str(err))
@@ -70,14 +75,10 @@ def read_checkpoint(path, flag='--model_file'):
 
 
 def read_state_dict(path, flag='--model_file'):
-    """The state_dict stored in checkpoint ``path`` (UsageError if it cannot be one)."""
-    checkpoint = read_checkpoint(path, flag)
-    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
-        raise UsageError(f'{flag} {path!r} holds neither a state_dict nor a dict with a "state_dict"')
-    if all(k.startswith(DATAPARALLEL_PREFIX) for k in state):
-        state = {k[len(DATAPARALLEL_PREFIX):]: v for k, v in state.items()}
-    return state
+    """The state_dict stored in checkpoint ``path``: a torch.save'd file, a .safetensors file or
+    a Hugging Face model folder (models.checkpoints; UsageError if it cannot be one)."""
+    with checkpoints.open_checkpoint(path, flag, read_torch=lambda p: read_checkpoint(p, flag)) as checkpoint:
+        return checkpoint.state_dict()
 
 
 def load_state(net, state, source):
