@@ -42,7 +42,7 @@ from losslandscape._testing.fake_cifar10 import write_fake_cifar10
 from losslandscape.cli.parsing import DefaultsHelpFormatter
 from losslandscape.compute import timing_cache
 from losslandscape.data.datasets import CIFAR10_MEAN, CIFAR10_STD
-from losslandscape.directions import direction_files, moving, subsets
+from losslandscape.directions import moving, sources, subsets
 from losslandscape.engine import evaluators
 from losslandscape.engine.run_setup import RunSettings, prepare_run
 from losslandscape.engine.surface_engine import run_grid
@@ -152,7 +152,8 @@ def naive_worker(opts):
     net = loading.load('cifar10', opts.model, model_file).to(device)
     base = [w.to(device) for w in subsets.get_base(net, 'weights')]
     grid = Grid(parse_axis(f'-1:1:{opts.grid}', '--x'), parse_axis(f'-1:1:{opts.grid}', '--y'))
-    xdirection, ydirection = direction_files.load_directions(dir_file, [w.cpu() for w in base], True, device)
+    held = sources.open_directions(dir_file, 'resident', net, base, True, device)
+    xdirection, ydirection = held.full('x', base), held.full('y', base)
     loaded = time.perf_counter() - start
     seconds, setup, losses = naive_loop(os.path.dirname(model_file), net, base, xdirection, ydirection, grid, device,
                                         opts)

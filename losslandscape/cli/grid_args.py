@@ -16,7 +16,7 @@ from losslandscape.compute import configuration, timing_search
 from losslandscape.curvature import hessian
 from losslandscape.curves import connecting_curves
 from losslandscape.data import batch_sources, datasets
-from losslandscape.directions import normalization, subsets
+from losslandscape.directions import normalization, sources, subsets
 from losslandscape.engine.grid import parse_axis
 from losslandscape.engine.run_setup import PointSettings
 from losslandscape.errors import UsageError
@@ -169,7 +169,16 @@ def add_direction_arguments(parser):
     directions.add_argument('--same_dir', action='store_true', help='use the x direction as y direction too')
     directions.add_argument('--idx', default=0, type=int, help='index of the random directions: each '
                             'index draws different ones (seed = index) and gets its own file name')
-    add_param_subset_arguments(directions, 'move only the parameters', 'every other direction entry is zero')
+    add_param_subset_arguments(directions, 'move only the parameters', 'every other direction entry is zero '
+                               '(and takes no bytes in the direction file)')
+    directions.add_argument('--dir_mode', default='auto', choices=sources.DIR_MODES,
+                            help='where the directions live while the grid is computed: resident (held on the '
+                            'evaluation device: fastest, 2 model sizes in float32 more memory), stream (each tensor '
+                            'read from the direction file at every point), seed (new direction files are written '
+                            'in seed form, a recipe of a few kB, and each tensor is regenerated on the device at '
+                            'every point; random directions only), auto (default: resident while the directions '
+                            f'take at most {sources.RESIDENT_BUDGET * 100:.0f}%% of the free memory, else stream, or seed '
+                            'for a seed-form file). A model of B bytes then needs about 4B (resident) or 2B')
     return directions
 
 
@@ -190,6 +199,11 @@ def check_directions(parser, args):
         parser.error('--same_dir and --model_file3 both set the y direction; give one')
     if args.idx < 0:
         parser.error('--idx must be 0 or more')
+    if args.dir_mode == 'seed' and (args.model_file2 or args.model_file3):
+        parser.error('--dir_mode seed makes random directions; a direction towards --model_file2/--model_file3 is '
+                     'made from their tensors: use --dir_mode stream (or auto)')
+    if args.dir_mode in ('stream', 'seed') and getattr(args, 'points_per_call', 1) > 1:
+        parser.error(f'--points_per_call stacks whole directions; drop it or use --dir_mode resident, not {args.dir_mode}')
     if args.dir_file:
         check_file_exists(args.dir_file, '--dir_file')
         if args.include_params or args.exclude_params:

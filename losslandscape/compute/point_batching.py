@@ -12,6 +12,8 @@ the same order), so only the forward pass's rounding differs from evaluating poi
 import torch
 from torch.func import functional_call
 
+from losslandscape.directions import moving
+
 
 class StackedPoints:
     """The tensors the grid moves (parameters for 'weights' directions, floating state_dict entries
@@ -30,11 +32,8 @@ class StackedPoints:
         for name, dtype, w, dx, dy in self.entries:
             points = []
             for x, y in coords:
-                t = w.clone().add_(dx, alpha=x)   # moving.move's order of operations
-                if dy is not None:
-                    t.add_(dy, alpha=y)
-                points.append(t)
-            out[name] = torch.stack(points).to(dtype)   # a low-precision model's float32 centre, rounded once
+                points.append(moving.point_tensor(w, dx, dy, x, y))   # moving.move's order of operations
+            out[name] = torch.stack(points).to(dtype)   # a low-precision model's points, rounded once
         return out
 
 

@@ -1,10 +1,10 @@
 """Directions in weight space: which entries they cover, making and normalising them, moving a model
-along them, direction files, trajectories projected on them.
+along them, direction files (tensors, or a seed-form recipe), where a run keeps them (--dir_mode),
+trajectories projected on them.
 """
 
 from losslandscape.directions.direction_files import (
     DirectionSpec,
-    load_directions,
     name_direction_file,
     name_surface_file,
     setup_direction_file,
@@ -17,6 +17,8 @@ from losslandscape.directions.normalization import (
     target_direction,
 )
 from losslandscape.directions.projection import pca_directions, project_trajectory, setup_PCA_directions
+from losslandscape.directions.seeded import SeededDirections
+from losslandscape.directions.sources import DIR_MODES, open_directions
 from losslandscape.directions.subsets import get_base, get_states, get_weights, selected_entries
 
 __all__ = [
@@ -27,7 +29,9 @@ __all__ = [
     # moving
     'move', 'set_weights', 'set_states',
     # direction_files
-    'DirectionSpec', 'name_direction_file', 'name_surface_file', 'setup_direction_file', 'load_directions',
+    'DirectionSpec', 'name_direction_file', 'name_surface_file', 'setup_direction_file',
+    # where a run's directions live (--dir_mode), seed form
+    'DIR_MODES', 'open_directions', 'SeededDirections',
     # projection
     'pca_directions', 'setup_PCA_directions', 'project_trajectory',
 ]

@@ -6,9 +6,10 @@ from os.path import commonprefix
 
 import torch
 
-from losslandscape.directions import normalization, subsets
+from losslandscape.directions import normalization, seeded, subsets
 from losslandscape.errors import UsageError
 from losslandscape.io import hdf5_layout
+from losslandscape.models import checkpoints
 
 # ----------------------------------------------------------------------------- file names
 
@@ -116,26 +117,72 @@ def name_surface_file(dir_file, grid, raw_data=False, data_split=1, split_idx=0)
 
 # ----------------------------------------------------------------------------- direction files
 
-def build_directions(spec, net, base, load_model):
-    """The (x, y) directions ``spec`` asks for. ``load_model(path, flag)`` loads another
-    checkpoint into a fresh copy of the model (for --model_file2/3)."""
+def _other_model(path, flag, net, dir_type, load_model):
+    """entry(i) -> the tensor of entry i of the checkpoint ``path``, read one at a time where the
+    checkpoint's names are the model's (no second model in memory); else the checkpoint loaded
+    into a copy of the model by ``load_model`` (which also says what does not fit)."""
+    names = subsets.entry_names(net, dir_type)
+    tied = {i: group for group in (subsets.tied_entries(net) if dir_type == 'states' else []) for i in group}
+    try:
+        checkpoint = checkpoints.open_checkpoint(path, flag)
+    except UsageError:
+        checkpoint = None
+    if checkpoint is not None:
+        stored = set(checkpoint.names())
+        sources = []
+        for i, name in enumerate(names):
+            # A tied tensor may be stored under one of its names only (Hugging Face folders keep one).
+            found = next((names[j] for j in tied.get(i, [i]) if names[j] in stored), None)
+            sources.append(found)
+        shapes = dict(zip(names, (tuple(t.shape) for t in subsets.entry_tensors(net, dir_type))))
+        if all(found is not None and checkpoint.shape(found) == shapes[found] for found in sources):
+            return checkpoint, lambda i: checkpoint.tensor(sources[i])
+        checkpoint.close()
+    other = subsets.get_base(load_model(path, flag), dir_type)
+    return None, lambda i: other[i]
+
+
+def write_stored_directions(path, spec, net, base, load_model, attrs):
+    """Make the direction file ``path`` of ``spec`` tensor by tensor: each entry is made, written
+    and dropped, so the directions are never held whole (a 7B model's pair is 56 GB). The values
+    are those the suite always made: one CPU generator seeded by --idx drawn through every entry
+    in order (x, then y), normalised entry by entry; entries outside --include_params are written
+    as implied zeros (the file holds only the subset's bytes)."""
     generator = torch.Generator().manual_seed(spec.seed)
-    keep = subsets.selected_entries(subsets.entry_names(net, spec.dir_type), spec.include_params, spec.exclude_params, spec.dir_type)
-    if spec.model_file2:
-        xdirection = normalization.target_direction(base, subsets.get_base(load_model(spec.model_file2, '--model_file2'), spec.dir_type))
-    else:
-        xdirection = normalization.make_random_direction(base, generator, spec.xnorm, spec.xignore)
-    ydirection = None
-    if spec.is_2d:
-        if spec.model_file3:
-            ydirection = normalization.target_direction(base, subsets.get_base(load_model(spec.model_file3, '--model_file3'), spec.dir_type))
-        elif spec.same_dir:
-            ydirection = [d.clone() for d in xdirection]
-        else:
-            ydirection = normalization.make_random_direction(base, generator, spec.ynorm, spec.yignore)
-    if spec.dir_type == 'states':
-        subsets.tie_state_directions(net, keep, xdirection, ydirection)
-    return subsets.restrict(xdirection, keep), ydirection if ydirection is None else subsets.restrict(ydirection, keep)
+    keep = subsets.selected_entries(subsets.entry_names(net, spec.dir_type), spec.include_params,
+                                    spec.exclude_params, spec.dir_type)
+    groups = subsets.tied_entries(net) if spec.dir_type == 'states' else []
+    if groups:
+        subsets.tie_state_directions(net, keep)   # refuses a subset that splits a tied tensor
+    opened = []
+    try:
+        with hdf5_layout.direction_writer(path, attrs=attrs) as writer:
+            axes = [(hdf5_layout.XDIRECTION, spec.model_file2, '--model_file2', spec.xnorm, spec.xignore)]
+            if spec.is_2d:
+                axes.append((hdf5_layout.YDIRECTION, spec.model_file3, '--model_file3', spec.ynorm, spec.yignore))
+            for axis, other_file, flag, norm, ignore in axes:
+                other = None
+                if other_file:
+                    checkpoint, other = _other_model(other_file, flag, net, spec.dir_type, load_model)
+                    opened.append(checkpoint)
+                for i, w in enumerate(base):
+                    if axis == hdf5_layout.YDIRECTION and spec.same_dir and not other_file:
+                        writer.add(axis, writer.f[hdf5_layout.XDIRECTION][str(i)][()])
+                        continue
+                    if other is not None:
+                        d = normalization.target_entry(w, other(i))
+                    else:   # drawn for every entry, kept or not: the same values as ever
+                        d = torch.randn(tuple(w.shape), generator=generator, dtype=torch.float32)
+                        normalization.normalize_entry(d, w.cpu(), norm, ignore)
+                    writer.add(axis, d.numpy() if keep[i] else hdf5_layout.ImpliedZeros(tuple(w.shape)))
+                for group in groups:   # the names of a tied tensor move it as its last name does
+                    for i in group[:-1]:
+                        if keep[i]:
+                            writer.copy(axis, i, group[-1])
+    finally:
+        for checkpoint in opened:
+            if checkpoint is not None:
+                checkpoint.close()
 
 
 DIRECTION_ATTR_FIELDS = ('model', 'model_file', 'model_file2', 'model_file3', 'dir_type', 'xnorm', 'ynorm',
@@ -148,42 +195,40 @@ def direction_attrs(spec):
     return attrs
 
 
-def setup_direction_file(spec, dir_file, net, base, load_model):
-    """Make sure ``dir_file`` holds the directions the run needs; create it if absent.
+def setup_direction_file(spec, dir_file, net, base, load_model, seed_form=False, device='cpu'):
+    """Make sure ``dir_file`` holds the directions the run needs; create it if absent (in seed
+    form with ``seed_form``: a recipe regenerated on ``device``'s type, directions.seeded).
 
     An existing file is reused as it is (its tensors are checked against the model when loaded).
     A file made for 1D that now needs a y direction gets one, provided its x direction is the one
     these options produce (so the 1D surfaces that point at it stay valid)."""
     if os.path.exists(dir_file):
-        xdirection, ydirection, _ = hdf5_layout.read_direction_file(dir_file)
-        if ydirection is not None or not spec.is_2d:
-            return
+        with hdf5_layout.open_direction_file(dir_file) as reader:
+            if reader.has(hdf5_layout.YDIRECTION) or not spec.is_2d:
+                return
+            form, old_x_id = reader.form, reader.content_id(with_y=False)
         if spec.dir_file:
             raise UsageError(f'--dir_file {dir_file!r} has no y direction, which a 2D grid (--y) needs')
-        new_x, new_y = build_directions(spec, net, base, load_model)
-        if not all(torch.equal(torch.as_tensor(a), b) for a, b in zip(xdirection, new_x)):
-            raise UsageError(f'direction file {dir_file!r} has no y direction and its x direction is not '
-                             'the one these options make; remove it or pass --dir_file')
         attrs = direction_attrs(spec)
         creation_tag = hdf5_layout.read_creation_tag(dir_file)
         if creation_tag is not None:   # keeps 1D surfaces of the suite's first versions valid
             attrs[hdf5_layout.DIRECTION_ID] = creation_tag
-        hdf5_layout.write_direction_file(dir_file, new_x, new_y, attrs=attrs)
+        made = _make_file(spec, dir_file + '.2d' + hdf5_layout.TMP_SUFFIX, net, base, load_model,
+                          form == hdf5_layout.SEED_FORM, device, attrs)
+        if hdf5_layout.direction_content_id(made, with_y=False) != old_x_id:
+            os.remove(made)
+            raise UsageError(f'direction file {dir_file!r} has no y direction and its x direction is not '
+                             'the one these options make; remove it or pass --dir_file')
+        os.replace(made, dir_file)
         return
     if spec.dir_file:
         raise UsageError(f'--dir_file {dir_file!r} does not exist')
-    xdirection, ydirection = build_directions(spec, net, base, load_model)
-    hdf5_layout.write_direction_file(dir_file, xdirection, ydirection, attrs=direction_attrs(spec))
+    _make_file(spec, dir_file, net, base, load_model, seed_form, device, direction_attrs(spec))
 
 
-def load_directions(dir_file, base, need_y, device):
-    """Read, check and place on ``device`` the directions of ``dir_file``."""
-    xdirection, ydirection, _ = hdf5_layout.read_direction_file(dir_file)
-    normalization.check_direction_fits(xdirection, base, dir_file, 'x')
-    as_tensors = lambda d: [torch.as_tensor(a, dtype=torch.float32).to(device) for a in d]
-    if not need_y:
-        return as_tensors(xdirection), None
-    if ydirection is None:
-        raise UsageError(f'direction file {dir_file!r} has no y direction, which a 2D grid (--y) needs')
-    normalization.check_direction_fits(ydirection, base, dir_file, 'y')
-    return as_tensors(xdirection), as_tensors(ydirection)
+def _make_file(spec, path, net, base, load_model, seed_form, device, attrs):
+    if seed_form:
+        seeded.write_seed_file(path, spec, net, base, device, attrs)
+    else:
+        write_stored_directions(path, spec, net, base, load_model, attrs)
+    return path

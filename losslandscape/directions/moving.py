@@ -1,40 +1,67 @@
-"""Moving a model to a point of the grid: centre + x * xdirection (+ y * ydirection), computed in
-float32 and rounded once into the model's own tensors."""
+"""Moving a model to a point of the grid: centre + x * xdirection (+ y * ydirection), one tensor
+at a time, computed in float32 and rounded once into the model's own tensors.
+
+The directions come from a source (directions.sources: held, read from the file, or regenerated)
+that hands them one entry at a time, so a move never needs both directions whole; plain lists of
+tensors (the Python API's and the tests' way) are accepted too.
+"""
 
 import torch
 
-# ----------------------------------------------------------------------------- moving the model
+from losslandscape.directions import sources, subsets
 
-def _set(target, centre, dx, dy, x, y):
-    """target <- centre + x * dx (+ y * dy): in place when the dtypes agree (the order of
-    operations the suite always used), else in the centre's dtype and rounded once."""
-    work = target if target.dtype == centre.dtype else centre.clone()
-    if work is target:
-        target.copy_(centre)
-    work.add_(dx, alpha=x)
+
+def point_tensor(centre, dx, dy, x, y):
+    """centre + x * dx (+ y * dy) as a new float32 tensor (the centre's own dtype when that is
+    float32 or wider): the order of operations the suite always used."""
+    work = centre.float() if centre.dtype in subsets.LOW_PRECISION else centre.clone()
+    if dx is not None:
+        work.add_(dx, alpha=x)
     if dy is not None:
         work.add_(dy, alpha=y)
-    if work is not target:
-        target.copy_(work)
+    return work
+
+
+def _set(target, centre, dx, dy, x, y):
+    """target <- centre + x * dx (+ y * dy): in place when the dtypes agree, else computed in
+    float32 and rounded once. A zero entry (dx and dy None) is the centre itself."""
+    if dx is None and dy is None:
+        target.copy_(centre)
+    elif target.dtype == centre.dtype and centre.dtype not in subsets.LOW_PRECISION:
+        target.copy_(centre)
+        target.add_(dx, alpha=x) if dx is not None else None
+        target.add_(dy, alpha=y) if dy is not None else None
+    else:
+        target.copy_(point_tensor(centre, dx, dy, x, y))
+
+
+def as_source(xdirection, ydirection=None):
+    """A direction source for ``xdirection`` (a source already, or a list of tensors)."""
+    if hasattr(xdirection, 'entry'):
+        return xdirection
+    return sources.ResidentDirections(xdirection, ydirection)
 
 
 @torch.no_grad()
 def set_weights(net, weights, xdirection, ydirection=None, x=0.0, y=0.0):
     """Parameters <- weights + x * xdirection (+ y * ydirection)."""
-    for p, w, dx, dy in zip(net.parameters(), weights, xdirection, ydirection or [None] * len(weights)):
-        _set(p, w, dx, dy, x, y)
+    source = as_source(xdirection, ydirection)
+    for i, (p, w) in enumerate(zip(net.parameters(), weights)):
+        _set(p, w, source.entry('x', i), source.entry('y', i) if source.is_2d else None, x, y)
 
 
 @torch.no_grad()
 def set_states(net, states, xdirection, ydirection=None, x=0.0, y=0.0):
     """Every floating state_dict entry <- states + x * xdirection (+ y * ydirection)."""
-    for t, s, dx, dy in zip(net.state_dict().values(), states, xdirection,
-                            ydirection or [None] * len(states)):
+    source = as_source(xdirection, ydirection)
+    for i, (t, s) in enumerate(zip(net.state_dict().values(), states)):
         if t.is_floating_point():
-            _set(t, s, dx, dy, x, y)
+            _set(t, s, source.entry('x', i), source.entry('y', i) if source.is_2d else None, x, y)
         else:
             t.copy_(s)
 
 
 def move(net, dir_type, base, xdirection, ydirection=None, x=0.0, y=0.0):
+    """The model at base + x * xdirection (+ y * ydirection); ``xdirection`` may be a source
+    (directions.sources), ``ydirection`` then None."""
     (set_weights if dir_type == 'weights' else set_states)(net, base, xdirection, ydirection, x, y)

@@ -22,9 +22,10 @@ parameters, or of the state_dict entries for 'states') restrict both directions 
 tensors (a block, the attention layers, adapter weights): every other entry's direction is zero
 (directions.subsets).
 
-Models stored in bfloat16 or float16 keep a float32 copy of the centre (subsets.get_base), and a
-point's tensors are computed in float32 and rounded once (directions.moving), so moving along a
-direction never accumulates low-precision rounding. Files: directions.direction_files.
+Models stored in bfloat16 or float16 keep their centre in its own dtype (exact), and a point's
+tensors are computed in float32 from it and rounded once (directions.moving), so moving along a
+direction never accumulates low-precision rounding. Files: directions.direction_files; where a
+run's directions live while it runs (--dir_mode): directions.sources.
 """
 import torch
 
@@ -60,18 +61,24 @@ def normalize_direction(d, w, norm):
         raise ValueError(f'unknown norm {norm!r}; expected one of {NORMS}')
 
 
+def normalize_entry(d, w, norm=None, ignore=None):
+    """One entry's direction ``d`` made what the conventions above say for weights ``w`` (in place)."""
+    if not w.is_floating_point():
+        d.zero_()                      # integer buffers never move
+    elif d.dim() <= 1:
+        if ignore == 'biasbn':
+            d.zero_()
+        else:
+            d.copy_(w)
+    else:
+        normalize_direction(d, w, norm)
+    return d
+
+
 def normalize_directions(direction, base, norm=None, ignore=None):
     """Apply ``norm`` to every dim > 1 tensor and the biasbn rule to the rest (in place)."""
     for d, w in zip(direction, base):
-        if not w.is_floating_point():
-            d.zero_()                      # integer buffers never move
-        elif d.dim() <= 1:
-            if ignore == 'biasbn':
-                d.zero_()
-            else:
-                d.copy_(w)
-        else:
-            normalize_direction(d, w, norm)
+        normalize_entry(d, w, norm, ignore)
     return direction
 
 
@@ -80,18 +87,25 @@ def make_random_direction(base, generator, norm=None, ignore=None):
     return normalize_directions(d, [w.cpu() for w in base], norm, ignore)
 
 
+def target_entry(w, other):
+    """other - w for one entry: the straight line from one model to another (x = 0 and x = 1)."""
+    return (other.cpu().double() - w.cpu().double()).float()
+
+
 def target_direction(base, other_base):
-    """other - base: the straight line from one model to another (x = 0 and x = 1)."""
-    return [(o.cpu().double() - b.cpu().double()).float() for b, o in zip(base, other_base)]
+    """other - base for every entry."""
+    return [target_entry(b, o) for b, o in zip(base, other_base)]
 
 
 def check_direction_fits(direction, base, dir_file, axis):
-    """Raise UsageError when a stored direction does not fit the model's tensors."""
+    """Raise UsageError when a stored direction (its tensors, or their shapes as tuples) does not
+    fit the model's tensors."""
     if len(direction) != len(base):
         raise UsageError(f'direction file {dir_file!r} does not fit the model: its {axis} direction has '
                          f'{len(direction)} tensors, the model has {len(base)} '
                          '(a direction file for another model, or another --dir_type?)')
     for i, (d, w) in enumerate(zip(direction, base)):
-        if tuple(d.shape) != tuple(w.shape):
+        shape = tuple(d) if isinstance(d, tuple) else tuple(d.shape)   # a tensor, or just its shape
+        if shape != tuple(w.shape):
             raise UsageError(f'direction file {dir_file!r} does not fit the model: {axis} tensor {i} has '
-                             f'shape {tuple(d.shape)}, the model needs {tuple(w.shape)}')
+                             f'shape {shape}, the model needs {tuple(w.shape)}')

@@ -1,6 +1,6 @@
 """What a direction covers: the entries of a model's base point (its parameters, or its whole
-state), the subsets --include_params / --exclude_params select, tied entries, and the float32 copy
-of a low-precision centre (see directions.normalization for the conventions)."""
+state), the subsets --include_params / --exclude_params select, tied entries, and the copy of the
+centre a run moves from (see directions.normalization for the conventions)."""
 import fnmatch
 
 import torch
@@ -15,20 +15,20 @@ DIR_TYPES = ('weights', 'states')
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
-def _centre_copy(t):
-    """A copy of ``t`` to move from: float32 for low-precision tensors (see the module docstring)."""
-    t = t.detach().clone()
-    return t.float() if t.dtype in LOW_PRECISION else t
-
-
 def get_weights(net):
-    """Copies of the parameters, in net.parameters() order."""
-    return [_centre_copy(p) for p in net.parameters()]
+    """Copies of the parameters, in net.parameters() order, each in its own dtype (the centre is
+    kept once; directions.moving computes a low-precision model's points in float32 from it)."""
+    return [p.detach().clone() for p in net.parameters()]
 
 
 def get_states(net):
     """Copies of every state_dict() entry, in order (buffers included)."""
-    return [_centre_copy(t) for t in net.state_dict().values()]
+    return [t.detach().clone() for t in net.state_dict().values()]
+
+
+def entry_tensors(net, dir_type):
+    """The model's own tensors a direction moves, in its order (not copies)."""
+    return list(net.parameters()) if dir_type == 'weights' else list(net.state_dict().values())
 
 
 def entry_names(net, dir_type):

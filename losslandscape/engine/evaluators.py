@@ -38,7 +38,8 @@ def make_loss_evaluator(run):
 
     if settings.points_per_call == 1:
         return lambda points: [evaluate_point(k, names) for k, names in points]
-    stack = point_batching.StackedPoints(run.net, settings.dir_type, run.base, run.xdirection, run.ydirection)
+    stack = point_batching.StackedPoints(run.net, settings.dir_type, run.base, run.directions.full('x', run.base),
+                                         run.directions.full('y', run.base))
 
     def evaluate_points(points):
         coords = [run.grid.point(k) for k, _ in points]

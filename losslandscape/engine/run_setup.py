@@ -9,8 +9,9 @@
         check_surface       rank 0 refuses an existing surface file made for another run or configuration
         choose_compute      layout, batch size, BatchNorm folding: given, recorded, or timed (choosing.py)
         prepare_evaluation  the model on its device, BatchNorm folded, compiled, wrapped (and probed again)
-        write_directions    rank 0 makes the direction file
-        load_directions     the directions on the device (none along a curve, --curve_file)
+        write_directions    rank 0 makes the direction file (tensor by tensor, or in seed form)
+        open_directions     the directions where --dir_mode keeps them: held on the device, read from
+                            the file, or regenerated, at each point (none along a curve, --curve_file)
     surface_engine.run_grid(comm, run.grid, run.open_writer(names), evaluate_points)
 
 Every step that can refuse the input runs before the first file is written, so a bad flag, file,
@@ -33,7 +34,7 @@ from losslandscape.cli.parsing import check_output_folder
 from losslandscape.compute import bn_folding, choosing, configuration, runtime
 from losslandscape.curves import bn_statistics, connecting_curves
 from losslandscape.data import batch_sources, user_code
-from losslandscape.directions import direction_files, moving, subsets
+from losslandscape.directions import direction_files, moving, sources, subsets
 from losslandscape.engine.grid import Grid, parse_axis
 from losslandscape.errors import UsageError
 from losslandscape.io import hdf5_layout, surface_store
@@ -126,6 +127,7 @@ class RunSettings(ModelDataSettings):
     amp: bool
     points_per_call: int
     curve_file: str       # evaluate along this trained curve (x = t) instead of directions
+    dir_mode: str         # where the directions live while the run moves the model (directions.sources)
     recompute_bn: bool
     recorded_args: dict   # every flag as the surface file's 'args' attribute records it
 
@@ -209,9 +211,8 @@ class Run:
     value_keys: list              # the objective's values for one data set ('loss', 'acc', ...)
     train_data: object            # batch sources (data.batch_sources)
     test_data: object
-    base: list                    # the centre's tensors on the device
-    xdirection: list              # None along a curve
-    ydirection: list
+    base: list                    # the centre's tensors on the device: kept once, in the model's dtypes
+    directions: object            # a directions.sources source (None along a curve)
     curve: connecting_curves.Curve = None    # --curve_file: x is the curve's t
     centre_buffers: list = None   # the centre's buffers, when every point recomputes its statistics
     compute: configuration.Choice = None   # the configuration settings holds, its line and its record
@@ -223,8 +224,7 @@ class Run:
         if self.curve is not None:
             self.curve.place(self.net, x)
         else:
-            moving.move(self.net, self.settings.dir_type, self.base, self.xdirection, self.ydirection,
-                             x, 0.0 if y is None else y)
+            moving.move(self.net, self.settings.dir_type, self.base, self.directions, x=x, y=0.0 if y is None else y)
         if self.settings.recomputes_statistics:
             bn_statistics.recompute(self.net, self.train_data, self.objective)
         if self.folding is not None:
@@ -236,7 +236,7 @@ class Run:
         if self.curve is not None:
             self.curve.place(self.net, 0.0)
         else:
-            moving.move(self.net, self.settings.dir_type, self.base, self.xdirection, self.ydirection, 0.0, 0.0)
+            moving.move(self.net, self.settings.dir_type, self.base, self.directions, x=0.0, y=0.0)
         if self.centre_buffers is not None:
             with torch.no_grad():
                 for buffer, saved in zip(self.net.buffers(), self.centre_buffers):
@@ -420,11 +420,20 @@ def check_surface(settings, comm, kind, grid, dir_file, surf_file):
     comm.root_only(check)
 
 
-def write_directions(settings, comm, dir_file, net, base_cpu, load_model):
-    """Rank 0: make (or complete) the direction file, the run's first file."""
+def write_directions(settings, comm, dir_file, net, base, load_model, device):
+    """Rank 0: make (or complete) the direction file, the run's first file: tensor by tensor, or
+    in seed form with --dir_mode seed."""
     if not settings.curve_file:
-        comm.root_only(lambda: direction_files.setup_direction_file(settings.directions, dir_file, net, base_cpu,
-                                                                load_model))
+        comm.root_only(lambda: direction_files.setup_direction_file(
+            settings.directions, dir_file, net, base, load_model, seed_form=settings.dir_mode == 'seed',
+            device=device))
+
+
+def open_directions(settings, dir_file, net, base, is_2d, device):
+    """The run's directions, where --dir_mode keeps them (directions.sources); resident for
+    stacked points (--points_per_call), which need them whole."""
+    mode = 'resident' if settings.points_per_call > 1 and settings.dir_mode == 'auto' else settings.dir_mode
+    return sources.open_directions(dir_file, mode, net, base, is_2d, device)
 
 
 def prepare_run(settings, comm, net=None, train_dataset=None, test_dataset=None, differentiable=False):
@@ -445,7 +454,6 @@ def prepare_run(settings, comm, net=None, train_dataset=None, test_dataset=None,
     curve = connecting_curves.load_curve(settings.curve_file, net, load_model)[0] if settings.curve_file else None
     the_objective = objective.resolve(settings.loss_name)
     train_data, test_data = load_data(settings, device, comm, train_dataset, test_dataset)
-    base_cpu = [t.cpu() for t in subsets.get_base(net, settings.dir_type)]
     # The objective on the model as it is first: bad results are refused before anything is timed.
     value_keys = probe_objective(the_objective, net.to(device), train_data, settings.amp, differentiable,
                                  samples=CHECK_SAMPLES)
@@ -460,15 +468,14 @@ def prepare_run(settings, comm, net=None, train_dataset=None, test_dataset=None,
     eval_net, folding = prepare_evaluation(settings, net, comm, device, (train_data, test_data), announce=fold_given)
     if eval_net is not net:   # folded, compiled or wrapped: it must take the batches too
         probe_objective(the_objective, eval_net, train_data, settings.amp, differentiable)
-    write_directions(settings, comm, dir_file, net, base_cpu, load_model)
-    base = [t.to(device) for t in base_cpu]
-    xdirection, ydirection = (None, None) if curve is not None else \
-        direction_files.load_directions(dir_file, base_cpu, grid.is_2d, device)
+    # The centre, kept once (in the model's dtypes), where the model is: a copy of each tensor.
+    base = subsets.get_base(net, settings.dir_type)
+    write_directions(settings, comm, dir_file, net, base, load_model, device)
+    directions = None if curve is not None else open_directions(settings, dir_file, net, base, grid.is_2d, device)
     centre_buffers = [b.detach().clone() for b in net.buffers()] if settings.recomputes_statistics else None
     return Run(settings=settings, comm=comm, device=device, grid=grid, dir_file=dir_file, surf_file=surf_file,
                net=net, eval_net=eval_net, folding=folding, objective=the_objective, value_keys=value_keys,
-               train_data=train_data, test_data=test_data, base=base, xdirection=xdirection,
-               ydirection=ydirection, curve=None if curve is None else curve.to(device),
+               train_data=train_data, test_data=test_data, base=base, directions=directions, curve=None if curve is None else curve.to(device),
                centre_buffers=centre_buffers, compute=choice, kind=kind)
 
 

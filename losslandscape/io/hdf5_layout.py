@@ -5,7 +5,10 @@ Every script reads and writes these files through this module; no other module s
 Direction file (written by directions.direction_files / plot_trajectory, read by everything):
     xdirection/0 .. xdirection/N-1   one float32 dataset per tensor, in net.parameters() order
                                      ('weights') or state_dict() order ('states'), same shapes
-    ydirection/0 .. ydirection/N-1   present for 2D surfaces
+    ydirection/0 .. ydirection/N-1   present for 2D surfaces. An entry outside a parameter subset
+                                     (--include_params) is a dataset of its shape with no bytes
+                                     written (ImpliedZeros): HDF5 reads it as zeros, so the file
+                                     holds only the subset's tensors and old readers see no change
     explained_variance_ratio_, singular_values_, explained_variance_
                                      PCA directions only (plot_trajectory), length 2 each
     attrs                            how the directions were made (JSON strings; absent in old files).
@@ -14,6 +17,10 @@ Direction file (written by directions.direction_files / plot_trajectory, read by
                                      so a file recreated under the same name with other values (PCA
                                      of new checkpoints, a retrained --model_file3) is never mixed
                                      with old surface values, while an identical one is accepted
+    Seed form (--dir_mode seed): attrs direction_form = "seed", recipe (seed, normalisation,
+    ignore rules, subset, the generator's device type and torch version) and content_ids (the
+    DIRECTION_ID of the regenerated values, checked at every regeneration); an empty xdirection
+    group and no tensors, so the file stays a few kB whatever the model (directions.seeded)
 
 Surface file (written by plot_surface / plot_hessian_eigen, read by the plot scripts):
     dir_file       string: the direction file the surface was computed along
@@ -48,6 +55,7 @@ file never grows. Readers read each done mask before its values, the reverse of 
 so a file read while it is written never shows a value as done before it is there.
 """
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -69,6 +77,11 @@ EXPLAINED_VARIANCE_RATIO = 'explained_variance_ratio_'
 SINGULAR_VALUES = 'singular_values_'
 EXPLAINED_VARIANCE = 'explained_variance_'
 PCA_KEYS = (EXPLAINED_VARIANCE_RATIO, SINGULAR_VALUES, EXPLAINED_VARIANCE)
+DIRECTION_FORM_ATTR = 'direction_form'   # TENSOR_FORM (also when absent: every older file) or SEED_FORM
+TENSOR_FORM, SEED_FORM = 'tensors', 'seed'
+DIRECTION_FORMS = (TENSOR_FORM, SEED_FORM)
+SEED_RECIPE_ATTR = 'recipe'              # seed form: how the directions are regenerated (directions.seeded)
+CONTENT_IDS_ATTR = 'content_ids'         # seed form: {'x': DIRECTION_ID of x, 'xy': of x and y}
 
 # Surface file keys.
 DIR_FILE = 'dir_file'
@@ -150,44 +163,197 @@ def _as_str(value):
 
 # ----------------------------------------------------------------------------- directions
 
-def _write_tensor_list(f, name, arrays):
-    group = f.create_group(name)
-    for i, a in enumerate(arrays):
-        group.create_dataset(str(i), data=np.asarray(a))
+@dataclasses.dataclass(frozen=True)
+class ImpliedZeros:
+    """A direction entry outside a parameter subset: stored as a dataset of its shape whose bytes
+    were never written. HDF5 allocates no storage for it and reads it as zeros, so every reader of
+    the old layout still sees the full direction, while the file holds only the subset's bytes."""
+    shape: tuple
 
 
-def _read_tensor_list(group):
-    # Datasets are named "0".."N-1"; sort numerically ("10" after "9").
-    return [group[k][()] for k in sorted(group.keys(), key=int)]
+class DirectionWriter:
+    """Tensor-by-tensor writing of a direction file (``direction_writer``): ``add(axis, array)``
+    appends the next entry of XDIRECTION or YDIRECTION (an array, or ImpliedZeros), and
+    ``copy(axis, i, j)`` makes entry i a copy of entry j (tied tensors)."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def add(self, axis, array):
+        group = self.f.require_group(axis)
+        name = str(len(group))
+        if isinstance(array, ImpliedZeros):
+            group.create_dataset(name, shape=tuple(array.shape), dtype=np.float32)
+        else:
+            group.create_dataset(name, data=np.asarray(array))
+
+    def copy(self, axis, i, j):
+        group = self.f[axis]
+        del group[str(i)]
+        group.create_dataset(str(i), data=group[str(j)][()])
 
 
-def write_direction_file(path, xdirection, ydirection=None, extras=None, attrs=None):
-    """Write a direction file atomically. ``extras``: extra datasets (e.g. the PCA arrays)."""
+@contextlib.contextmanager
+def direction_writer(path, extras=None, attrs=None):
+    """A DirectionWriter filling a new direction file, renamed into place when the block ends
+    without error (atomic_h5): the directions need never be held whole."""
     with atomic_h5(path) as f:
-        _write_tensor_list(f, XDIRECTION, xdirection)
-        if ydirection is not None:
-            _write_tensor_list(f, YDIRECTION, ydirection)
+        writer = DirectionWriter(f)
+        yield writer
+        f.require_group(XDIRECTION)
         for key, value in (extras or {}).items():
             f[key] = np.asarray(value)
         for key, value in (attrs or {}).items():
             f.attrs[key] = json.dumps(value)
 
 
+def write_direction_file(path, xdirection, ydirection=None, extras=None, attrs=None):
+    """Write a direction file atomically. ``extras``: extra datasets (e.g. the PCA arrays).
+    An entry may be ImpliedZeros (an entry outside a parameter subset)."""
+    with direction_writer(path, extras, attrs) as writer:
+        for axis, direction in ((XDIRECTION, xdirection), (YDIRECTION, ydirection)):
+            for array in direction if direction is not None else ():
+                writer.add(axis, array)
+
+
+def write_seed_direction_file(path, recipe, content_ids, attrs=None):
+    """A direction file in seed form: the recipe (SEED_RECIPE_ATTR, JSON) that regenerates the
+    directions and their CONTENT_IDS_ATTR ({'x': id of x, 'xy': id of x and y}), no tensors."""
+    with atomic_h5(path) as f:
+        f.create_group(XDIRECTION)
+        f.attrs[DIRECTION_FORM_ATTR] = json.dumps(SEED_FORM)
+        f.attrs[SEED_RECIPE_ATTR] = json.dumps(recipe)
+        f.attrs[CONTENT_IDS_ATTR] = json.dumps(content_ids)
+        for key, value in (attrs or {}).items():
+            f.attrs[key] = json.dumps(value)
+
+
+class ContentDigest:
+    """The DIRECTION_ID hash, fed one axis and one tensor at a time: the same id for the same
+    values whether they come from a file, a regeneration or implied zeros."""
+    ZERO_CHUNK = 1 << 20   # float32 zeros hashed a chunk at a time: an implied zero is never allocated whole
+
+    def __init__(self):
+        self.digest = hashlib.sha256()
+
+    def axis(self, name):
+        self.digest.update(name.encode())
+
+    def tensor(self, array):
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        self.digest.update(repr(array.shape).encode())
+        self.digest.update(array.tobytes())
+
+    def zeros(self, shape):
+        self.digest.update(repr(tuple(shape)).encode())
+        left = int(np.prod(shape, dtype=np.int64))
+        chunk = np.zeros(min(left, self.ZERO_CHUNK), dtype=np.float32)
+        while left > 0:
+            n = min(left, chunk.size)
+            self.digest.update(chunk[:n].tobytes())
+            left -= n
+
+    def hexdigest(self):
+        return self.digest.hexdigest()[:32]
+
+
+class DirectionReader:
+    """A direction file opened for reading one tensor at a time (``open_direction_file``): what
+    --dir_mode stream reads at every point, and what everything else reads the file through.
+    ``form`` is TENSOR_FORM or SEED_FORM; a seed-form file has a ``recipe`` and no tensors."""
+
+    def __init__(self, path, what='direction file'):
+        self.path, self.what = path, what
+        self.f = open_h5(path, what)
+        try:
+            if XDIRECTION not in self.f or not isinstance(self.f[XDIRECTION], h5py.Group):
+                raise UsageError(f'{path!r} is not a direction file (it has no {XDIRECTION!r} group)')
+            attrs = decoded_attrs(self.f.attrs)
+            self.attrs = attrs
+            self.form = attrs.get(DIRECTION_FORM_ATTR, TENSOR_FORM)
+            self.recipe = attrs.get(SEED_RECIPE_ATTR) if self.form == SEED_FORM else None
+            if self.form not in DIRECTION_FORMS or (self.form == SEED_FORM and not isinstance(self.recipe, dict)):
+                raise UsageError(f'{what} {path!r} has an unknown form ({self.form!r}) or no recipe')
+            self._names = {axis: sorted(self.f[axis].keys(), key=int) for axis in (XDIRECTION, YDIRECTION)
+                           if axis in self.f}
+        except (OSError, ValueError, KeyError) as err:
+            self.f.close()
+            raise UsageError(f'{what} {path!r} is damaged ({_first_line(err)})') from None
+        except UsageError:
+            self.f.close()
+            raise
+
+    def has(self, axis):
+        if self.form == SEED_FORM:
+            return axis == XDIRECTION or bool(self.recipe.get('is_2d'))
+        return axis in self._names
+
+    def count(self, axis):
+        return len(self._names.get(axis, ()))
+
+    def shape(self, axis, i):
+        return tuple(self.f[axis][self._names[axis][i]].shape)
+
+    def is_stored(self, axis, i):
+        """False for an ImpliedZeros entry (nothing was written: it reads as zeros)."""
+        return self.f[axis][self._names[axis][i]].id.get_storage_size() > 0
+
+    def read(self, axis, i):
+        """Entry ``i`` of ``axis`` as a numpy array (UsageError when damaged or not finite)."""
+        try:
+            array = np.asarray(self.f[axis][self._names[axis][i]][()])   # a 0-d entry too
+        except (OSError, ValueError) as err:
+            raise UsageError(f'{self.what} {self.path!r} is damaged ({_first_line(err)})') from None
+        refuse_non_finite({f'{axis}/{i}': array}, self.what, self.path)
+        return array
+
+    def read_all(self, axis):
+        return [self.read(axis, i) for i in range(self.count(axis))] if self.has(axis) else None
+
+    def refuse_seed_form(self):
+        if self.form == SEED_FORM:
+            raise UsageError(f'{self.what} {self.path!r} is in seed form (its directions are regenerated from a '
+                             'recipe for the model, on demand): use it where a model is given (plot_surface.py, '
+                             'plot_hessian_eigen.py, plot_trajectory.py --dir_file)')
+
+    def content_id(self, with_y):
+        """The DIRECTION_ID of the x direction (and the y one, ``with_y``): direction_content_id."""
+        if self.form == SEED_FORM:
+            ids = self.attrs.get(CONTENT_IDS_ATTR) or {}
+            return ids.get('xy' if with_y else 'x')
+        digest = ContentDigest()
+        for axis, label in ((XDIRECTION, 'x'), (YDIRECTION, 'y')):
+            if axis == YDIRECTION and not (with_y and self.has(axis)):
+                continue
+            digest.axis(label)
+            for i in range(self.count(axis)):
+                if self.is_stored(axis, i):
+                    digest.tensor(self.read(axis, i))
+                else:
+                    digest.zeros(self.shape(axis, i))
+        return digest.hexdigest()
+
+    def close(self):
+        self.f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_direction_file(path, what='direction file'):
+    return DirectionReader(path, what)
+
+
 def direction_content_id(path, with_y):
     """The DIRECTION_ID a surface along ``path`` records: a hash of the x direction's values (and
     the y direction's, for a 2D surface). A 1D surface keeps its id when a y direction is added to
-    its file later; the same values written again give the same id."""
-    xdirection, ydirection, _ = read_direction_file(path)
-    digest = hashlib.sha256()
-    for axis, direction in (('x', xdirection), ('y', ydirection if with_y else None)):
-        if direction is None:
-            continue
-        digest.update(axis.encode())
-        for array in direction:
-            array = np.ascontiguousarray(array, dtype=np.float32)
-            digest.update(repr(array.shape).encode())
-            digest.update(array.tobytes())
-    return digest.hexdigest()[:32]
+    its file later; the same values written again give the same id, in either form (a seed-form
+    file records the id of the values it regenerates). Read one tensor at a time."""
+    with open_direction_file(path) as reader:
+        return reader.content_id(with_y)
 
 
 def read_creation_tag(path):
@@ -198,18 +364,12 @@ def read_creation_tag(path):
 
 
 def read_direction_file(path):
-    """Return (xdirection, ydirection or None, extras dict) as lists of numpy arrays."""
-    with open_h5(path, 'direction file') as f:
-        if XDIRECTION not in f or not isinstance(f[XDIRECTION], h5py.Group):
-            raise UsageError(f'{path!r} is not a direction file (it has no {XDIRECTION!r} group)')
-        try:
-            xdirection = _read_tensor_list(f[XDIRECTION])
-            ydirection = _read_tensor_list(f[YDIRECTION]) if YDIRECTION in f else None
-        except (ValueError, OSError) as err:
-            raise UsageError(f'direction file {path!r} is damaged ({_first_line(err)})') from None
-        extras = {k: f[k][()] for k in PCA_KEYS if k in f}
-    for key, direction in ((XDIRECTION, xdirection), (YDIRECTION, ydirection or [])):
-        refuse_non_finite({f'{key}/{i}': array for i, array in enumerate(direction)}, 'direction file', path)
+    """Return (xdirection, ydirection or None, extras dict) as lists of numpy arrays: the whole
+    file in memory (a seed-form file is refused: it has no tensors to read)."""
+    with open_direction_file(path) as reader:
+        reader.refuse_seed_form()
+        xdirection, ydirection = reader.read_all(XDIRECTION), reader.read_all(YDIRECTION)
+        extras = {k: reader.f[k][()] for k in PCA_KEYS if k in reader.f}
     return xdirection, ydirection, extras
 
 

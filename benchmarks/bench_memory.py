@@ -1,0 +1,117 @@
+"""Memory of a 2D surface of a GPT-2 model, as a multiple of the model's own bytes, for each
+--dir_mode (where the directions live), with the time per point each mode takes.
+
+For each size (GPT-2 124M and 355M built from their configs, random weights, float32) the bench
+saves a Hugging Face folder (save_pretrained, no download), then runs plot_surface.py on it in a
+fresh process per mode: a 2x2 grid (--x=-1:1:2 --y=-1:1:2), 8 sequences of 32 tokens. The child
+reads its resident set size after importing torch, transformers and the suite (the baseline: what
+any run costs before it loads a model) and its peak resident set size (VmHWM) at the end;
+
+    multiple = (peak - baseline) / model bytes
+
+It includes the activations of one batch (about 0.1x at 124M: the logits of 8 x 32 tokens over
+50257 words). The issue's targets: at most 2.5 under stream and seed, at most 4.5 under resident.
+Per point: the run's own "N points computed in S s" divided by N (the directions made and the
+model loaded before it are not in it).
+
+    python benchmarks/bench_memory.py [--sizes 124M 355M] [--modes resident stream seed]
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+OUT = os.path.join(HERE, 'out', 'memory')
+SIZES = {'124M': dict(n_layer=12, n_embd=768, n_head=12), '355M': dict(n_layer=24, n_embd=1024, n_head=16)}
+MODES = ('resident', 'stream', 'seed')
+SEQUENCES, TOKENS = 8, 32
+
+
+def token_windows(root=None, train=True):
+    """``--dataset benchmarks.bench_memory:token_windows``: SEQUENCES random sequences of TOKENS
+    GPT-2 token ids (seeded), each its own labels (the model shifts them)."""
+    import torch
+    generator = torch.Generator().manual_seed(0 if train else 1)
+    ids = torch.randint(0, 50257, (SEQUENCES, TOKENS), generator=generator)
+    return [{'input_ids': row, 'labels': row.clone()} for row in ids]
+
+
+def save_model(size, folder):
+    """A GPT-2 of ``size`` with seeded random weights, saved as a Hugging Face folder; its bytes."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(**SIZES[size], use_cache=False, bos_token_id=None, eos_token_id=None))
+    model.save_pretrained(folder)
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+CHILD = r'''
+import json, os, resource, sys, time
+def rss(field):
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1]) * 1024
+import torch, transformers, losslandscape.plot_surface as plot_surface
+baseline = rss('VmRSS')
+status = 0
+try:
+    plot_surface.main(sys.argv[1:])
+except SystemExit as stop:
+    status = stop.code or 0
+print('MEMORY ' + json.dumps({'baseline': baseline, 'peak': rss('VmHWM'), 'status': status}), flush=True)
+'''
+
+
+def run_mode(folder, mode, work):
+    """(peak over baseline in bytes, seconds per point) of one 2D surface under ``mode``."""
+    argv = ['--model_file', folder, '--dataset', 'benchmarks.bench_memory:token_windows', '--loss_name', 'causal_lm',
+            '--x=-1:1:2', '--y=-1:1:2', '--batch_size', str(SEQUENCES), '--compute_config', 'plain',
+            '--dir_file', os.path.join(work, f'dir_{mode}.h5'), '--surf_file', os.path.join(work, f'surf_{mode}.h5')]
+    if mode != 'today':
+        argv += ['--dir_mode', mode]
+    env = {**os.environ, 'PYTHONPATH': ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''),
+           'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1'}
+    done = subprocess.run([sys.executable, '-c', CHILD, *argv], capture_output=True, text=True, env=env, cwd=ROOT)
+    found = re.search(r'^MEMORY (.*)$', done.stdout, re.M)
+    if not found or json.loads(found.group(1))['status']:
+        raise RuntimeError(f'--dir_mode {mode} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}')
+    record = json.loads(found.group(1))
+    timing = re.search(r'(\d+) points computed in ([\d.]+) s', done.stdout)
+    return record['peak'] - record['baseline'], float(timing.group(2)) / int(timing.group(1))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--sizes', nargs='+', default=list(SIZES), choices=list(SIZES))
+    parser.add_argument('--modes', nargs='+', default=list(MODES), choices=[*MODES, 'today'],
+                        help="'today': no --dir_mode flag (the suite's default)")
+    args = parser.parse_args(argv)
+    os.makedirs(OUT, exist_ok=True)
+    import platform
+    print(f'# {platform.processor() or platform.machine()}; peak RSS over the baseline / model bytes; '
+          f'2D surface, 2x2 points, {SEQUENCES} x {TOKENS} tokens')
+    print(f'{"model":>6} {"bytes":>9} ' + ' '.join(f'{m:>18}' for m in args.modes))
+    for size in args.sizes:
+        work = tempfile.mkdtemp(dir=OUT)
+        try:
+            folder = os.path.join(work, f'gpt2-{size}')
+            model_bytes = save_model(size, folder)
+            cells = []
+            for mode in args.modes:
+                extra, per_point = run_mode(folder, mode, work)
+                cells.append(f'{extra / model_bytes:5.2f}x {per_point:6.2f} s/pt')
+            print(f'{size:>6} {model_bytes / 1e9:7.3f}GB ' + ' '.join(f'{c:>18}' for c in cells), flush=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == '__main__':
+    main()

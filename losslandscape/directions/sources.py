@@ -1,0 +1,167 @@
+"""Where a run's directions live while it moves the model (--dir_mode).
+
+  resident  both directions held on the evaluation device (the suite's way until now: the fastest
+            for a model that fits, and what --points_per_call > 1 needs); entries outside a
+            parameter subset are not held at all
+  stream    each tensor of each direction read from the direction file at every point, moved to
+            its device, used and dropped: a run holds the model and its centre, not the directions
+  seed      each tensor regenerated on its device from a seed-form file's recipe at every point
+            (directions.seeded): no file to read, nothing held
+  auto      resident while both directions fit RESIDENT_BUDGET of the memory free on the
+            evaluation device when the run starts; else stream, or seed for a seed-form file
+
+For a model of B bytes (float32) the memory a 2D surface holds beside one batch's activations is
+about B (the model) + B (its centre) + 2B (the directions, resident only); benchmarks/
+bench_memory.py measures it.
+
+A source gives ``entry(axis, i)``: entry i's direction on ``axis`` ('x' or 'y') as a float32
+tensor on the device of the model's tensor i, or None where it is zero (outside the subset).
+"""
+import os
+
+import torch
+
+from losslandscape.directions import normalization, seeded
+from losslandscape.errors import UsageError
+from losslandscape.io import hdf5_layout
+
+DIR_MODES = ('auto', 'resident', 'stream', 'seed')
+RESIDENT_BUDGET = 0.25     # auto: resident while the directions take at most this share of free memory
+AXIS_KEYS = {'x': hdf5_layout.XDIRECTION, 'y': hdf5_layout.YDIRECTION}
+
+
+class ResidentDirections:
+    """Directions held in memory: ``x`` and ``y`` lists of tensors (None: a zero entry)."""
+    mode = 'resident'
+
+    def __init__(self, x, y=None):
+        self.lists = {'x': x, 'y': y}
+
+    @property
+    def is_2d(self):
+        return self.lists['y'] is not None
+
+    def entry(self, axis, i):
+        direction = self.lists[axis]
+        return None if direction is None else direction[i]
+
+    def full(self, axis, centre):
+        """The direction as a list with explicit zeros (for the batched evaluator)."""
+        direction = self.lists[axis]
+        if direction is None:
+            return None
+        return [torch.zeros_like(w, dtype=torch.float32) if d is None else d for d, w in zip(direction, centre)]
+
+    def close(self):
+        pass
+
+
+class StreamedDirections:
+    """Directions read from the direction file tensor by tensor at every point."""
+    mode = 'stream'
+
+    def __init__(self, reader, centre, is_2d):
+        self.reader, self.centre, self.is_2d = reader, centre, is_2d
+        self.stored = {axis: [reader.is_stored(AXIS_KEYS[axis], i) for i in range(len(centre))]
+                       for axis in ('x', 'y')[:1 + is_2d]}
+
+    def entry(self, axis, i):
+        if axis not in self.stored or not self.stored[axis][i]:
+            return None
+        array = self.reader.read(AXIS_KEYS[axis], i)
+        return torch.from_numpy(array).to(self.centre[i].device, torch.float32, non_blocking=False)
+
+    def close(self):
+        self.reader.close()
+
+
+class RegeneratedDirections:
+    """Directions regenerated from a seed-form file's recipe at every point."""
+    mode = 'seed'
+
+    def __init__(self, seeded_directions, is_2d):
+        self.seeded, self.is_2d = seeded_directions, is_2d
+
+    def entry(self, axis, i):
+        return self.seeded.entry(axis, i)
+
+    def close(self):
+        pass
+
+
+def free_memory(device):
+    """Bytes free for new tensors on ``device``: the GPU's free memory, or MemAvailable on Linux
+    (None where neither can be read)."""
+    device = torch.device(device)
+    if device.type == 'cuda':
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open('/proc/meminfo') as f:
+            for line in f:
+                if line.startswith('MemAvailable:'):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def direction_bytes(reader, centre, is_2d):
+    """What both directions take when held (float32, the subset's entries only)."""
+    total = 0
+    for axis in ('x', 'y')[:1 + is_2d]:
+        for i, w in enumerate(centre):
+            stored = reader.form == hdf5_layout.SEED_FORM or reader.is_stored(AXIS_KEYS[axis], i)
+            total += 4 * w.numel() if stored and w.is_floating_point() else 0
+    return total
+
+
+def choose_mode(mode, reader, centre, is_2d, device):
+    """The mode a run uses: ``mode`` itself, or what auto picks (see the module docstring);
+    UsageError for a mode the file cannot serve."""
+    seed_form = reader.form == hdf5_layout.SEED_FORM
+    if mode == 'stream' and seed_form:
+        raise UsageError(f'--dir_mode stream: direction file {reader.path!r} is in seed form (no tensors to read); '
+                         'use --dir_mode seed or resident')
+    if mode == 'seed' and not seed_form:
+        raise UsageError(f'--dir_mode seed: direction file {reader.path!r} holds tensors, not a recipe (it was made '
+                         'with another --dir_mode); use --dir_mode stream or resident, or a new --dir_file')
+    if mode != 'auto':
+        return mode
+    free = free_memory(device)
+    if free is not None and direction_bytes(reader, centre, is_2d) > RESIDENT_BUDGET * free:
+        return 'seed' if seed_form else 'stream'
+    return 'resident'
+
+
+def open_directions(dir_file, mode, net, centre, is_2d, device):
+    """The directions of ``dir_file`` for the model ``net`` at ``centre`` (its tensors on the
+    evaluation device), checked against the model and served as ``mode`` says."""
+    reader = hdf5_layout.open_direction_file(dir_file)
+    try:
+        axes = ('x', 'y')[:1 + is_2d]
+        if is_2d and not reader.has(hdf5_layout.YDIRECTION):
+            raise UsageError(f'direction file {dir_file!r} has no y direction, which a 2D grid (--y) needs')
+        chosen = choose_mode(mode, reader, centre, is_2d, device)
+        if reader.form == hdf5_layout.SEED_FORM:
+            regenerated = seeded.check_regenerates(reader, net, centre, device, is_2d)
+            reader.close()
+            if chosen == 'resident':
+                return ResidentDirections(*[[regenerated.entry(a, i) for i in range(len(centre))] for a in axes])
+            return RegeneratedDirections(regenerated, is_2d)
+        for axis in axes:
+            shapes = [reader.shape(AXIS_KEYS[axis], i) for i in range(reader.count(AXIS_KEYS[axis]))]
+            normalization.check_direction_fits(shapes, centre, dir_file, axis)
+        if chosen == 'stream':
+            return StreamedDirections(reader, centre, is_2d)
+        streamed = StreamedDirections(reader, centre, is_2d)
+        held = [[streamed.entry(a, i) for i in range(len(centre))] for a in axes]
+        reader.close()
+        return ResidentDirections(*held)
+    except BaseException:
+        reader.close()
+        raise
+
+
+def describe(source, dir_file):
+    """What the run says of its directions (one clause)."""
+    return f'directions {source.mode} ({os.path.basename(dir_file)})'
