@@ -227,7 +227,7 @@ def main(argv=None):
         print(f'PCA directions of {len(paths)} checkpoints: {dir_file} '
               f'(explained variance {ratio[0]:.2%} + {ratio[1]:.2%})')
 
-    proj_x, proj_y = projection.project_trajectory(dir_file, final_base, checkpoints, args.proj_method)
+    proj_x, proj_y = projection.project_trajectory(dir_file, final_base, checkpoints, args.proj_method, net=net)
     extras = evaluate_checkpoints(args, paths, net) if args.eval else None
     proj_file = f'{dir_file}_proj_{args.proj_method}.h5'
     hdf5_layout.write_projection_file(proj_file, proj_x, proj_y, extras=extras,

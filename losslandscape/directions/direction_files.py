@@ -57,11 +57,13 @@ class DirectionSpec:
     exclude_params: str = ''
     model: str = ''
     name_root: str = ''   # what default file names start from, when not --model_file (api.py)
+    seed_form: bool = False   # --dir_mode seed: random directions of the seed-form recipe (directions.seeded)
 
     @classmethod
     def from_args(cls, args):
         fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
-        return cls(**{**fields, 'is_2d': bool(getattr(args, 'y', None))})
+        return cls(**{**fields, 'is_2d': bool(getattr(args, 'y', None)),
+                      'seed_form': getattr(args, 'dir_mode', None) == 'seed'})
 
     @property
     def seed(self):
@@ -70,8 +72,9 @@ class DirectionSpec:
 
 def name_direction_file(spec):
     """Default direction file name, the original's scheme: model_file (or the pair of models),
-    dir_type, then the x and y normalisation options, then idx (and the parameter subset). It
-    lies in the folder of --model_file (or of its folder, for models in different folders)."""
+    dir_type, then the x and y normalisation options, then idx ('_seedform' for --dir_mode seed,
+    and the parameter subset). It lies in the folder of --model_file (or of its folder, for models
+    in different folders)."""
     if spec.dir_file:
         return spec.dir_file
     root = spec.name_root or spec.model_file
@@ -93,6 +96,8 @@ def name_direction_file(spec):
                 name += '_same_dir'
     if spec.idx > 0:
         name += '_idx=' + str(spec.idx)
+    if spec.seed_form:   # other values than the tensor form's: never the same file
+        name += '_seedform'
     return name + subset_suffix(spec.include_params, spec.exclude_params) + '.h5'
 
 

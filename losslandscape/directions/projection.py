@@ -123,16 +123,25 @@ def setup_PCA_directions(dir_file, final_base, checkpoints, ignore=None, attrs=N
     return xdirection, ydirection, extras
 
 
-def project_trajectory(dir_file, base, checkpoints, method='cos'):
+def project_trajectory(dir_file, base, checkpoints, method='cos', net=None):
     """Coordinates of every checkpoint - base in the plane of the directions of ``dir_file``.
 
     method 'cos' (the original's): x = <d, dx> / ||dx||, y = <d, dy> / ||dy||, exact when the
     directions are orthogonal (PCA components are). 'lstsq': the least-squares (x, y) with
     x dx + y dy closest to d, for directions that are not. Integer buffers never count.
-    Returns (proj_xcoord, proj_ycoord) as float64 arrays, one entry per checkpoint."""
+    Returns (proj_xcoord, proj_ycoord) as float64 arrays, one entry per checkpoint. ``net``: the
+    model whose centre ``base`` is, for a direction file in seed form (regenerated for it)."""
     if method not in PROJ_METHODS:
         raise ValueError(f'unknown projection method {method!r}; expected one of {PROJ_METHODS}')
-    xdirection, ydirection, _ = hdf5_layout.read_direction_file(dir_file)
+    with hdf5_layout.open_direction_file(dir_file) as reader:
+        seed_form = reader.form == hdf5_layout.SEED_FORM
+        if seed_form and net is None:
+            reader.refuse_seed_form()
+    if seed_form:
+        from losslandscape.directions import sources
+        xdirection, ydirection = sources.read_whole(dir_file, net, [torch.as_tensor(w) for w in base], True)
+    else:
+        xdirection, ydirection, _ = hdf5_layout.read_direction_file(dir_file)
     if ydirection is None:
         raise UsageError(f'direction file {dir_file!r} has only an x direction; a trajectory needs two')
     normalization.check_direction_fits(xdirection, base, dir_file, 'x')

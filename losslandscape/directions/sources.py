@@ -17,8 +17,6 @@ bench_memory.py measures it.
 A source gives ``entry(axis, i)``: entry i's direction on ``axis`` ('x' or 'y') as a float32
 tensor on the device of the model's tensor i, or None where it is zero (outside the subset).
 """
-import os
-
 import torch
 
 from losslandscape.directions import normalization, seeded
@@ -162,6 +160,18 @@ def open_directions(dir_file, mode, net, centre, is_2d, device):
         raise
 
 
-def describe(source, dir_file):
-    """What the run says of its directions (one clause)."""
-    return f'directions {source.mode} ({os.path.basename(dir_file)})'
+def read_whole(dir_file, net, base, is_2d):
+    """(x, y or None) of ``dir_file`` in either form, as lists of float32 CPU tensors with explicit
+    zeros, for the model ``net`` at ``base`` (a seed-form file regenerated on its own device
+    type, when this machine has one): for what needs the directions whole (trajectory projection)."""
+    with hdf5_layout.open_direction_file(dir_file) as reader:
+        device = torch.device(reader.recipe['device_type']) if reader.form == hdf5_layout.SEED_FORM else 'cpu'
+        has_y = reader.has(hdf5_layout.YDIRECTION)
+    if is_2d and not has_y:
+        raise UsageError(f'direction file {dir_file!r} has only an x direction; two are needed')
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise UsageError(f'direction file {dir_file!r} is in seed form made on cuda: it regenerates only there')
+    centre = [w.to(device) for w in base]
+    held = open_directions(dir_file, 'resident', net, centre, is_2d, device)
+    cpu = lambda d: None if d is None else [t.float().cpu() for t in d]   # noqa: E731
+    return cpu(held.full('x', centre)), cpu(held.full('y', centre))

@@ -425,7 +425,7 @@ def write_directions(settings, comm, dir_file, net, base, load_model, device):
     in seed form with --dir_mode seed."""
     if not settings.curve_file:
         comm.root_only(lambda: direction_files.setup_direction_file(
-            settings.directions, dir_file, net, base, load_model, seed_form=settings.dir_mode == 'seed',
+            settings.directions, dir_file, net, base, load_model, seed_form=settings.directions.seed_form,
             device=device))
 
 
