@@ -42,12 +42,29 @@ def token_windows(root=None, train=True):
     return [{'input_ids': row, 'labels': row.clone()} for row in ids]
 
 
-def save_model(size, folder):
-    """A GPT-2 of ``size`` with seeded random weights, saved as a Hugging Face folder; its bytes."""
-    import torch
+def gpt2(size):
+    """A GPT-2 of ``size`` (its config; random weights), in eval mode."""
     from transformers import GPT2Config, GPT2LMHeadModel
-    torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(**SIZES[size], use_cache=False, bos_token_id=None, eos_token_id=None))
+    model.loss_type = 'ForCausalLM'
+    return model.eval()
+
+
+def gpt2_124M():
+    """``--model benchmarks.bench_memory:gpt2_124M`` (--source factory)."""
+    return gpt2('124M')
+
+
+def gpt2_355M():
+    return gpt2('355M')
+
+
+def save_model(size, folder):
+    """A GPT-2 of ``size`` with seeded random weights, saved as a Hugging Face folder (and its
+    weights as model.safetensors for --source factory); its bytes."""
+    import torch
+    torch.manual_seed(0)
+    model = gpt2(size)
     model.save_pretrained(folder)
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
@@ -70,11 +87,17 @@ print('MEMORY ' + json.dumps({'baseline': baseline, 'peak': rss('VmHWM'), 'statu
 '''
 
 
-def run_mode(folder, mode, work):
+def run_mode(folder, mode, work, source, size):
     """(peak over baseline in bytes, seconds per point) of one 2D surface under ``mode``."""
-    argv = ['--model_file', folder, '--dataset', 'benchmarks.bench_memory:token_windows', '--loss_name', 'causal_lm',
+    # A link per mode: each run makes its own direction file (default name, beside the link).
+    link = os.path.join(work, f'{mode}-{os.path.basename(folder)}')
+    os.symlink(folder if source == 'folder' else os.path.join(folder, 'model.safetensors'),
+               link + ('' if source == 'folder' else '.safetensors'))
+    model = ['--model_file', link] if source == 'folder' else \
+        ['--model', f'benchmarks.bench_memory:gpt2_{size}', '--model_file', link + '.safetensors']
+    argv = [*model, '--dataset', 'benchmarks.bench_memory:token_windows', '--loss_name', 'causal_lm',
             '--x=-1:1:2', '--y=-1:1:2', '--batch_size', str(SEQUENCES), '--compute_config', 'plain',
-            '--dir_file', os.path.join(work, f'dir_{mode}.h5'), '--surf_file', os.path.join(work, f'surf_{mode}.h5')]
+            '--surf_file', os.path.join(work, f'surf_{mode}.h5')]
     if mode != 'today':
         argv += ['--dir_mode', mode]
     env = {**os.environ, 'PYTHONPATH': ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''),
@@ -93,6 +116,9 @@ def main(argv=None):
     parser.add_argument('--sizes', nargs='+', default=list(SIZES), choices=list(SIZES))
     parser.add_argument('--modes', nargs='+', default=list(MODES), choices=[*MODES, 'today'],
                         help="'today': no --dir_mode flag (the suite's default)")
+    parser.add_argument('--source', default='folder', choices=('folder', 'factory'),
+                        help='folder: --model_file the Hugging Face folder; factory: --model a factory of this '
+                        'module and --model_file the folder\'s model.safetensors')
     args = parser.parse_args(argv)
     os.makedirs(OUT, exist_ok=True)
     import platform
@@ -106,7 +132,7 @@ def main(argv=None):
             model_bytes = save_model(size, folder)
             cells = []
             for mode in args.modes:
-                extra, per_point = run_mode(folder, mode, work)
+                extra, per_point = run_mode(folder, mode, work, args.source, size)
                 cells.append(f'{extra / model_bytes:5.2f}x {per_point:6.2f} s/pt')
             print(f'{size:>6} {model_bytes / 1e9:7.3f}GB ' + ' '.join(f'{c:>18}' for c in cells), flush=True)
         finally:
