@@ -93,6 +93,10 @@ class ModelDataSettings:
         """The seed the centre's weights were initialised under, when no checkpoint gives them."""
         return None if self.model_file else self.rand_seed
 
+    def model_flag(self):
+        """How messages name the model: its --model, or the Hugging Face folder that built it."""
+        return f'--model {self.model!r}' if self.model is not None else f'--model_file {self.model_file!r}'
+
     def untrained_name_root(self):
         """What default file names start from without --model_file: the model, then the seed (in
         the working folder)."""
@@ -311,7 +315,8 @@ def build_model(settings, net=None):
         return net.eval(), connecting_curves.loader_taking_bends(load_model, template)
 
     def load_model(path, flag='--model_file'):
-        return loading.load(settings.dataset, settings.model, path, flag, init_seed=settings.rand_seed)
+        return loading.load(settings.dataset, settings.model, path, flag, init_seed=settings.rand_seed,
+                            architecture_folder=settings.model_file)
     net = load_model(settings.model_file)
     return net, connecting_curves.loader_taking_bends(load_model, net)
 
@@ -441,7 +446,7 @@ def prepare_run(settings, comm, net=None, train_dataset=None, test_dataset=None,
         loading.check_model_tensors(net, device, 'model=')
     net, load_model = build_model(settings, net)
     if not given:
-        loading.check_model_tensors(net, device, f'--model {settings.model!r}')
+        loading.check_model_tensors(net, device, settings.model_flag())
     curve = connecting_curves.load_curve(settings.curve_file, net, load_model)[0] if settings.curve_file else None
     the_objective = objective.resolve(settings.loss_name)
     train_data, test_data = load_data(settings, device, comm, train_dataset, test_dataset)
@@ -523,7 +528,7 @@ def prepare_point(settings, comm):
     threads = runtime.set_threads(settings.threads, comm)
     device = select_device(settings.cuda, comm.local_rank)
     net = loading.load(settings.dataset, settings.model, settings.model_file, init_seed=settings.rand_seed)
-    loading.check_model_tensors(net, device, f'--model {settings.model!r}')
+    loading.check_model_tensors(net, device, settings.model_flag())
     the_objective = objective.resolve(settings.loss_name)
     data = settings.batch_source(True, device, comm)
     net.to(device)
