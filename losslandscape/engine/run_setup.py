@@ -31,6 +31,7 @@ import torch
 
 from losslandscape.cli.parsing import check_output_folder
 from losslandscape.compute import bn_folding, choosing, configuration, runtime
+from losslandscape.curvature import hessian
 from losslandscape.curves import bn_statistics, connecting_curves
 from losslandscape.data import batch_sources, user_code
 from losslandscape.directions import direction_files, moving, subsets
@@ -408,10 +409,20 @@ def probe_objective(the_objective, eval_net, data, amp=False, differentiable=Fal
                 the_objective.loss_sum(eval_net, first)
     except (TypeError, RuntimeError) as err:
         # The model called with a batch it cannot take (a keyword it lacks, a shape mismatch).
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ''
         raise UsageError(f'--loss_name {the_objective.name}: the model cannot take a batch of this data '
-                         f'({type(err).__name__}: {first_line})') from None
+                         f'({type(err).__name__}: {_first_line(err)})') from None
+    if differentiable:
+        try:
+            hessian.probe_product(eval_net, the_objective, first)
+        except RuntimeError as err:   # an operation without a second derivative, forward-mode ones included
+            raise UsageError(f'--loss_name {the_objective.name}: Hessian-vector products cannot be taken through '
+                             f'this model ({type(err).__name__}: {_first_line(err)})') from None
     return the_objective.value_keys(sums)
+
+
+def _first_line(err):
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ''
 
 
 def check_surface(settings, comm, kind, grid, dir_file, surf_file):
