@@ -389,7 +389,9 @@ CHECK_SAMPLES = 2   # the first check of the objective, on a built-in data set (
 def probe_objective(the_objective, eval_net, data, amp=False, differentiable=False, samples=None):
     """The objective's value keys, from one batch at the centre: a loss function that returns the
     wrong thing, or a batch the model cannot take, is refused here, before any file is made.
-    ``differentiable``: also take the loss sum the Hessian differentiates (plot_hessian_eigen).
+    ``differentiable``: also take the loss sum the Hessian differentiates and one Hessian-vector
+    product of it (plot_hessian_eigen, hessian_spectrum, sharpness), so that a model whose
+    products are impossible is refused here too.
     ``samples``: a batch of only this many samples where the source can batch so (the built-in
     data sets): a check needs no more, and a whole batch of a model that is timed or folded next
     would be a pass of work thrown away."""
