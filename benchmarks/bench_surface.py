@@ -39,6 +39,7 @@ import torch
 
 from losslandscape import plot_surface
 from losslandscape._testing.fake_cifar10 import write_fake_cifar10
+from losslandscape.cli import grid_args
 from losslandscape.cli.parsing import DefaultsHelpFormatter
 from losslandscape.compute import timing_cache
 from losslandscape.data.datasets import CIFAR10_MEAN, CIFAR10_STD
@@ -91,7 +92,10 @@ def surface_args(workdir, model_file, opts, extra=()):
         argv.append('--cuda')
     if opts.threads:
         argv += ['--threads', str(opts.threads)]   # else prepare_run picks the node's default
-    return plot_surface.get_args_parser().parse_args(argv)
+    parser = plot_surface.get_args_parser()
+    args = parser.parse_args(argv)
+    grid_args.choose_model_and_loss(parser, args)   # the defaults plot_surface.py resolves (--loss_name)
+    return args
 
 
 def batch_size_flag(opts):

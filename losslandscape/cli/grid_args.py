@@ -22,7 +22,7 @@ from losslandscape.engine.run_setup import PointSettings
 from losslandscape.errors import UsageError
 from losslandscape.figures import common
 from losslandscape.io import hdf5_layout
-from losslandscape.models import loading
+from losslandscape.models import checkpoints, loading
 from losslandscape.objectives import objective
 
 # ----------------------------------------------------------------------------- grid
@@ -44,19 +44,57 @@ def check_grid(parser, args):
 
 # ----------------------------------------------------------------------------- model and objective
 
+DEFAULT_MODEL = 'resnet56'
+
+
 def _add_model_group(parser, centre):
     """The 'model and objective' group with --model, --model_file (``centre``: what it is) and
-    --loss_name; the caller adds its other checkpoints."""
+    --loss_name; the caller adds its other checkpoints. --model and --loss_name default to None,
+    which choose_model_and_loss resolves."""
     model = parser.add_argument_group('model and objective')
-    model.add_argument('--model', default='resnet56', help='a model of the dataset\'s zoo (e.g. resnet56, '
-                       'vgg9; digits: mlp, cnn, cnn_bn) or package.module:factory returning an nn.Module')
+    model.add_argument('--model', default=None, help='a model of the dataset\'s zoo (e.g. resnet56, '
+                       'vgg9; digits: mlp, cnn, cnn_bn) or package.module:factory returning an nn.Module; default: '
+                       f'{DEFAULT_MODEL}, or none for a Hugging Face model folder as --model_file (its config.json '
+                       'names the architecture; with --model the folder\'s tensors are loaded into the factory\'s model)')
     model.add_argument('--model_file', default='', help=f'checkpoint of the trained model ({centre}): a dict '
-                       'with "state_dict" or a bare state_dict (saved with torch.save(model.state_dict(), path)); '
-                       'without it, the model as --model builds it, initialised under --rand_seed')
+                       'with "state_dict" or a bare state_dict (saved with torch.save(model.state_dict(), path)), a '
+                       '.safetensors state_dict, or a Hugging Face model folder (config.json and safetensors weights, '
+                       'sharded or not, as save_pretrained writes them; read offline); without it, the model as '
+                       '--model builds it, initialised under --rand_seed')
     model.add_argument('--rand_seed', default=0, type=int, help='the seed of the initial weights when no --model_file '
                        'is given (recorded with the results; ignored with --model_file) (default %(default)s)')
-    objective.add_loss_argument(model)
+    objective.add_loss_argument(model, chosen=True)
     return model
+
+
+def choose_model_and_loss(parser, args):
+    """--model and --loss_name where they were not given, before anything reads them (and
+    records them: the files of runs without them hold the names resolved, as before): the
+    zoo's DEFAULT_MODEL and crossentropy; for a Hugging Face model folder as --model_file no
+    --model (transformers builds the architecture of its config.json) and the objective its
+    architecture calls for (huggingface.default_loss_name)."""
+    folder = checkpoints.is_model_folder(args.model_file)
+    if folder:
+        # A trailing separator would put default file names (named after the checkpoint) inside it.
+        args.model_file = args.model_file.rstrip(os.sep) or args.model_file
+    if args.model is None:
+        args.model = None if folder else DEFAULT_MODEL
+    if args.loss_name is None:
+        if folder:
+            from losslandscape.models import huggingface
+            args.loss_name = huggingface.default_loss_name(args.model_file)
+        else:
+            args.loss_name = objective.DEFAULT_LOSS
+
+
+def check_model_file(args):
+    """The centre's checkpoint: a file, or a Hugging Face folder that can build its model when
+    no --model is given."""
+    if args.model is None:
+        from losslandscape.models import huggingface
+        huggingface.check_folder(args.model_file)
+    elif args.model_file:
+        loading.check_checkpoint_exists(args.model_file, '--model_file')
 
 
 def add_model_arguments(parser):
@@ -71,12 +109,16 @@ def check_model(parser, args):
     if args.model_file3 and not args.y:
         parser.error('--model_file3 sets the y direction, so it needs --y')
     if not getattr(args, 'model_given', False):   # api.py hands the model itself
-        loading.check_model_name(args.dataset, args.model)
+        if args.model is not None:
+            loading.check_model_name(args.dataset, args.model)
         if not args.model_file and (args.model_file2 or args.model_file3):
             parser.error('--model_file2/--model_file3 need --model_file: the checkpoint at the centre')
-    for flag in ('model_file', 'model_file2', 'model_file3'):
+        check_model_file(args)
+    elif args.model_file:
+        loading.check_checkpoint_exists(args.model_file, '--model_file')
+    for flag in ('model_file2', 'model_file3'):
         if getattr(args, flag):
-            check_file_exists(getattr(args, flag), f'--{flag}')
+            loading.check_checkpoint_exists(getattr(args, flag), f'--{flag}')
     objective.check_loss_name(args.loss_name)
 
 
@@ -86,9 +128,9 @@ def add_centre_arguments(parser):
 
 
 def check_centre(parser, args):
-    loading.check_model_name(args.dataset, args.model)
-    if args.model_file:
-        check_file_exists(args.model_file, '--model_file')
+    if args.model is not None:
+        loading.check_model_name(args.dataset, args.model)
+    check_model_file(args)
     objective.check_loss_name(args.loss_name)
 
 
@@ -134,7 +176,7 @@ def add_timed_point_script_arguments(parser, subset_what, subset_rest, work):
 
 
 def validate_point_script(parser, args, extra_checks=()):
-    for check in (check_centre, check_data, check_device, *extra_checks):
+    for check in (choose_model_and_loss, check_centre, check_data, check_device, *extra_checks):
         check(parser, args)
     if args.eval_test:
         parser.error('--eval_test: these measurements are of the training objective')
@@ -550,6 +592,7 @@ def add_grid_script_arguments(parser):
 
 def validate(parser, args, extra_checks=()):
     """Every shared group's checks, then ``extra_checks`` (a script's own), before any work."""
+    choose_model_and_loss(parser, args)
     for _, check in GRID_SCRIPT_GROUPS:
         check(parser, args)
     check_plot(parser, args)

@@ -76,6 +76,37 @@ def _storage_bytes(tensor):
         return tensor.numel() * tensor.element_size()
 
 
+def attention_for_second_derivatives():
+    """A context in which scaled_dot_product_attention takes its math kernel, for the passes whose
+    graph is differentiated twice (every Hessian-vector product's forward pass and gradient).
+
+    The fused kernels (flash, memory-efficient, and the CPU's flash kernel) that transformers' default
+    attention ('sdpa') dispatches to have no derivative of their backward and no forward-mode
+    derivative, so a product through them fails; the math kernel is made of ordinary operations,
+    so both work through it, with the same values up to float rounding. Only the products run under
+    it: the grid's loss evaluation keeps the fast kernels. Models without
+    scaled_dot_product_attention are unaffected."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:   # torch 2.2: the older switch of the same flags
+        return torch.backends.cuda.sdp_kernel(enable_flash=False, enable_math=True, enable_mem_efficient=False)
+    return sdpa_kernel(SDPBackend.MATH)
+
+
+def probe_product(net, the_objective, batch, params=None):
+    """One Hessian-vector product of ``the_objective`` on ``batch`` at ``net``'s weights, taken as
+    the products of a run take it (attention_for_second_derivatives): whatever makes the products
+    impossible (an operation without a second derivative) raises here, before a run writes a file.
+    ``params``: those the Hessian is taken over (default: hessian_parameters(net))."""
+    params = hessian_parameters(net) if params is None else list(params)
+    with attention_for_second_derivatives(), torch.enable_grad():
+        loss = the_objective.loss_sum(net, batch)
+        grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+        pairs = [(g, torch.ones_like(g)) for g in grads if g is not None and g.requires_grad]
+        if pairs:
+            torch.autograd.grad([g for g, _ in pairs], params, grad_outputs=[v for _, v in pairs], allow_unused=True)
+
+
 class NonFiniteProduct(ArithmeticError):
     """A Hessian-vector product held inf or NaN: the model diverged at this point."""
 
@@ -233,7 +264,8 @@ class MeanLossHessian:
         """This rank's share of H @ vector (its shard's batches), as float64 numpy."""
         self.net.eval()
         vs = self._split(vector)
-        total = self._recomputed_hvp(vs) if self.retain_graphs is False else self._retained_hvp(vs)
+        with attention_for_second_derivatives():   # the graphs built here are differentiated twice
+            total = self._recomputed_hvp(vs) if self.retain_graphs is False else self._retained_hvp(vs)
         return total.cpu().numpy()
 
     def _recomputed_hvp(self, vs):
@@ -395,17 +427,18 @@ class MeanLossHessian:
             start += p.numel()
         self.net.eval()
         total = torch.zeros(block.shape, dtype=torch.float64, device=block.device)
-        for batch in self.shard.batches():
-            def batch_loss(weights):
-                def model(*args, **kwargs):
-                    return functional_call(self.net, ({**others, **weights}, buffers), args, kwargs)
-                return self.objective.loss_sum(model, batch) / n_total
-            gradient = grad(batch_loss)
+        with attention_for_second_derivatives():   # forward-mode derivatives of the gradient
+            for batch in self.shard.batches():
+                def batch_loss(weights):
+                    def model(*args, **kwargs):
+                        return functional_call(self.net, ({**others, **weights}, buffers), args, kwargs)
+                    return self.objective.loss_sum(model, batch) / n_total
+                gradient = grad(batch_loss)
 
-            def product(tangent):
-                out = jvp(gradient, (point,), (tangent,))[1]
-                return torch.cat([out[name].reshape(-1) for name in chosen])
-            total += vmap(product)(pieces).double()
+                def product(tangent):
+                    out = jvp(gradient, (point,), (tangent,))[1]
+                    return torch.cat([out[name].reshape(-1) for name in chosen])
+                total += vmap(product)(pieces).double()
         return total.cpu().numpy()
 
     def operator(self, scale=1.0, shift=0.0):

@@ -32,6 +32,7 @@ import torch
 
 from losslandscape.cli.parsing import check_output_folder
 from losslandscape.compute import bn_folding, choosing, configuration, runtime
+from losslandscape.curvature import hessian
 from losslandscape.curves import bn_statistics, connecting_curves
 from losslandscape.data import batch_sources, user_code
 from losslandscape.directions import direction_files, moving, sources, subsets
@@ -93,6 +94,10 @@ class ModelDataSettings:
     def init_seed(self):
         """The seed the centre's weights were initialised under, when no checkpoint gives them."""
         return None if self.model_file else self.rand_seed
+
+    def model_flag(self):
+        """How messages name the model: its --model, or the Hugging Face folder that built it."""
+        return f'--model {self.model!r}' if self.model is not None else f'--model_file {self.model_file!r}'
 
     def untrained_name_root(self):
         """What default file names start from without --model_file: the model, then the seed (in
@@ -311,7 +316,8 @@ def build_model(settings, net=None):
         return net.eval(), connecting_curves.loader_taking_bends(load_model, template)
 
     def load_model(path, flag='--model_file'):
-        return loading.load(settings.dataset, settings.model, path, flag, init_seed=settings.rand_seed)
+        return loading.load(settings.dataset, settings.model, path, flag, init_seed=settings.rand_seed,
+                            architecture_folder=settings.model_file)
     net = load_model(settings.model_file)
     return net, connecting_curves.loader_taking_bends(load_model, net)
 
@@ -383,7 +389,9 @@ CHECK_SAMPLES = 2   # the first check of the objective, on a built-in data set (
 def probe_objective(the_objective, eval_net, data, amp=False, differentiable=False, samples=None):
     """The objective's value keys, from one batch at the centre: a loss function that returns the
     wrong thing, or a batch the model cannot take, is refused here, before any file is made.
-    ``differentiable``: also take the loss sum the Hessian differentiates (plot_hessian_eigen).
+    ``differentiable``: also take the loss sum the Hessian differentiates and one Hessian-vector
+    product of it (plot_hessian_eigen, hessian_spectrum, sharpness), so that a model whose
+    products are impossible is refused here too.
     ``samples``: a batch of only this many samples where the source can batch so (the built-in
     data sets): a check needs no more, and a whole batch of a model that is timed or folded next
     would be a pass of work thrown away."""
@@ -403,10 +411,20 @@ def probe_objective(the_objective, eval_net, data, amp=False, differentiable=Fal
                 the_objective.loss_sum(eval_net, first)
     except (TypeError, RuntimeError) as err:
         # The model called with a batch it cannot take (a keyword it lacks, a shape mismatch).
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ''
         raise UsageError(f'--loss_name {the_objective.name}: the model cannot take a batch of this data '
-                         f'({type(err).__name__}: {first_line})') from None
+                         f'({type(err).__name__}: {_first_line(err)})') from None
+    if differentiable:
+        try:
+            hessian.probe_product(eval_net, the_objective, first)
+        except RuntimeError as err:   # an operation without a second derivative, forward-mode ones included
+            raise UsageError(f'--loss_name {the_objective.name}: Hessian-vector products cannot be taken through '
+                             f'this model ({type(err).__name__}: {_first_line(err)})') from None
     return the_objective.value_keys(sums)
+
+
+def _first_line(err):
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ''
 
 
 def check_surface(settings, comm, kind, grid, dir_file, surf_file):
@@ -450,7 +468,7 @@ def prepare_run(settings, comm, net=None, train_dataset=None, test_dataset=None,
         loading.check_model_tensors(net, device, 'model=')
     net, load_model = build_model(settings, net)
     if not given:
-        loading.check_model_tensors(net, device, f'--model {settings.model!r}')
+        loading.check_model_tensors(net, device, settings.model_flag())
     curve = connecting_curves.load_curve(settings.curve_file, net, load_model)[0] if settings.curve_file else None
     the_objective = objective.resolve(settings.loss_name)
     train_data, test_data = load_data(settings, device, comm, train_dataset, test_dataset)
@@ -530,7 +548,7 @@ def prepare_point(settings, comm):
     threads = runtime.set_threads(settings.threads, comm)
     device = select_device(settings.cuda, comm.local_rank)
     net = loading.load(settings.dataset, settings.model, settings.model_file, init_seed=settings.rand_seed)
-    loading.check_model_tensors(net, device, f'--model {settings.model!r}')
+    loading.check_model_tensors(net, device, settings.model_flag())
     the_objective = objective.resolve(settings.loss_name)
     data = settings.batch_source(True, device, comm)
     net.to(device)

@@ -60,6 +60,10 @@ def run_grid(comm, grid, open_writer, evaluate_points, desc='grid points', point
                     for (k, _), values in zip(points, evaluate_points(points)):
                         comm.send_result(k, values)
                         fault_injection.reached('point')
+        except Exception:
+            if writer is not None:
+                writer.close(discard_if_empty=True)   # a new file without a point: nothing to resume
+            raise
         finally:
             if writer is not None:
                 writer.close()   # before any exit: every recorded point reaches the file

@@ -132,6 +132,7 @@ class SurfaceWriter:
             if not opened:
                 raise RuntimeError(f'{self.path!r} was just written but cannot be updated in place')
         self.file, self.arrays = opened
+        self.created = not exists   # by this writer (close(discard_if_empty=True) may remove it)
         self.last_flush = self.clock()
         self.first_unflushed = self.last_unflushed = None   # the flat range the next flush writes
         self.unflushed = 0                                  # points recorded since the last flush
@@ -193,13 +194,19 @@ class SurfaceWriter:
         if written:
             fault_injection.reached('point', written)
 
-    def close(self):
-        """Flush, close the file and release the lock (also after a failed flush)."""
+    def close(self, discard_if_empty=False):
+        """Flush, close the file and release the lock (also after a failed flush). Closing again
+        does nothing. ``discard_if_empty``: remove the file, while the lock is still held, if
+        this writer created it and it holds no point (a run that failed before its first point
+        leaves nothing behind)."""
         try:
             if self.file is not None:
                 self.flush()
         finally:
             self._close_file()
+            if discard_if_empty and self.created and not any(done.any() for done in self.done.values()) \
+                    and self.lock.fd is not None:
+                os.remove(self.path)
             self.lock.release()
 
     def _close_file(self):

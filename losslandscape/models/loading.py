@@ -74,6 +74,15 @@ def read_checkpoint(path, flag='--model_file', mmap=False):
         raise UsageError(f'{flag} {path!r} is not a readable PyTorch checkpoint ({first})') from None
 
 
+def check_checkpoint_exists(path, flag='--model_file'):
+    """Raise UsageError unless ``path`` is a checkpoint file, or a Hugging Face model folder with
+    config.json and its weights (every shard its index names)."""
+    if checkpoints.is_model_folder(path):
+        checkpoints.folder_weight_files(path, f'{flag}{path!r}' if flag.endswith('=') else f'{flag} {path!r}')
+    else:
+        check_file_exists(path, flag)
+
+
 def read_state_dict(path, flag='--model_file'):
     """The state_dict stored in checkpoint ``path``: a torch.save'd file, a .safetensors file or
     a Hugging Face model folder (models.checkpoints; UsageError if it cannot be one)."""
@@ -81,12 +90,31 @@ def read_state_dict(path, flag='--model_file'):
         return checkpoint.state_dict()
 
 
+def _tied_names(net):
+    """{state_dict name: the other names of the same tensor} for tensors a model holds under
+    several names (tied weights: GPT-2's lm_head.weight is transformer.wte.weight)."""
+    by_storage = {}
+    for name, tensor in net.state_dict(keep_vars=True).items():
+        key = (tensor.device, tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype)
+        if tensor.numel():
+            by_storage.setdefault(key, []).append(name)
+    return {name: [other for other in names if other != name]
+            for names in by_storage.values() if len(names) > 1 for name in names}
+
+
 def load_state(net, state, source):
-    """Copy ``state`` into ``net`` or raise UsageError naming the first key that does not fit."""
+    """Copy ``state`` into ``net`` or raise UsageError naming the first key that does not fit. A
+    tied tensor may be stored under one of its names only (save_pretrained and safetensors'
+    save_model keep one): the others take it from there."""
     expected = net.state_dict()
+    tied = _tied_names(net)
+    state = dict(state)
     for key, tensor in expected.items():
         if key not in state:
-            raise UsageError(f'{source} does not fit the model: key {key!r} is missing')
+            stored_as = [other for other in tied.get(key, ()) if other in state]
+            if not stored_as:
+                raise UsageError(f'{source} does not fit the model: key {key!r} is missing')
+            state[key] = state[stored_as[0]]
         if tuple(state[key].shape) != tuple(tensor.shape):
             raise UsageError(f'{source} does not fit the model: key {key!r} has shape '
                              f'{tuple(state[key].shape)}, the model needs {tuple(tensor.shape)}')
@@ -97,9 +125,19 @@ def load_state(net, state, source):
     return net
 
 
-def load(dataset, model_name, model_file=None, flag='--model_file', init_seed=None):
+def load(dataset, model_name, model_file=None, flag='--model_file', init_seed=None, architecture_folder=None):
     """Build ``model_name`` (its initial weights drawn under ``init_seed`` when given, without
-    touching the caller's random state) and, if given, load the checkpoint ``model_file`` into it."""
+    touching the caller's random state) and, if given, load the checkpoint ``model_file`` into it.
+    ``model_name`` None: a Hugging Face model, built from the folder ``model_file`` itself
+    (models.huggingface), or for a checkpoint file from the folder ``architecture_folder`` (the
+    centre's) with the file's tensors."""
+    if model_name is None:
+        from losslandscape.models import huggingface
+        if checkpoints.is_model_folder(model_file):
+            return huggingface.load_folder(model_file, flag)
+        if not checkpoints.is_model_folder(architecture_folder):
+            raise UsageError(f'{flag} {model_file!r} is a file of tensors without a model: pass --model')
+        return huggingface.load_into_architecture(model_file, flag, architecture_folder)
     if init_seed is None:
         net = build(dataset, model_name)
     else:

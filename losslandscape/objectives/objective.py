@@ -43,12 +43,21 @@ ACC, PERPLEXITY = 'acc', 'perplexity'
 KEY_PATTERN = re.compile(r'[A-Za-z][A-Za-z0-9_]*$')   # a key becomes part of an HDF5 dataset name
 
 
-def add_loss_argument(group):
-    group.add_argument('--loss_name', default='crossentropy', metavar='{' + ','.join(LOSS_NAMES) + '} or MODULE:FN',
+DEFAULT_LOSS = 'crossentropy'
+
+
+def add_loss_argument(group, chosen=False):
+    """--loss_name. ``chosen``: its default is None, which the script resolves from the model
+    (grid_args.choose_model_and_loss: DEFAULT_LOSS, or from a Hugging Face folder's architecture)."""
+    group.add_argument('--loss_name', default=None if chosen else DEFAULT_LOSS,
+                       metavar='{' + ','.join(LOSS_NAMES) + '} or MODULE:FN',
                        help='what is evaluated: crossentropy or mse (softmax outputs against one-hot targets) '
                        'for classifiers; model (the model returns its own .loss); causal_lm (a causal language '
                        'model\'s mean token loss, plus perplexity); or package.module:function(model, batch) '
-                       'returning a dict of batch sums with "loss" and "count" (README: "Any model, data and loss")')
+                       'returning a dict of batch sums with "loss" and "count" (README: "Any model, data and loss")'
+                       + ('; default: crossentropy, or for a Hugging Face model folder as --model_file, chosen from '
+                          'its architecture: causal_lm for a causal language model (...ForCausalLM, GPT2LMHeadModel), '
+                          'else model' if chosen else ''))
 
 
 def check_loss_name(loss_name):
