@@ -185,7 +185,7 @@ def _run(model, dataset, test_dataset, flags, hessian):
 
 def _load_model_file(model, path):
     """model_file=: the checkpoint loaded into ``model``, which then is the centre."""
-    loading.load_state(model, loading.read_state_dict(path), f'--model_file {path!r}')   # _run says model_file=
+    loading.load_checkpoint(model, path)   # _run says model_file=
 
 
 def _compute(parser, model, dataset, test_dataset, flags, hessian):

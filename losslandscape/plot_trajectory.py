@@ -162,7 +162,7 @@ class CheckpointBases(collections.abc.Sequence):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
         path = self.paths[i]
-        loading.load_state(self.net, loading.read_state_dict(path, 'checkpoint'), f'checkpoint {path!r}')
+        loading.load_checkpoint(self.net, path, 'checkpoint')
         return subsets.get_base(self.net, self.dir_type)
 
 
@@ -187,7 +187,7 @@ def evaluate_checkpoints(args, paths, net):
     the_objective = objective.resolve(args.loss_name)
     values = {}
     for path in progress.progress_iter(paths, 'evaluating checkpoints', 'ckpt'):
-        loading.load_state(net, loading.read_state_dict(path, 'checkpoint'), f'checkpoint {path!r}')
+        loading.load_checkpoint(net, path, 'checkpoint')
         for key, value in objective.evaluate(net.to(device), data, the_objective).items():
             values.setdefault(f'train_{key}', []).append(value)
         net.cpu()

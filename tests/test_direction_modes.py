@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from losslandscape import plot_surface
-from losslandscape.directions import direction_files, sources, subsets
+from losslandscape.directions import direction_files, seeded, sources, subsets
 from losslandscape.io import hdf5_layout
 from losslandscape.models import loading
 from tests.conftest import assert_one_line_error, call_main, snapshot
@@ -196,3 +196,45 @@ def test_a_bfloat16_model_keeps_one_centre_and_matches_float32_arithmetic(tmp_pa
     for p, w, d in zip(net.parameters(), base, x):
         assert torch.equal(p, (w.float() + 0.3 * torch.from_numpy(d)).to(torch.bfloat16))
     streamed.close()
+
+
+def test_blocks_of_rows_move_the_model_as_whole_tensors_do(tmp_path, model_file, capsys, monkeypatch):
+    """Streamed and regenerated directions are applied a block of rows at a time; with blocks of a
+    row or two the surface is the one of whole tensors, and a seed-form file keeps the blocks it
+    was made with (its seeds depend on them) whatever the suite's default is later."""
+    run(capsys, '--model', 'cnn_bn', '--model_file', model_file, *GRID_2D, '--dir_mode', 'resident',
+        '--surf_file', tmp_path / 'whole.h5')
+    dir_file = hdf5_layout.read_surface(str(tmp_path / 'whole.h5')).dir_file
+    monkeypatch.setattr(sources, 'BLOCK_ELEMENTS', 100)   # conv rows of 72 and 9, classifier rows of 64
+    assert len(sources.row_blocks((16, 8, 3, 3))) == 16 and len(sources.row_blocks((10, 64))) == 10
+    run(capsys, '--model', 'cnn_bn', '--model_file', model_file, '--dir_file', dir_file, '--x=-1:1:3', '--y=-1:1:3',
+        '--dir_mode', 'stream', '--surf_file', tmp_path / 'blocks.h5')
+    np.testing.assert_array_equal(surface_values(tmp_path / 'blocks.h5'), surface_values(tmp_path / 'whole.h5'))
+    small = seed_file_run(tmp_path, model_file, capsys, name='seed_small_blocks')
+    monkeypatch.setattr(sources, 'BLOCK_ELEMENTS', 1 << 22)
+    again = seed_file_run(tmp_path, model_file, capsys, name='seed_default_blocks')
+    np.testing.assert_array_equal(surface_values(again), surface_values(small))
+
+
+@pytest.mark.parametrize('norm', ['layer', 'dlayer', 'filter', 'weight'])
+def test_regenerated_blocks_follow_the_normalisation_of_whole_tensors(norm, monkeypatch):
+    monkeypatch.setattr(sources, 'BLOCK_ELEMENTS', 100)
+    net = loading.load('digits', 'cnn_bn')
+    base = subsets.get_base(net, 'weights')
+    spec = direction_files.DirectionSpec(xnorm=norm, xignore='biasbn')
+    seeded_dirs = seeded.SeededDirections(seeded.make_recipe(spec, 'cpu'), net, base)
+    w, d = base[3], seeded_dirs.entry('x', 3)   # features.1.0.weight (16, 8, 3, 3): 16 blocks
+    if norm == 'layer':
+        assert float(d.norm()) == pytest.approx(float(w.norm()), rel=1e-5)
+    elif norm == 'dlayer':
+        assert float(d.norm()) == pytest.approx(1.0, rel=1e-5)
+    elif norm == 'filter':
+        np.testing.assert_allclose(d.view(16, -1).norm(dim=1), w.view(16, -1).norm(dim=1), rtol=1e-5)
+    else:   # elementwise: d / w is the standard normal draw, the same as unnormalised blocks
+        raw = seeded.SeededDirections(seeded.make_recipe(direction_files.DirectionSpec(), 'cpu'), net, base)
+        torch.testing.assert_close(d, raw.entry('x', 3) * w)
+    assert seeded_dirs.entry('x', 1) is None   # a BatchNorm weight under biasbn
+    # Blocks are independent draws: another block count gives other values.
+    monkeypatch.setattr(sources, 'BLOCK_ELEMENTS', 1 << 22)
+    recipe = seeded.make_recipe(spec, 'cpu')
+    assert not torch.equal(seeded.SeededDirections(recipe, net, base).entry('x', 3), d)

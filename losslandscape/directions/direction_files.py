@@ -6,6 +6,7 @@ from os.path import commonprefix
 
 import torch
 
+from losslandscape._memory import ReleaseCounter
 from losslandscape.directions import normalization, seeded, subsets
 from losslandscape.errors import UsageError
 from losslandscape.io import hdf5_layout
@@ -159,7 +160,7 @@ def write_stored_directions(path, spec, net, base, load_model, attrs):
     groups = subsets.tied_entries(net) if spec.dir_type == 'states' else []
     if groups:
         subsets.tie_state_directions(net, keep)   # refuses a subset that splits a tied tensor
-    opened = []
+    opened, released = [], ReleaseCounter()
     try:
         with hdf5_layout.direction_writer(path, attrs=attrs) as writer:
             axes = [(hdf5_layout.XDIRECTION, spec.model_file2, '--model_file2', spec.xnorm, spec.xignore)]
@@ -180,6 +181,7 @@ def write_stored_directions(path, spec, net, base, load_model, attrs):
                         d = torch.randn(tuple(w.shape), generator=generator, dtype=torch.float32)
                         normalization.normalize_entry(d, w.cpu(), norm, ignore)
                     writer.add(axis, d.numpy() if keep[i] else hdf5_layout.ImpliedZeros(tuple(w.shape)))
+                    released.freed(4 * d.numel())   # what writing it left in the heap goes back
                 for group in groups:   # the names of a tied tensor move it as its last name does
                     for i in group[:-1]:
                         if keep[i]:

@@ -2,8 +2,8 @@
 at a time, computed in float32 and rounded once into the model's own tensors.
 
 The directions come from a source (directions.sources: held, read from the file, or regenerated)
-that hands them one entry at a time, so a move never needs both directions whole; plain lists of
-tensors (the Python API's and the tests' way) are accepted too.
+that hands them a block of rows at a time, so a move never needs a direction whole; plain lists
+of tensors (the Python API's and the tests' way) are accepted too.
 """
 
 import torch
@@ -22,17 +22,25 @@ def point_tensor(centre, dx, dy, x, y):
     return work
 
 
-def _set(target, centre, dx, dy, x, y):
-    """target <- centre + x * dx (+ y * dy): in place when the dtypes agree, else computed in
-    float32 and rounded once. A zero entry (dx and dy None) is the centre itself."""
-    if dx is None and dy is None:
-        target.copy_(centre)
-    elif target.dtype == centre.dtype and centre.dtype not in subsets.LOW_PRECISION:
-        target.copy_(centre)
-        target.add_(dx, alpha=x) if dx is not None else None
-        target.add_(dy, alpha=y) if dy is not None else None
-    else:
-        target.copy_(point_tensor(centre, dx, dy, x, y))
+def _set(target, centre, source, i, x, y):
+    """target <- centre + x * dx (+ y * dy) for entry ``i`` of ``source``, a block of rows at a
+    time (the source's row_blocks: a streamed or regenerated block lives in a reused buffer; a
+    held direction is one block): in place
+    when the dtypes agree, else computed in float32 and rounded once. Elementwise, so the values
+    are those of the whole-tensor operations in the same order."""
+    low_precision = centre.dtype in subsets.LOW_PRECISION
+    in_place = target.dtype == centre.dtype and not low_precision
+    for b, rows in enumerate(source.row_blocks(tuple(target.shape))):
+        part, origin = target[rows], centre[rows]
+        work = part if in_place else (origin.float() if low_precision else origin.clone())
+        if in_place:
+            part.copy_(origin)
+        for axis, step in (('x', x), ('y', y)):
+            direction = source.block(axis, i, b, rows) if axis == 'x' or source.is_2d else None
+            if direction is not None:
+                work.add_(direction, alpha=step)
+        if not in_place:
+            part.copy_(work)
 
 
 def as_source(xdirection, ydirection=None):
@@ -47,7 +55,7 @@ def set_weights(net, weights, xdirection, ydirection=None, x=0.0, y=0.0):
     """Parameters <- weights + x * xdirection (+ y * ydirection)."""
     source = as_source(xdirection, ydirection)
     for i, (p, w) in enumerate(zip(net.parameters(), weights)):
-        _set(p, w, source.entry('x', i), source.entry('y', i) if source.is_2d else None, x, y)
+        _set(p, w, source, i, x, y)
 
 
 @torch.no_grad()
@@ -56,7 +64,7 @@ def set_states(net, states, xdirection, ydirection=None, x=0.0, y=0.0):
     source = as_source(xdirection, ydirection)
     for i, (t, s) in enumerate(zip(net.state_dict().values(), states)):
         if t.is_floating_point():
-            _set(t, s, source.entry('x', i), source.entry('y', i) if source.is_2d else None, x, y)
+            _set(t, s, source, i, x, y)
         else:
             t.copy_(s)
 

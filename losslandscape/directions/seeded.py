@@ -1,10 +1,12 @@
 """Directions in seed form: a recipe instead of tensors, regenerated one tensor at a time on the
 evaluation device (--dir_mode seed).
 
-A random direction's entry i is drawn from a generator of its own, seeded by (seed, axis, i), so
-any entry can be made without the ones before it: at every point, each tensor's direction is
-drawn, normalised against the centre's tensor (directions.normalization's rules) and used, and
-no direction is ever held whole. The values differ from those of a direction file made with
+A random direction's entry i is drawn a block of rows at a time (directions.sources.row_blocks,
+at most 16 MB each), each block from a generator of its own seeded by (seed, axis, i, block), so
+any block can be made without the ones before it: at every point each block is drawn,
+normalised against the centre's rows (directions.normalization's rules; the whole-tensor norms
+of 'layer' and 'dlayer' computed once from the blocks) and used, and no direction is ever held
+whole, nor even one of its tensors. The values differ from those of a direction file made with
 --dir_mode resident or stream (one generator drawn through every tensor in order, the original
 code's values), so a seed-form file is its own kind of direction, recorded as such.
 
@@ -15,10 +17,11 @@ device type, another PyTorch whose generator changed, another centre the normali
 is refused in one line instead of drawing a surface along other directions.
 """
 import hashlib
+import math
 
 import torch
 
-from losslandscape.directions import normalization, subsets
+from losslandscape.directions import normalization, sources, subsets
 from losslandscape.errors import UsageError
 from losslandscape.io import hdf5_layout
 
@@ -26,9 +29,10 @@ RECIPE_VERSION = 1
 AXES = ('x', 'y')
 
 
-def entry_seed(seed, axis, i):
-    """The generator seed of entry ``i`` of ``axis``: independent streams per entry."""
-    digest = hashlib.sha256(f'losslandscape-direction:{seed}:{axis}:{i}'.encode()).digest()
+def entry_seed(seed, axis, i, block):
+    """The generator seed of block ``block`` of entry ``i`` of ``axis``: independent streams per
+    block, so any block of any entry is drawn without the others."""
+    digest = hashlib.sha256(f'losslandscape-direction:{seed}:{axis}:{i}:{block}'.encode()).digest()
     return int.from_bytes(digest[:8], 'little') >> 1
 
 
@@ -41,13 +45,14 @@ def make_recipe(spec, device):
             'xnorm': spec.xnorm, 'xignore': spec.xignore, 'ynorm': spec.ynorm, 'yignore': spec.yignore,
             'same_dir': spec.same_dir, 'include_params': spec.include_params or '',
             'exclude_params': spec.exclude_params or '', 'device_type': torch.device(device).type,
-            'torch': torch.__version__}
+            'block_elements': sources.BLOCK_ELEMENTS, 'torch': torch.__version__}
 
 
 class SeededDirections:
     """The directions of ``recipe`` for the model ``net`` whose centre is ``centre`` (its tensors,
     on the evaluation device): ``entry(axis, i)`` is entry i's direction (float32, on the centre
-    tensor's device), or None where it is zero (ignored, outside the subset, an integer buffer)."""
+    tensor's device, in a buffer the next call reuses), or None where it is zero (ignored, outside
+    the subset, an integer buffer)."""
 
     def __init__(self, recipe, net, centre, what='direction file'):
         if recipe.get('version') != RECIPE_VERSION:
@@ -60,6 +65,8 @@ class SeededDirections:
         self.keep = subsets.selected_entries(names, recipe['include_params'], recipe['exclude_params'],
                                              recipe['dir_type'])
         # 'states' of a model with tied weights: every name of a tied tensor moves it the same way.
+        self.buffers = {}   # (axis, device) -> the reused buffer of the largest block there
+        self.norms = {}     # (axis, i) -> the whole entry's norms, for 'layer' and 'dlayer'
         self.alias = {}
         if recipe['dir_type'] == 'states':
             for group in subsets.tied_entries(net):
@@ -73,37 +80,97 @@ class SeededDirections:
             raise UsageError(f'{what} was made on {made_on} and this run evaluates on {here}: its random '
                              f'directions regenerate only on {made_on} (run there, or make a new file here)')
 
-    def entry(self, axis, i):
-        if axis == 'y' and self.recipe['same_dir']:
-            axis = 'x'
-        i = self.alias.get(i, i)
+    def row_blocks(self, shape):
+        """The recipe's blocks (their seeds depend on them, so they are the recipe's, not today's)."""
+        return sources.row_blocks(shape, self.recipe['block_elements'])
+
+    def _resolve(self, axis, i):
+        """(axis, i) whose values entry i of ``axis`` takes: the x direction for --same_dir, the
+        last name of a tied tensor."""
+        return ('x' if axis == 'y' and self.recipe['same_dir'] else axis), self.alias.get(i, i)
+
+    def is_zero(self, axis, i):
+        axis, i = self._resolve(axis, i)
         w = self.centre[i]
-        if not self.keep[i] or not w.is_floating_point():
+        return not self.keep[i] or not w.is_floating_point() or \
+            (w.dim() <= 1 and self.recipe[axis + 'ignore'] == 'biasbn')
+
+    def block(self, axis, i, b, rows):
+        """Block b (rows ``rows`` of sources.row_blocks) of entry i: drawn from a generator of its
+        own, seeded by (seed, axis, i, b), into the axis's reused buffer, then normalised
+        (directions.normalization's rules; 'layer' and 'dlayer' by the whole entry's norms)."""
+        if self.is_zero(axis, i):
             return None
-        norm, ignore = self.recipe[axis + 'norm'], self.recipe[axis + 'ignore']
-        if w.dim() <= 1:
-            return None if ignore == 'biasbn' else w.detach().float()
-        generator = torch.Generator(device=w.device).manual_seed(entry_seed(self.recipe['seed'], axis, i))
-        d = torch.randn(tuple(w.shape), generator=generator, device=w.device, dtype=torch.float32)
-        normalization.normalize_direction(d, w, norm)
+        buffer_axis = axis
+        axis, i = self._resolve(axis, i)
+        w = self.centre[i]
+        if w.dim() <= 1:   # a direction equal to the weights themselves
+            return w[rows].float()
+        shape = sources.block_shape(w.shape, rows)
+        d = self._buffer(buffer_axis, w.device)[:math.prod(shape)].view(shape)
+        self._draw(d, axis, i, b)
+        norm, part = self.recipe[axis + 'norm'], w[rows]
+        if norm in ('layer', 'dlayer'):
+            d_norm, w_norm = self._whole_norms(axis, i)
+            d.mul_((w_norm if norm == 'layer' else 1.0) / (d_norm + normalization.NORM_EPS))
+        else:
+            normalization.normalize_direction(d, part, norm)
         return d
+
+    def _draw(self, d, axis, i, b):
+        generator = torch.Generator(device=d.device).manual_seed(entry_seed(self.recipe['seed'], axis, i, b))
+        torch.randn(tuple(d.shape), generator=generator, dtype=torch.float32, out=d)
+
+    def _whole_norms(self, axis, i):
+        """(||d||, ||w||) of entry i, for the whole-tensor normalisations: the drawn blocks'
+        sums of squares, once (cached)."""
+        key = (axis, i)
+        if key not in self.norms:
+            w = self.centre[i]
+            total = 0.0
+            for b, rows in enumerate(self.row_blocks(tuple(w.shape))):
+                shape = sources.block_shape(w.shape, rows)
+                d = self._buffer('norms', w.device)[:math.prod(shape)].view(shape)
+                self._draw(d, axis, i, b)
+                total += float(d.double().square().sum())
+            self.norms[key] = (math.sqrt(total), float(w.float().norm()))
+        return self.norms[key]
+
+    def _buffer(self, name, device):
+        """A buffer of the largest block on ``device``, one per name (axis), reused."""
+        key = (name, device)
+        if key not in self.buffers:
+            largest = max((math.prod(sources.block_shape(w.shape, rows)) for w in self.centre
+                           if w.device == device for rows in self.row_blocks(tuple(w.shape))), default=0)
+            self.buffers[key] = torch.empty(largest, dtype=torch.float32, device=device)
+        return self.buffers[key]
+
+    def entry(self, axis, i):
+        """Entry i whole (new memory), or None where it is zero."""
+        if self.is_zero(axis, i):
+            return None
+        w = self.centre[i]
+        whole = torch.empty(tuple(w.shape), dtype=torch.float32, device=w.device)
+        for b, rows in enumerate(self.row_blocks(tuple(w.shape))):
+            whole[rows] = self.block(axis, i, b, rows)
+        return whole
 
     def axes(self):
         return AXES if self.recipe['is_2d'] else AXES[:1]
 
     def content_ids(self):
-        """{'x': id of x, 'xy': id of x and y} of the values regenerated here (one tensor at a time)."""
+        """{'x': id of x, 'xy': id of x and y} of the values regenerated here, hashed block by
+        block (the same bytes in the same order as the whole tensors: hdf5_layout.ContentDigest)."""
         digest, ids = hdf5_layout.ContentDigest(), {}
-        for axis in AXES:
-            if axis not in self.axes():
-                break
+        for axis in self.axes():
             digest.axis(axis)
             for i, w in enumerate(self.centre):
-                d = self.entry(axis, i)
-                if d is None:
+                if self.is_zero(axis, i):
                     digest.zeros(tuple(w.shape))
-                else:
-                    digest.tensor(d.cpu().numpy())
+                    continue
+                digest.shape(tuple(w.shape))
+                for b, rows in enumerate(self.row_blocks(tuple(w.shape))):
+                    digest.bytes(self.block(axis, i, b, rows).cpu().numpy())
             ids['x' if axis == 'x' else 'xy'] = digest.hexdigest()
         return ids
 

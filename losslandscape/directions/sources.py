@@ -14,9 +14,16 @@ For a model of B bytes (float32) the memory a 2D surface holds beside one batch'
 about B (the model) + B (its centre) + 2B (the directions, resident only); benchmarks/
 bench_memory.py measures it.
 
-A source gives ``entry(axis, i)``: entry i's direction on ``axis`` ('x' or 'y') as a float32
-tensor on the device of the model's tensor i, or None where it is zero (outside the subset).
+A source gives ``block(axis, i, b, rows)``: block b (the rows ``rows``, row_blocks) of entry i's
+direction on ``axis`` ('x' or 'y') as a float32 tensor on the device of the model's tensor i, or
+None where the entry is zero (outside the subset). A streamed or regenerated block lives in a
+buffer of at most BLOCK_ELEMENTS per axis that the next call reuses, so moving the model holds
+no direction whole and allocates nothing per point: use it before asking for the next one
+(directions.moving does). ``entry(axis, i)`` is the whole entry (new memory: setup, hashing).
 """
+import math
+
+import numpy as np
 import torch
 
 from losslandscape.directions import normalization, seeded
@@ -26,6 +33,25 @@ from losslandscape.io import hdf5_layout
 DIR_MODES = ('auto', 'resident', 'stream', 'seed')
 RESIDENT_BUDGET = 0.25     # auto: resident while the directions take at most this share of free memory
 AXIS_KEYS = {'x': hdf5_layout.XDIRECTION, 'y': hdf5_layout.YDIRECTION}
+
+
+BLOCK_ELEMENTS = 1 << 22  # a streamed or regenerated entry is handled in blocks of rows of at most 16 MB
+
+
+def row_blocks(shape, limit=None):
+    """The blocks an entry of ``shape`` is moved in: slices of its rows (dim 0) of at most
+    ``limit`` elements (BLOCK_ELEMENTS by default; one row at least), or [Ellipsis] for a 0-d
+    entry."""
+    limit = BLOCK_ELEMENTS if limit is None else limit
+    if len(shape) == 0:
+        return [Ellipsis]
+    per_row = max(1, math.prod(shape[1:]))
+    step = max(1, limit // per_row)
+    return [slice(r, min(r + step, shape[0])) for r in range(0, shape[0], step)]
+
+
+def block_shape(shape, rows):
+    return tuple(shape) if rows is Ellipsis else (rows.stop - rows.start, *shape[1:])
 
 
 class ResidentDirections:
@@ -43,6 +69,13 @@ class ResidentDirections:
         direction = self.lists[axis]
         return None if direction is None else direction[i]
 
+    def row_blocks(self, shape):
+        return [Ellipsis]   # held whole: one block
+
+    def block(self, axis, i, b, rows):
+        d = self.entry(axis, i)
+        return None if d is None else d[rows]
+
     def full(self, axis, centre):
         """The direction as a list with explicit zeros (for the batched evaluator)."""
         direction = self.lists[axis]
@@ -55,33 +88,58 @@ class ResidentDirections:
 
 
 class StreamedDirections:
-    """Directions read from the direction file tensor by tensor at every point."""
+    """Directions read from the direction file at every point, a block of rows at a time into a
+    reused host buffer per axis (the file was checked for inf and NaN when the run hashed it)."""
     mode = 'stream'
 
     def __init__(self, reader, centre, is_2d):
         self.reader, self.centre, self.is_2d = reader, centre, is_2d
         self.stored = {axis: [reader.is_stored(AXIS_KEYS[axis], i) for i in range(len(centre))]
                        for axis in ('x', 'y')[:1 + is_2d]}
+        largest = max((math.prod(block_shape(w.shape, rows)) for w in centre for rows in row_blocks(w.shape)),
+                      default=0)
+        self.buffers = {axis: np.empty(largest, dtype=np.float32) for axis in self.stored}
+
+    def row_blocks(self, shape):
+        return row_blocks(shape)
 
     def entry(self, axis, i):
+        """Entry i whole, a new tensor on its device (None where it is zero)."""
         if axis not in self.stored or not self.stored[axis][i]:
             return None
-        array = self.reader.read(AXIS_KEYS[axis], i)
-        return torch.from_numpy(array).to(self.centre[i].device, torch.float32, non_blocking=False)
+        array = self.reader.read(AXIS_KEYS[axis], i).astype(np.float32, copy=False)
+        return torch.from_numpy(array).to(self.centre[i].device)
+
+    def block(self, axis, i, b, rows):
+        if axis not in self.stored or not self.stored[axis][i]:
+            return None
+        dataset = self.reader.f[AXIS_KEYS[axis]][str(i)]
+        shape = block_shape(dataset.shape, rows)
+        if dataset.dtype != np.float32:   # a file written by other code, in another dtype
+            return self.entry(axis, i)[rows]
+        array = self.buffers[axis][:math.prod(shape)].reshape(shape)
+        dataset.read_direct(array, source_sel=None if rows is Ellipsis else np.s_[rows])
+        return torch.from_numpy(array).to(self.centre[i].device)
 
     def close(self):
         self.reader.close()
 
 
 class RegeneratedDirections:
-    """Directions regenerated from a seed-form file's recipe at every point."""
+    """Directions regenerated from a seed-form file's recipe at every point, block by block."""
     mode = 'seed'
 
     def __init__(self, seeded_directions, is_2d):
         self.seeded, self.is_2d = seeded_directions, is_2d
 
+    def row_blocks(self, shape):
+        return self.seeded.row_blocks(shape)
+
     def entry(self, axis, i):
         return self.seeded.entry(axis, i)
+
+    def block(self, axis, i, b, rows):
+        return self.seeded.block(axis, i, b, rows)
 
     def close(self):
         pass

@@ -30,6 +30,7 @@ import h5py
 import numpy as np
 import torch
 
+from losslandscape._memory import release_freed_memory
 from losslandscape.cli.parsing import check_output_folder
 from losslandscape.compute import bn_folding, choosing, configuration, runtime
 from losslandscape.curvature import hessian
@@ -305,15 +306,15 @@ def plan_files(settings, comm):
 def build_model(settings, net=None):
     """(the centre model in eval mode, load_model(path, flag) for the other checkpoints). ``net``:
     a model given from Python, whose current weights are the centre (and whose class is rebuilt
-    for --model_file2/3 by deep copy)."""
+    for --model_file2/3 by deep copy, when asked: directions towards checkpoints whose names are
+    the model's are read tensor by tensor and need no copy)."""
     if net is not None:
         import copy
-        template = copy.deepcopy(net).cpu()
 
         def load_model(path, flag):
-            other = copy.deepcopy(template)
-            return loading.load_state(other, loading.read_state_dict(path, flag), f'{flag} {path!r}').eval()
-        return net.eval(), connecting_curves.loader_taking_bends(load_model, template)
+            other = copy.deepcopy(net).cpu()   # before any point: net is at the centre
+            return loading.load_checkpoint(other, path, flag).eval()
+        return net.eval(), connecting_curves.loader_taking_bends(load_model, net)
 
     def load_model(path, flag='--model_file'):
         return loading.load(settings.dataset, settings.model, path, flag, init_seed=settings.rand_seed,
@@ -467,6 +468,7 @@ def prepare_run(settings, comm, net=None, train_dataset=None, test_dataset=None,
     if given:   # before build_model copies it
         loading.check_model_tensors(net, device, 'model=')
     net, load_model = build_model(settings, net)
+    release_freed_memory()   # what loading the checkpoint left in the heap
     if not given:
         loading.check_model_tensors(net, device, settings.model_flag())
     curve = connecting_curves.load_curve(settings.curve_file, net, load_model)[0] if settings.curve_file else None
@@ -490,6 +492,7 @@ def prepare_run(settings, comm, net=None, train_dataset=None, test_dataset=None,
     base = subsets.get_base(net, settings.dir_type)
     write_directions(settings, comm, dir_file, net, base, load_model, device)
     directions = None if curve is not None else open_directions(settings, dir_file, net, base, grid.is_2d, device)
+    release_freed_memory()   # what making, hashing and reading the directions left in the heap
     centre_buffers = [b.detach().clone() for b in net.buffers()] if settings.recomputes_statistics else None
     return Run(settings=settings, comm=comm, device=device, grid=grid, dir_file=dir_file, surf_file=surf_file,
                net=net, eval_net=eval_net, folding=folding, objective=the_objective, value_keys=value_keys,

@@ -64,6 +64,7 @@ import h5py
 import numpy as np
 
 from losslandscape import __version__
+from losslandscape._memory import ReleaseCounter
 from losslandscape.errors import UsageError
 
 # The atomic replace and the lock live in file_safety; hdf5_layout.TMP_SUFFIX, .FileLock and
@@ -228,6 +229,9 @@ def write_seed_direction_file(path, recipe, content_ids, attrs=None):
             f.attrs[key] = json.dumps(value)
 
 
+HASH_BLOCK_ELEMENTS = 1 << 22   # a direction entry is hashed (and checked) in blocks of rows of 16 MB at most
+
+
 class ContentDigest:
     """The DIRECTION_ID hash, fed one axis and one tensor at a time: the same id for the same
     values whether they come from a file, a regeneration or implied zeros."""
@@ -241,8 +245,15 @@ class ContentDigest:
 
     def tensor(self, array):
         array = np.ascontiguousarray(array, dtype=np.float32)
-        self.digest.update(repr(array.shape).encode())
-        self.digest.update(array.tobytes())
+        self.shape(array.shape)
+        self.bytes(array)
+
+    def shape(self, shape):
+        """A tensor of ``shape`` begins; its values follow in row-major order (``bytes``, in parts)."""
+        self.digest.update(repr(tuple(shape)).encode())
+
+    def bytes(self, array):
+        self.digest.update(memoryview(np.ascontiguousarray(array, dtype=np.float32)).cast('B'))   # no copy
 
     def zeros(self, shape):
         self.digest.update(repr(tuple(shape)).encode())
@@ -321,17 +332,40 @@ class DirectionReader:
         if self.form == SEED_FORM:
             ids = self.attrs.get(CONTENT_IDS_ATTR) or {}
             return ids.get('xy' if with_y else 'x')
-        digest = ContentDigest()
+        digest, released = ContentDigest(), ReleaseCounter()
         for axis, label in ((XDIRECTION, 'x'), (YDIRECTION, 'y')):
             if axis == YDIRECTION and not (with_y and self.has(axis)):
                 continue
             digest.axis(label)
             for i in range(self.count(axis)):
-                if self.is_stored(axis, i):
-                    digest.tensor(self.read(axis, i))
-                else:
+                if not self.is_stored(axis, i):
                     digest.zeros(self.shape(axis, i))
+                    continue
+                digest.shape(self.shape(axis, i))
+                for block in self.read_blocks(axis, i):   # a large entry is never read whole
+                    digest.bytes(block)
+                    released.freed(block.nbytes)
         return digest.hexdigest()
+
+    def read_blocks(self, axis, i, limit=HASH_BLOCK_ELEMENTS):
+        """Entry ``i`` of ``axis`` as float32 blocks of its rows (each checked for inf and NaN), in
+        one reused buffer: valid until the next block is read."""
+        dataset = self.f[axis][self._names[axis][i]]
+        if dataset.ndim == 0 or dataset.dtype != np.float32:
+            yield self.read(axis, i).astype(np.float32, copy=False)
+            return
+        per_row = max(1, int(np.prod(dataset.shape[1:], dtype=np.int64)))
+        step = max(1, limit // per_row)
+        buffer = np.empty(min(dataset.shape[0], step) * per_row, dtype=np.float32)
+        for start in range(0, dataset.shape[0], step):
+            stop = min(start + step, dataset.shape[0])
+            block = buffer[:(stop - start) * per_row].reshape((stop - start, *dataset.shape[1:]))
+            try:
+                dataset.read_direct(block, source_sel=np.s_[start:stop])
+            except (OSError, ValueError) as err:
+                raise UsageError(f'{self.what} {self.path!r} is damaged ({_first_line(err)})') from None
+            refuse_non_finite({f'{axis}/{i}': block}, self.what, self.path)
+            yield block
 
     def close(self):
         self.f.close()

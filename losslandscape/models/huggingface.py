@@ -189,4 +189,4 @@ def load_into_architecture(path, flag, architecture_folder):
     transformers = _transformers(source)
     with _quiet_transformers(transformers), torch.random.fork_rng(devices=[]):
         net = cls(cls.config_class.from_pretrained(architecture_folder, local_files_only=True))
-    return loading.load_state(net, loading.read_state_dict(path, flag), _source(path, flag)).eval()
+    return loading.load_checkpoint(net, path, flag).eval()

@@ -102,26 +102,46 @@ def _tied_names(net):
             for names in by_storage.values() if len(names) > 1 for name in names}
 
 
-def load_state(net, state, source):
-    """Copy ``state`` into ``net`` or raise UsageError naming the first key that does not fit. A
-    tied tensor may be stored under one of its names only (save_pretrained and safetensors'
-    save_model keep one): the others take it from there."""
+def _fit(net, shapes, source):
+    """{model's state_dict name: the name it is stored under} for a checkpoint whose tensors have
+    ``shapes`` ({name: shape}), or UsageError naming the first key that does not fit. A tied tensor
+    may be stored under one of its names only (save_pretrained and safetensors' save_model keep
+    one): the others take it from there."""
     expected = net.state_dict()
     tied = _tied_names(net)
-    state = dict(state)
+    stored_as = {}
     for key, tensor in expected.items():
-        if key not in state:
-            stored_as = [other for other in tied.get(key, ()) if other in state]
-            if not stored_as:
-                raise UsageError(f'{source} does not fit the model: key {key!r} is missing')
-            state[key] = state[stored_as[0]]
-        if tuple(state[key].shape) != tuple(tensor.shape):
+        found = key if key in shapes else next((other for other in tied.get(key, ()) if other in shapes), None)
+        if found is None:
+            raise UsageError(f'{source} does not fit the model: key {key!r} is missing')
+        if tuple(shapes[found]) != tuple(tensor.shape):
             raise UsageError(f'{source} does not fit the model: key {key!r} has shape '
-                             f'{tuple(state[key].shape)}, the model needs {tuple(tensor.shape)}')
-    extra = [k for k in state if k not in expected]
+                             f'{tuple(shapes[found])}, the model needs {tuple(tensor.shape)}')
+        stored_as[key] = found
+    extra = [k for k in shapes if k not in expected]
     if extra:
         raise UsageError(f'{source} does not fit the model: unexpected key {extra[0]!r}')
-    net.load_state_dict(state, strict=True)
+    return stored_as
+
+
+def load_state(net, state, source):
+    """Copy ``state`` into ``net`` or raise UsageError naming the first key that does not fit."""
+    stored_as = _fit(net, {k: tuple(v.shape) for k, v in state.items()}, source)
+    net.load_state_dict({key: state[name] for key, name in stored_as.items()}, strict=True)
+    return net
+
+
+def load_checkpoint(net, path, flag='--model_file'):
+    """Copy the checkpoint ``path`` (any format of models.checkpoints) into ``net`` one tensor at a
+    time, checked first by its names and shapes alone: the checkpoint is never held beside the
+    model (a torch.save'd file is memory-mapped, a safetensors file read tensor by tensor)."""
+    source = f'{flag}{path!r}' if flag.endswith('=') else f'{flag} {path!r}'
+    with checkpoints.open_checkpoint(path, flag, read_torch=lambda p: read_checkpoint(p, flag, mmap=True)) as stored:
+        stored_as = _fit(net, {name: stored.shape(name) for name in stored.names()}, source)
+        targets = net.state_dict()
+        with torch.no_grad():
+            for key, name in stored_as.items():
+                targets[key].copy_(stored.tensor(name))
     return net
 
 
@@ -145,7 +165,7 @@ def load(dataset, model_name, model_file=None, flag='--model_file', init_seed=No
             torch.manual_seed(init_seed)
             net = build(dataset, model_name)
     if model_file:
-        load_state(net, read_state_dict(model_file, flag), f'{flag} {model_file!r}')
+        load_checkpoint(net, model_file, flag)
     net.eval()
     return net
 
