@@ -36,6 +36,8 @@ bench: $(VENV)/.test-installed
 	$(PY) benchmarks/bench_divergence_guard.py
 	$(PY) benchmarks/bench_hessian.py
 	$(PY) benchmarks/bench_io.py --grids 41 201
+	# Memory of a GPT-2 surface (124M and 355M, from their configs) per --dir_mode, as a multiple of the model's bytes.
+	$(PY) benchmarks/bench_memory.py
 	# PyHessian, for the comparison only: in the benchmark's own folder, never a dependency.
 	test -d benchmarks/out/pyhessian/pyhessian || $(PY) -m pip install -q --no-deps --target benchmarks/out/pyhessian pyhessian==0.1
 	$(PY) benchmarks/bench_spectrum.py

@@ -37,13 +37,22 @@ MODES = ('resident', 'stream', 'seed')
 SEQUENCES, TOKENS = 8, 32
 
 
-def token_windows(root=None, train=True):
+def token_windows(root=None, train=True, vocab=50257):
     """``--dataset benchmarks.bench_memory:token_windows``: SEQUENCES random sequences of TOKENS
     GPT-2 token ids (seeded), each its own labels (the model shifts them)."""
     import torch
     generator = torch.Generator().manual_seed(0 if train else 1)
-    ids = torch.randint(0, 50257, (SEQUENCES, TOKENS), generator=generator)
+    ids = torch.randint(0, vocab, (SEQUENCES, TOKENS), generator=generator)
     return [{'input_ids': row, 'labels': row.clone()} for row in ids]
+
+
+def tiny_token_windows(root=None, train=True):
+    """The same over the tiny GPT-2's 100 words."""
+    return token_windows(root, train, vocab=SIZES['tiny']['vocab_size'])
+
+
+def dataset_of(size):
+    return 'benchmarks.bench_memory:' + ('tiny_token_windows' if size == 'tiny' else 'token_windows')
 
 
 def gpt2(size):
@@ -84,39 +93,53 @@ import torch, transformers
 from losslandscape import plot_surface
 from losslandscape._memory import release_freed_memory
 from losslandscape.objectives import objective
-from benchmarks.bench_memory import gpt2, token_windows
+from benchmarks.bench_memory import gpt2, tiny_token_windows, token_windows
+mode, argv = sys.argv[1], sys.argv[2:]
+cuda = '--cuda' in argv   # on a GPU: its peak allocated memory, from none allocated at the start
 # The baseline: the interpreter with torch, transformers and the suite imported, after one pass of
 # a tiny GPT-2 (the kernels' code and thread pools every run loads before its first point).
 tiny = gpt2('tiny')
-batch = {k: torch.stack([row[k] % 100 for row in token_windows()]) for k in ('input_ids', 'labels')}
+batch = {k: torch.stack([row[k] for row in tiny_token_windows()]) for k in ('input_ids', 'labels')}
 with torch.no_grad():
     objective.resolve('causal_lm').sums(tiny, batch)
 del tiny
 release_freed_memory()
-baseline = rss('VmRSS')
-with open('/proc/self/clear_refs', 'w') as f:
-    f.write('5')   # the peak (VmHWM) from here on
-mode, argv = sys.argv[1], sys.argv[2:]
+
+def start():
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')   # the peak (VmHWM) from here on
+    return rss('VmRSS')
+
+def peak():
+    if cuda:
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated()
+    return rss('VmHWM')
+
 status = 0
 if mode == 'activations':
     # The activations of one batch: the peak of an evaluation pass over the model at rest.
     from losslandscape.models import loading
-    net = loading.load(None, None, argv[0])
-    data = [{k: torch.stack([row[k] for row in token_windows()]) for k in ('input_ids', 'labels')}]
+    net = loading.load(None, None, argv[0]).to('cuda' if cuda else 'cpu')
+    rows = token_windows(vocab=net.config.vocab_size)
+    data = {k: torch.stack([row[k] for row in rows]).to(next(net.parameters()).device) for k in ('input_ids', 'labels')}
     with torch.no_grad():
-        objective.resolve('causal_lm').sums(net, data[0])
+        objective.resolve('causal_lm').sums(net, data)
     release_freed_memory()
-    baseline = rss('VmRSS')
-    with open('/proc/self/clear_refs', 'w') as f:
-        f.write('5')
+    baseline = start()
     with torch.no_grad():
-        objective.resolve('causal_lm').sums(net, data[0])
+        objective.resolve('causal_lm').sums(net, data)
 else:
+    baseline = start()
     try:
         plot_surface.main(argv)
     except SystemExit as stop:
         status = stop.code or 0
-print('MEMORY ' + json.dumps({'baseline': baseline, 'peak': rss('VmHWM'), 'status': status}), flush=True)
+print('MEMORY ' + json.dumps({'baseline': baseline, 'peak': peak(), 'status': status}), flush=True)
 '''
 
 
@@ -135,28 +158,33 @@ def environment():
             'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1'}
 
 
-def activation_bytes(folder):
+def activation_bytes(folder, cuda=False):
     """The peak of one batch's evaluation pass over the model, above the model itself."""
-    record, _ = child('activations', [folder], environment())
+    record, _ = child('activations', [folder] + (['--cuda'] if cuda else []), environment())
     return record['peak'] - record['baseline']
 
 
-def run_mode(folder, mode, work, source, size):
+def run_mode(folder, mode, work, source, size, extra=()):
     """(peak over baseline in bytes, seconds per point) of one 2D surface under ``mode``."""
     # A link per mode: each run makes its own direction file (default name, beside the link).
-    link = os.path.join(work, f'{mode}-{os.path.basename(folder)}')
+    link = os.path.join(work, f'run{len(os.listdir(work))}-{mode}-{os.path.basename(folder)}')
     os.symlink(folder if source == 'folder' else os.path.join(folder, 'model.safetensors'),
                link + ('' if source == 'folder' else '.safetensors'))
     model = ['--model_file', link] if source == 'folder' else \
         ['--model', f'benchmarks.bench_memory:gpt2_{size}', '--model_file', link + '.safetensors']
-    argv = [*model, '--dataset', 'benchmarks.bench_memory:token_windows', '--loss_name', 'causal_lm',
+    argv = [*model, '--dataset', dataset_of(size), '--loss_name', 'causal_lm',
             '--x=-1:1:2', '--y=-1:1:2', '--batch_size', str(SEQUENCES), '--compute_config', 'plain',
-            '--surf_file', os.path.join(work, f'surf_{mode}.h5')]
+            '--surf_file', link + '_surface.h5', *extra]
     if mode != 'today':
         argv += ['--dir_mode', mode]
     record, stdout = child('surface', argv, environment())
     timing = re.search(r'(\d+) points computed in ([\d.]+) s', stdout)
     return record['peak'] - record['baseline'], float(timing.group(2)) / int(timing.group(1))
+
+
+def torch_device_name():
+    import torch
+    return torch.cuda.get_device_name(0)
 
 
 def cpu_model():
@@ -170,27 +198,35 @@ def cpu_model():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--sizes', nargs='+', default=['124M', '355M'], choices=['124M', '355M'])
+    parser.add_argument('--sizes', nargs='+', default=['124M', '355M'], choices=list(SIZES),
+                        help='tiny: a 1-block GPT-2 over 100 words, for the tests')
     parser.add_argument('--modes', nargs='+', default=list(MODES), choices=[*MODES, 'today'],
                         help="'today': no --dir_mode flag (the suite's default)")
+    parser.add_argument('--cuda', action='store_true', help='on the GPU: peak allocated GPU memory instead of RSS')
+    parser.add_argument('--device_map', action='store_true', help='also a run with --device_map auto (stream)')
     parser.add_argument('--source', default='folder', choices=('folder', 'factory'),
                         help='folder: --model_file the Hugging Face folder; factory: --model a factory of this '
                         'module and --model_file the folder\'s model.safetensors')
     args = parser.parse_args(argv)
     os.makedirs(OUT, exist_ok=True)
-    print(f'# {cpu_model()}; 2D surface of 2x2 points on {SEQUENCES} x {TOKENS} tokens, --source {args.source}')
+    where = torch_device_name() if args.cuda else cpu_model()
+    print(f'# {where}; 2D surface of 2x2 points on {SEQUENCES} x {TOKENS} tokens, --source {args.source}')
     print('# per --dir_mode: (peak RSS - baseline - one batch\'s activations) / model bytes, the same without '
           'subtracting the activations, and seconds per point')
-    print(f'{"model":>6} {"bytes":>8} {"activ.":>7} ' + ' '.join(f'{m:>24}' for m in args.modes))
+    names = [*args.modes, *(['device_map'] if args.device_map else [])]
+    print(f'{"model":>6} {"bytes":>8} {"activ.":>7} ' + ' '.join(f'{m:>24}' for m in names))
     for size in args.sizes:
         work = tempfile.mkdtemp(dir=OUT)
         try:
             folder = os.path.join(work, f'gpt2-{size}')
             model_bytes = save_model(size, folder)
-            activations = activation_bytes(folder)
+            activations = activation_bytes(folder, args.cuda)
             cells = []
-            for mode in args.modes:
-                extra, per_point = run_mode(folder, mode, work, args.source, size)
+            runs = [(mode, ['--cuda'] if args.cuda else []) for mode in args.modes]
+            if args.device_map:
+                runs.append(('stream', ['--device_map', 'auto']))
+            for mode, flags in runs:
+                extra, per_point = run_mode(folder, mode, work, args.source, size, flags)
                 cells.append(f'{(extra - activations) / model_bytes:5.2f}x ({extra / model_bytes:4.2f}x) '
                              f'{per_point:5.2f} s/pt')
             print(f'{size:>6} {model_bytes / 1e9:6.3f}GB {activations / model_bytes:6.2f}x '

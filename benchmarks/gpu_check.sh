@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prepared one-call GPU check, for a session lent a GPU machine: it measures the GPU figures of
 # benchmarks/RESULTS.md in a single command. resnet56, 10,000 CIFAR-sized images, 5x5 grid, this
-# suite against the naive DataLoader loop, and each GPU lever side by side. About 5 minutes on one H100.
+# suite against the naive DataLoader loop, and each GPU lever side by side; then the memory of GPT-2
+# surfaces per --dir_mode (bench_memory.py). About 7 minutes on one H100 (not yet measured with the memory part).
 #
 #   bash benchmarks/gpu_check.sh            # uses python3 (PyTorch, h5py, tqdm ... installed); installs
 #                                           # the checkout's package into it (pip -e, no dependencies) if missing
@@ -31,3 +32,6 @@ export PYTHONUNBUFFERED=1
                "$P --batch_size 256 --points_per_call 4" \
       --json "$DEST/bench_surface_gpu.json"
 } 2>&1 | grep -v 'grid points' | tee "$DEST/gpu_check.log"
+# Memory of a GPT-2 surface on the GPU (peak allocated / model bytes) for each --dir_mode, and the
+# model spread by --device_map auto (issue 29: at most 2.5 under stream and seed, 4.5 resident).
+"$PY" benchmarks/bench_memory.py --cuda --device_map --sizes 124M 355M 2>&1 | grep -v 'Writing\|Loading' | tee -a "$DEST/gpu_check.log"

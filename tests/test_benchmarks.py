@@ -123,3 +123,18 @@ def test_bench_divergence_guard_compares_the_guard_with_the_post_op_always(tmp_p
     assert set(seconds) == {'guarded', 'post-op always'} and all(s > 0 for s in seconds.values())
     assert results['guard_cost'] == pytest.approx(seconds['guarded'] / seconds['post-op always'])
     assert results['fused_calls'] == 19   # resnet20: every convolution but the two shortcuts'
+
+
+def test_bench_memory_table_has_a_multiple_per_mode(capsys):
+    """bench_memory.py on the tiny GPT-2: one row, a memory multiple and a time per point for each
+    --dir_mode (the figures themselves are `make bench`'s)."""
+    import re
+
+    from benchmarks import bench_memory
+    bench_memory.main(['--sizes', 'tiny', '--modes', 'resident', 'stream', 'seed'])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith('tiny')]
+    assert len(rows) == 1
+    cells = re.findall(r'(-?[\d.]+)x \(([\d.]+)x\)\s+([\d.]+) s/pt', rows[0])
+    assert len(cells) == 3
+    for net_of_activations, raw, seconds in cells:
+        assert float(raw) >= float(net_of_activations) and float(seconds) > 0

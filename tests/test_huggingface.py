@@ -337,3 +337,70 @@ def test_bad_checkpoints_from_python_name_the_keyword(bad, tmp_path, case):
         losslandscape.surface(tiny.tiny_gpt(), tiny.token_sequences(), x='-1:1:3', model_file=str(folder / case),
                               surf_file=str(tmp_path / 'surface.h5'))
     assert snapshot(tmp_path) == {}
+
+
+# ----------------------------------------------------------------------------- between folders, spread models
+
+def test_interpolation_between_two_saved_folders_equals_an_independent_computation(saved, tmp_path, monkeypatch):
+    """Two fine-tunes of one base as folders: the line between them is made tensor by tensor from
+    the second folder (no second model is built), and its midpoint's loss is the loss of the
+    averaged weights, computed here straight from the logits."""
+    gpt_b = tiny.tiny_gpt()
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(5)
+        for p in gpt_b.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    gpt_b.save_pretrained(tmp_path / 'gpt_b')
+    built = []
+    real_load = loading.load
+    monkeypatch.setattr(loading, 'load', lambda *a, **k: built.append(a[2]) or real_load(*a, **k))
+    surf_file = tmp_path / 'line.h5'
+    plot_surface.main([*TOKENS, '--model_file', saved['gpt'], '--model_file2', str(tmp_path / 'gpt_b'),
+                       '--x=0:1:3', '--dir_mode', 'stream', '--surf_file', str(surf_file)])
+    assert built == [saved['gpt']]   # the second folder was read, never built
+    a, b = tiny.tiny_gpt(), gpt_b
+    x, _, _ = hdf5_layout.read_direction_file(surface_of(surf_file).dir_file)
+    for d, wa, wb in zip(x, a.parameters(), b.parameters()):
+        np.testing.assert_array_equal(d, (wb.detach().double() - wa.detach().double()).float().numpy())
+    middle = tiny.tiny_gpt()
+    with torch.no_grad():
+        for pm, pa, pb in zip(middle.parameters(), a.parameters(), b.parameters()):
+            pm.copy_(pa + 0.5 * (pb.double() - pa.double()).float())
+    data = whole_batch(tiny.token_sequences())
+    with torch.no_grad():
+        logits = middle(input_ids=data['input_ids']).logits[:, :-1].double()
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, tiny.VOCAB), data['labels'][:, 1:].reshape(-1))
+    losses = surface_of(surf_file).values['train_loss']
+    assert losses[1] == pytest.approx(expected.item(), rel=1e-5)
+    assert losses[0] != losses[2]
+
+
+def test_device_map_auto_spreads_the_model_and_gives_the_same_surface(saved, tmp_path, monkeypatch):
+    """--device_map auto reaches from_pretrained (accelerate's placement); on a machine without
+    GPUs every tensor lands on the CPU, and the surface is the one of the model loaded whole (the
+    GPU case: benchmarks/gpu_check.sh)."""
+    pytest.importorskip('accelerate')
+    import transformers
+    placements = []
+    real = transformers.GPT2LMHeadModel.from_pretrained.__func__
+    monkeypatch.setattr(transformers.GPT2LMHeadModel, 'from_pretrained', classmethod(
+        lambda cls, *a, **k: placements.append(k.get('device_map')) or real(cls, *a, **k)))
+    for name in ('whole', 'spread'):
+        plot_surface.main([*TOKENS, *LINE, '--y=-1:1:2', '--model_file', saved['gpt'], '--dir_mode', 'stream',
+                           '--surf_file', str(tmp_path / f'{name}.h5')] + (['--device_map', 'auto'] if name == 'spread' else []))
+    assert placements == [None, 'auto']
+    np.testing.assert_array_equal(surface_of(tmp_path / 'spread.h5').values['train_loss'],
+                                  surface_of(tmp_path / 'whole.h5').values['train_loss'])
+
+
+@pytest.mark.parametrize('extra, words', [
+    (['--model', f'{PKG}:tiny_gpt', '--model_file', 'T7'], ['--device_map', 'FOLDER']),
+    (['--model_file', 'FOLDER', '--compile'], ['--device_map', '--compile']),
+])
+def test_device_map_refuses_what_it_cannot_spread(saved, tmp_path, capsys, extra, words):
+    extra = [saved['gpt.t7'] if a == 'T7' else saved['gpt'] if a == 'FOLDER' else a for a in extra]
+    before = snapshot(tmp_path)
+    code, err = call_main(plot_surface.main, [*TOKENS, *LINE, *extra, '--device_map', 'auto',
+                                              '--surf_file', tmp_path / 's.h5'], capsys)
+    assert_one_line_error(code, err, words)
+    assert snapshot(tmp_path) == before

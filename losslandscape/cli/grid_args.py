@@ -390,6 +390,9 @@ def check_output(parser, args):
 
 # ----------------------------------------------------------------------------- compute
 
+DEVICE_MAPS = ('auto',)   # --device_map: accelerate's placement of a model over the devices
+
+
 def add_compute_arguments(parser):
     compute = parser.add_argument_group('compute')
     compute.add_argument('--mpi', action='store_true', help='run under mpiexec: ranks share the points, rank 0 writes')
@@ -431,10 +434,30 @@ def add_compute_arguments(parser):
                          'seconds up front, then faster points: worth it on large grids; needs a C++ compiler)')
     compute.add_argument('--threads', default=None, type=int, help='CPU threads per rank (torch.set_num_threads); '
                          'default: the node\'s cores divided among its ranks')
+    compute.add_argument('--device_map', default=None, choices=DEVICE_MAPS, help='auto: a Hugging Face folder\'s '
+                         'model (--model_file FOLDER) larger than one GPU, spread over the GPUs (and the CPU) by '
+                         'accelerate; every tensor is moved, and its directions read or made, on its own device. '
+                         'Evaluated as it is (the plain configuration: no timing, folding or compiling); one process')
     return compute
 
 
+def check_device_map(parser, args):
+    """--device_map: a folder's model, one process, evaluated as it is."""
+    if not getattr(args, 'device_map', None):
+        return
+    if not (args.model_file and os.path.isdir(args.model_file)) or args.model:
+        parser.error('--device_map spreads a Hugging Face folder\'s model: give --model_file FOLDER without --model')
+    for flag in ('mpi', 'compile', 'fold_bn', 'channels_last', 'curve_file'):
+        if getattr(args, flag, None):
+            parser.error(f'--device_map evaluates the spread model as it is, in one process: drop --{flag}')
+    if args.ngpu > 1 or args.points_per_call > 1:
+        parser.error('--device_map places the model itself: drop --ngpu and --points_per_call')
+    args.compute_config = 'plain'
+    args.fold_bn = args.channels_last = False
+
+
 def check_compute(parser, args):
+    check_device_map(parser, args)
     for flag in ('ngpu', 'points_per_call'):
         if getattr(args, flag) < 1:
             parser.error(f'--{flag} must be at least 1')
@@ -546,6 +569,9 @@ def check_hessian(parser, args):
                      'Hessian-vector products')
     if args.points_per_call > 1:
         parser.error('--points_per_call: Hessian eigenvalues are solved one point at a time')
+    if getattr(args, 'device_map', None):
+        parser.error('--device_map: the eigenvalue solver works on vectors of one device; spread models are '
+                     'for plot_surface.py')
     if args.amp:
         parser.error('--amp: Hessian-vector products need float32 (bfloat16 rounding swamps the small eigenvalues)')
     if args.fold_bn:

@@ -135,6 +135,7 @@ class RunSettings(ModelDataSettings):
     curve_file: str       # evaluate along this trained curve (x = t) instead of directions
     dir_mode: str         # where the directions live while the run moves the model (directions.sources)
     recompute_bn: bool
+    device_map: str       # 'auto': the model spread over the devices by accelerate, moved where it lies
     recorded_args: dict   # every flag as the surface file's 'args' attribute records it
 
     @classmethod
@@ -319,7 +320,8 @@ def build_model(settings, net=None):
     def load_model(path, flag='--model_file'):
         return loading.load(settings.dataset, settings.model, path, flag, init_seed=settings.rand_seed,
                             architecture_folder=settings.model_file)
-    net = load_model(settings.model_file)
+    net = loading.load(settings.dataset, settings.model, settings.model_file, init_seed=settings.rand_seed,
+                       device_map=getattr(settings, 'device_map', None))
     return net, connecting_curves.loader_taking_bends(load_model, net)
 
 
@@ -368,6 +370,8 @@ def prepare_evaluation(settings, net, comm, device, datasets, announce=True):
                   file=sys.stderr, flush=True)
     # The folded convolutions live in folding.module only; every other layer is net's own.
     for model in [net] if folding is None else [net, folding.module]:
+        if getattr(settings, 'device_map', None):
+            continue   # spread over the devices: never gathered on one
         model.to(device)
         if settings.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -469,14 +473,18 @@ def prepare_run(settings, comm, net=None, train_dataset=None, test_dataset=None,
         loading.check_model_tensors(net, device, 'model=')
     net, load_model = build_model(settings, net)
     release_freed_memory()   # what loading the checkpoint left in the heap
-    if not given:
+    if settings.device_map:
+        # Spread over the devices: each tensor stays where accelerate put it (its hooks move the
+        # activations), and the batches start where the first layer is.
+        device = next(net.parameters()).device
+    elif not given:
         loading.check_model_tensors(net, device, settings.model_flag())
     curve = connecting_curves.load_curve(settings.curve_file, net, load_model)[0] if settings.curve_file else None
     the_objective = objective.resolve(settings.loss_name)
     train_data, test_data = load_data(settings, device, comm, train_dataset, test_dataset)
     # The objective on the model as it is first: bad results are refused before anything is timed.
-    value_keys = probe_objective(the_objective, net.to(device), train_data, settings.amp, differentiable,
-                                 samples=CHECK_SAMPLES)
+    value_keys = probe_objective(the_objective, net if settings.device_map else net.to(device), train_data,
+                                 settings.amp, differentiable, samples=CHECK_SAMPLES)
     kind = configuration.HESSIAN if differentiable else configuration.SURFACE
     check_surface(settings, comm, kind, grid, dir_file, surf_file)   # before any timing or line printed
     if comm.is_root:

@@ -152,8 +152,10 @@ def _refuse_misfits(info, source, name):
         raise UsageError(f'{source} does not load into {name}: {str(errors[0]).strip().splitlines()[0]}')
 
 
-def load_folder(path, flag='--model_file'):
-    """The model of the Hugging Face folder ``path``, its weights the folder's, in eval mode."""
+def load_folder(path, flag='--model_file', device_map=None):
+    """The model of the Hugging Face folder ``path``, its weights the folder's, in eval mode.
+    ``device_map`` 'auto': spread over the GPUs (and the CPU) by accelerate, each tensor placed
+    once where it stays (--device_map)."""
     source = _source(path, flag)
     config = read_config(path, flag)
     name = architecture_name(config, source)
@@ -167,8 +169,9 @@ def load_folder(path, flag='--model_file'):
             # A fixed random state for the weights transformers initialises before it loads (none
             # survives: every misfit is refused), and the caller's left as it was.
             with torch.random.fork_rng(devices=[]):
+                placement = {} if device_map is None else {'device_map': device_map}
                 net, info = cls.from_pretrained(path, local_files_only=True, output_loading_info=True,
-                                                ignore_mismatched_sizes=True, **_saved_dtype(transformers))
+                                                ignore_mismatched_sizes=True, **_saved_dtype(transformers), **placement)
     except UsageError:
         raise
     except Exception as err:   # transformers raises many types for a folder it cannot load; all mean that

@@ -145,16 +145,18 @@ def load_checkpoint(net, path, flag='--model_file'):
     return net
 
 
-def load(dataset, model_name, model_file=None, flag='--model_file', init_seed=None, architecture_folder=None):
+def load(dataset, model_name, model_file=None, flag='--model_file', init_seed=None, architecture_folder=None,
+         device_map=None):
     """Build ``model_name`` (its initial weights drawn under ``init_seed`` when given, without
     touching the caller's random state) and, if given, load the checkpoint ``model_file`` into it.
     ``model_name`` None: a Hugging Face model, built from the folder ``model_file`` itself
     (models.huggingface), or for a checkpoint file from the folder ``architecture_folder`` (the
-    centre's) with the file's tensors."""
+    centre's) with the file's tensors. ``device_map`` 'auto': a folder's model spread over the
+    devices by accelerate (--device_map)."""
     if model_name is None:
         from losslandscape.models import huggingface
         if checkpoints.is_model_folder(model_file):
-            return huggingface.load_folder(model_file, flag)
+            return huggingface.load_folder(model_file, flag, device_map)
         if not checkpoints.is_model_folder(architecture_folder):
             raise UsageError(f'{flag} {model_file!r} is a file of tensors without a model: pass --model')
         return huggingface.load_into_architecture(model_file, flag, architecture_folder)
