@@ -238,3 +238,20 @@ def test_regenerated_blocks_follow_the_normalisation_of_whole_tensors(norm, monk
     monkeypatch.setattr(sources, 'BLOCK_ELEMENTS', 1 << 22)
     recipe = seeded.make_recipe(spec, 'cpu')
     assert not torch.equal(seeded.SeededDirections(recipe, net, base).entry('x', 3), d)
+
+
+def test_the_other_scripts_take_a_seed_form_file(tmp_path, model_file, capsys):
+    """plot_hessian_eigen.py along a seed-form file (regenerated at each point), and plot_2D.py
+    drawing a surface made along one."""
+    from losslandscape import plot_2D, plot_hessian_eigen
+    surf = seed_file_run(tmp_path, model_file, capsys)
+    dir_file = hdf5_layout.read_surface(str(surf)).dir_file
+    code, err = call_main(plot_hessian_eigen.main, ['--dataset', 'digits', '--data_split', '4', '--split_idx', '1',
+                                                    '--model', 'cnn_bn', '--model_file', model_file, '--dir_file',
+                                                    dir_file, '--x=-1:1:3', '--y=-1:1:3', '--surf_file', surf,
+                                                    '--threads', '1'], capsys)
+    assert code == 0, err
+    stored = hdf5_layout.read_surface(str(surf))
+    assert stored.done['max_eig'].all() and np.all(np.isfinite(stored.values['max_eig']))
+    written = plot_2D.main(['--surf_file', str(surf)])
+    assert written and all(os.path.exists(path) for path in written)

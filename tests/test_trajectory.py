@@ -203,3 +203,23 @@ def test_ignore_with_a_given_dir_file_is_refused(run_folder, tmp_path):
     from losslandscape.errors import UsageError
     with pytest.raises(UsageError, match='--ignore'):
         trajectory(run_folder, '--dir_file', str(tmp_path / 'any.h5'), '--ignore', 'biasbn')
+
+
+def test_a_seed_form_dir_file_projects_like_its_regenerated_tensors(run_folder, tmp_path):
+    """plot_trajectory.py --dir_file takes a direction file in seed form: the projection is the
+    one on the tensors it regenerates for the final model."""
+    from losslandscape.directions import direction_files, seeded, sources
+    net = loading.build('digits', 'cnn_bn')
+    loading.load_checkpoint(net, os.path.join(run_folder, f'model_{EPOCHS}.t7'))
+    base = subsets.get_weights(net)
+    seed_file = str(tmp_path / 'seedform.h5')
+    seeded.write_seed_file(seed_file, direction_files.DirectionSpec(xnorm='filter', ynorm='filter', is_2d=True),
+                           net, base, 'cpu', {})
+    x, y = sources.read_whole(seed_file, net, base, True)
+    tensor_file = str(tmp_path / 'tensors.h5')
+    hdf5_layout.write_direction_file(tensor_file, [t.numpy() for t in x], [t.numpy() for t in y])
+    seeded_proj = hdf5_layout.read_projection_file(trajectory(run_folder, '--dir_file', seed_file)[0])
+    tensor_proj = hdf5_layout.read_projection_file(trajectory(run_folder, '--dir_file', tensor_file)[0])
+    for key in (hdf5_layout.PROJ_XCOORD, hdf5_layout.PROJ_YCOORD):
+        np.testing.assert_array_equal(seeded_proj[key], tensor_proj[key])
+        assert np.any(seeded_proj[key])
