@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import losslandscape
-from losslandscape import figures, plot_surface
+from losslandscape import figures, plot_2D, plot_surface
 from losslandscape.data import batch_sources, datasets
 from losslandscape.engine import sample_budget
 from losslandscape.errors import UsageError
@@ -314,3 +314,11 @@ def test_curves_have_their_band_and_contours_say_the_rise_precision(tmp_path, ch
     assert len(warning.splitlines()) == 1 and 'vlevel=' in warning and 'finer than twice' in warning
     figures.contour(plane, vmin=0.01, vmax=5, vlevel=3 * largest)
     assert capsys.readouterr().err == ''
+    # The script says it in its flags' words, and prints the largest standard error beside the spacing.
+    plot_2D.main(['--surf_file', str(tmp_path / 'plane.h5'), '--vmin', '0.01', '--vmax', f'{10 * largest:g}',
+                  '--vlevel', f'{largest:.6g}'])
+    captured = capsys.readouterr()
+    assert len(captured.err.splitlines()) == 1 and f'--vlevel {largest:.6g} is finer' in captured.err
+    assert f'largest standard error of the rise above the centre {largest:.2g}' in captured.out
+    pytest.importorskip('plotly')
+    assert f'{largest:.2g}' in figures.html_viewer(plane).layout.title.text
