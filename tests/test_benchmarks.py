@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from benchmarks import bench_hessian, bench_surface
+from benchmarks import bench_hessian, bench_standard_errors, bench_surface
 from losslandscape.io import hdf5_layout
 
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), 'mpiexec')
@@ -123,3 +123,11 @@ def test_bench_divergence_guard_compares_the_guard_with_the_post_op_always(tmp_p
     assert set(seconds) == {'guarded', 'post-op always'} and all(s > 0 for s in seconds.values())
     assert results['guard_cost'] == pytest.approx(seconds['guarded'] / seconds['post-op always'])
     assert results['fused_calls'] == 19   # resnet20: every convolution but the two shortcuts'
+
+
+def test_bench_standard_errors_compares_a_point_with_and_without_them(tmp_path):
+    result = bench_standard_errors.main(['--num_images', '16', '--batch_size', '8', '--repeats', '1', '--threads', '1',
+                                         '--json', str(tmp_path / 's.json')])
+    before, after = result['seconds_per_point'].values()
+    assert result['ratio'] == pytest.approx(after / before)
+    assert json.loads((tmp_path / 's.json').read_text())['ratio'] == result['ratio']
