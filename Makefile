@@ -32,6 +32,12 @@ bench: $(VENV)/.test-installed
 	# float32 flags and --amp, side by side in one run.
 	$(PY) benchmarks/bench_surface.py --levers "" "--compute_config plain" "--channels_last --batch_size 64 --fold_bn" \
 		" --amp" --mpi_levers "" "--channels_last --batch_size 64 --fold_bn" --mpi
+	# Evaluation on a budget: every point on the images --target_stderr 0.01 chooses at the centre,
+	# whole runs (the search included) against the full data's.
+	$(PY) benchmarks/bench_surface.py --levers "" "--target_stderr 0.01" --skip_naive \
+		--json benchmarks/out/bench_surface_target_stderr.json
+	# What the standard errors and the paired rise cost a point.
+	$(PY) benchmarks/bench_standard_errors.py
 	# What keeping diverged points diverged costs the fused, folded model (compute/bn_folding.py).
 	$(PY) benchmarks/bench_divergence_guard.py
 	$(PY) benchmarks/bench_hessian.py

@@ -21,6 +21,9 @@ timing does not depend on the pixel values.
     python benchmarks/bench_surface.py --model resnet20 --num_images 2000 --grid 5 \
         --levers "" "--compute_config plain" "--channels_last --batch_size 64 --fold_bn" " --amp" \
         --mpi_levers "" "--channels_last --batch_size 64 --fold_bn" --mpi
+
+A lever "--target_stderr 0.01" evaluates every point on the images it chooses at the centre (the
+configuration column says how many): its whole run, the search included, against the full data's.
 """
 import argparse
 import json
@@ -112,8 +115,9 @@ def time_suite(workdir, model_file, opts, repeat, lever=''):
     with mock.patch.dict(os.environ, {timing_cache.ENV_VARIABLE: os.path.join(workdir, f'cache_{tag}')}):
         startup, run, args = start_suite(workdir, model_file, opts, lever, f'suite_{tag}.h5')
         start = time.perf_counter()
-        run_grid(SerialComm(), run.grid, run.open_writer(run.value_names()), evaluators.make_loss_evaluator(run),
-                 points_per_call=args.points_per_call)
+        by_products = run.by_product_names()   # the standard errors and rises, as plot_surface.py stores them
+        run_grid(SerialComm(), run.grid, run.open_writer(run.value_names() + by_products, by_products),
+                 evaluators.make_loss_evaluator(run), points_per_call=args.points_per_call)
         sync(opts)
         seconds = (time.perf_counter() - start) / run.grid.num_points
         second_startup, _, _ = start_suite(workdir, model_file, opts, lever, f'second_{tag}.h5')
@@ -282,7 +286,9 @@ def measure(opts, workdir):
             suite[lever].append(seconds)
             startup[lever].append(started)
             second_startup[lever].append(started_again)
-            configs[lever].append(run.compute.config.describe() + (', bf16 autocast' if run.settings.amp else ''))
+            configs[lever].append(run.compute.config.describe() + (', bf16 autocast' if run.settings.amp else '')
+                                  + (f', {run.settings.samples} of {opts.num_images} images (--samples)'
+                                     if run.settings.samples is not None else ''))
             losses[lever] = hdf5_layout.read_surface(run.surf_file).values[hdf5_layout.TRAIN_LOSS]
             floor[lever].append(time_floor(run, opts))
             if lever == order[0] and not opts.skip_naive:

@@ -52,8 +52,9 @@ def compute_surface(settings, comm, **objects):
     run = prepare_run(settings, comm, **objects)
     if comm.is_root:
         warn_about_statistics(run)
-    summary = run_grid(comm, run.grid, run.open_writer(run.value_names()), evaluators.make_loss_evaluator(run),
-                       desc='loss surface', points_per_call=settings.points_per_call)
+    by_products = run.by_product_names()
+    summary = run_grid(comm, run.grid, run.open_writer(run.value_names() + by_products, by_products),
+                       evaluators.make_loss_evaluator(run), desc='loss surface', points_per_call=settings.points_per_call)
     if comm.is_root:
         run.report(summary)
     return run, summary

@@ -154,11 +154,21 @@ def evaluate_ends(curve, net_a, net_b, train_data, sources, the_objective):
 
 
 def print_values(values):
-    names = list(next(iter(values.values())))
+    """A table of ``values`` ({label: {name: value}}), each value with its standard error beside it
+    where it has one (curve files written before them have none)."""
+    names = [name for name in next(iter(values.values())) if not name.endswith(layout.STDERR_SUFFIX)]
+    with_errors = any(layout.stderr_name(name) in row for row in values.values() for name in names)
+    column = 24 if with_errors else 14
+
+    def cell(row, name):
+        text = f'{row.get(name, float("nan")):.5g}'
+        if layout.stderr_name(name) in row:
+            text += f' +- {row[layout.stderr_name(name)]:.2g}'
+        return f'{text:>{column}}'
     width = max(len(label) for label in values)
-    print(' ' * width + ''.join(f'{name:>14}' for name in names))
+    print(' ' * width + ''.join(f'{name:>{column}}' for name in names))
     for label, row in values.items():
-        print(f'{label:<{width}}' + ''.join(f'{row.get(name, float("nan")):>14.5g}' for name in names))
+        print(f'{label:<{width}}' + ''.join(cell(row, name) for name in names))
 
 
 def acquire_lock(path):

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from benchmarks import bench_hessian, bench_surface
+from benchmarks import bench_hessian, bench_standard_errors, bench_surface
 from losslandscape.io import hdf5_layout
 
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), 'mpiexec')
@@ -138,3 +138,11 @@ def test_bench_memory_table_has_a_multiple_per_mode(capsys):
     assert len(cells) == 3
     for net_of_activations, raw, seconds in cells:
         assert float(raw) >= float(net_of_activations) and float(seconds) > 0
+
+
+def test_bench_standard_errors_compares_a_point_with_and_without_them(tmp_path):
+    result = bench_standard_errors.main(['--num_images', '16', '--batch_size', '8', '--repeats', '1', '--threads', '1',
+                                         '--json', str(tmp_path / 's.json')])
+    before, after = result['seconds_per_point'].values()
+    assert result['ratio'] == pytest.approx(after / before)
+    assert json.loads((tmp_path / 's.json').read_text())['ratio'] == result['ratio']

@@ -295,6 +295,12 @@ BAD_INPUT = [
      ['--points_per_call', 'built-in losses']),
     ('dataset factory returns no dataset', [*REG[2:], '--dataset', f'{PKG}:not_a_dataset', '--loss_name', 'model'],
      ['--dataset', 'sized torch Dataset']),
+    ('sum of squares below what its sum needs', [*REG, '--loss_name', f'{PKG}:impossible_squares'],
+     ["'loss_sq'", 'cannot give a standard error', 'at least']),
+    ('sum of squares without its key', [*REG, '--loss_name', f'{PKG}:orphan_squares'],
+     ["'distance_sq'", 'cannot give a standard error', "no 'distance'"]),
+    ('more samples than the data', [*REG, '--loss_name', f'{PKG}:squared_error', '--samples', '51'],
+     ['--samples 51', 'more than the 50 samples']),
 ]
 
 

@@ -387,7 +387,9 @@ def test_points_per_call_matches_one_point_at_a_time(tmp_path, checkpoints, caps
     monkeypatch.setattr(point_batching, 'evaluate_stacked',
                         lambda net, tensors, *a: (calls.append(len(next(iter(tensors.values())))), real(net, tensors, *a))[1])
     run(capsys, *common, '--points_per_call', '4', '--surf_file', tmp_path / 'four.h5')
-    assert calls == [4, 4, 2, 2]        # 6 points: 4 + 2, each on train and test data
+    # 6 points: 4 + 2, each on train and test data, the first call's data sets after the centre's
+    # own pass (one stacked point), which every point's rise is paired with.
+    assert calls == [1, 4, 1, 4, 2, 2]
     one, four = (hdf5_layout.read_surface(str(tmp_path / n)) for n in ('one.h5', 'four.h5'))
     for name in ('train_loss', 'test_loss'):
         assert four.done[name].all()

@@ -17,6 +17,7 @@ from losslandscape.curvature import hessian
 from losslandscape.curves import connecting_curves
 from losslandscape.data import batch_sources, datasets
 from losslandscape.directions import normalization, sources, subsets
+from losslandscape.engine import sample_budget
 from losslandscape.engine.grid import parse_axis
 from losslandscape.engine.run_setup import PointSettings
 from losslandscape.errors import UsageError
@@ -344,11 +345,24 @@ def add_data_arguments(parser, batch_size_help='evaluation batch size',
 
 
 def add_grid_data_arguments(parser):
-    """The grid scripts' data flags: --batch_size is chosen with the compute configuration unless given."""
-    return add_data_arguments(parser, batch_size_default=None, batch_size_help='evaluation batch size (it changes '
+    """The grid scripts' data flags: --batch_size is chosen with the compute configuration unless
+    given; --samples / --target_stderr evaluate every point on a seeded subset (sample_budget.py)."""
+    data = add_data_arguments(parser, batch_size_default=None, batch_size_help='evaluation batch size (it changes '
                               'only speed and float rounding: the loss is the mean over the whole data set); '
                               'default: chosen for this machine, see --compute_config (the plain configuration\'s '
                               'is 128, the original code\'s)')
+    data.add_argument('--samples', default=None, type=int, metavar='N',
+                      help='evaluate every point on the same N training samples, a random subset of the (--data_split '
+                      'part of the) training data drawn under --sample_seed and recorded in the surface file (the '
+                      'test split of --eval_test: min(N, its size) samples of its own); the standard errors say what '
+                      'it costs in precision. Default: all of them')
+    data.add_argument('--sample_seed', default=0, type=int, help='the seed of the --samples (or --target_stderr) subset')
+    data.add_argument('--target_stderr', default=None, type=float, metavar='R',
+                      help='choose --samples at the centre: the smallest of '
+                      f'{sample_budget.TARGET_START}, {2 * sample_budget.TARGET_START}, '
+                      f'{4 * sample_budget.TARGET_START}, ... (the whole training set last) whose standard error of '
+                      'the training loss is at most R times the loss (e.g. 0.01), said in one line and recorded')
+    return data
 
 
 def check_data(parser, args):
@@ -359,6 +373,7 @@ def check_data(parser, args):
         parser.error('--workers must be 0 or more')
     if not 0 <= args.split_idx < args.data_split:
         parser.error(f'--split_idx must be in [0, {args.data_split}) for --data_split {args.data_split}')
+    check_sampling(parser, args)
     if not isinstance(args.dataset, str):
         return   # a Dataset object handed to api.py
     if args.dataset not in datasets.BUILTIN_DATASETS and not datasets.is_custom(args.dataset):
@@ -370,6 +385,20 @@ def check_data(parser, args):
         folder = datasets.cifar10_folder(args.datapath)
         if not os.path.isdir(folder):
             raise UsageError(f'--datapath {args.datapath!r} does not exist (add --download to fetch CIFAR-10)')
+
+
+def check_sampling(parser, args):
+    """--samples, --sample_seed and --target_stderr (of the grid scripts). A --samples larger than
+    the training data is refused once the data are read (datasets.sample_indices)."""
+    samples, target = getattr(args, 'samples', None), getattr(args, 'target_stderr', None)
+    if samples is not None and samples < 1:
+        parser.error(f'--samples must be at least 1 (got {samples})')
+    if target is not None and not (math.isfinite(target) and 0 < target < 1):
+        parser.error(f'--target_stderr must be in (0, 1), a relative standard error such as 0.01 (got {target:g})')
+    if samples is not None and target is not None:
+        parser.error('--samples and --target_stderr both set the number of samples: pass one of them')
+    if getattr(args, 'sample_seed', 0) < 0:
+        parser.error('--sample_seed must be 0 or more')
 
 
 # ----------------------------------------------------------------------------- output

@@ -13,6 +13,7 @@ import torch
 from torch.func import functional_call
 
 from losslandscape.directions import moving
+from losslandscape.objectives.objective import DataSetPass
 
 
 class StackedPoints:
@@ -38,10 +39,12 @@ class StackedPoints:
 
 
 @torch.inference_mode()
-def evaluate_stacked(model, tensors, data, the_objective, amp=False):
-    """[{'loss': ..., 'acc': ...}] of ``model`` in eval mode over ``data`` (a batch source of
-    (inputs, targets) batches) at each of the K points whose tensors ``tensors`` (name -> (K, ...),
-    from StackedPoints.stacked) holds, for a built-in classification objective."""
+def evaluate_stacked(model, tensors, data, the_objective, amp=False, centre=None, keep_units=False):
+    """[{'loss': ..., 'acc': ..., 'loss_stderr': ...}] of ``model`` in eval mode over ``data`` (a
+    batch source of (inputs, targets) batches) at each of the K points whose tensors ``tensors``
+    (name -> (K, ...), from StackedPoints.stacked) holds, for a built-in classification objective.
+    ``centre``: the centre's standard_errors.Centre, to pair each point's rise with; ``keep_units``:
+    return [(values, standard_errors.Centre)] instead, each point's units kept (the centre's own)."""
     model.eval()
     names = list(tensors)
     num_points = tensors[names[0]].shape[0]
@@ -50,13 +53,12 @@ def evaluate_stacked(model, tensors, data, the_objective, amp=False):
         return functional_call(model, dict(zip(names, point_tensors)), (inputs,))
     forward_all = torch.vmap(forward, in_dims=(0, None))
 
-    totals = [{} for _ in range(num_points)]
+    passes = [DataSetPass(the_objective, centre, keep_units) for _ in range(num_points)]
     for batch in data.batches():
         inputs, targets = the_objective.split(batch)
         with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=amp):
             outputs = forward_all([tensors[n] for n in names], inputs)          # (K, batch, classes)
-        for point, point_outputs in zip(totals, outputs):
-            for key, value in the_objective.sums_of_outputs(point_outputs, targets).items():
-                point[key] = point[key] + value if key in point else value
-    return [the_objective.finalize({k: v.item() if torch.is_tensor(v) else float(v) for k, v in point.items()})
-            for point in totals]
+        for point, point_outputs in zip(passes, outputs):
+            point.add(*the_objective.sums_of_outputs(point_outputs, targets))
+    results = [point.values() for point in passes]
+    return [(values, result.centre) for values, result in results] if keep_units else [values for values, _ in results]

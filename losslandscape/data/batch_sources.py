@@ -174,14 +174,23 @@ def free_memory_bytes(device):
 
 
 def batch_source(dataset, datapath, train, batch_size, device, mode='auto', workers=None, *, raw_data=False,
-                 data_split=1, split_idx=0, download=False, labels_file=None, share=1):
+                 data_split=1, split_idx=0, download=False, labels_file=None, share=1, samples=None, sample_seed=0):
     """The batch source of the training (``train``) or test split of ``dataset``: a built-in name,
-    a ``package.module:factory`` spec, or a torch Dataset object."""
-    device = torch.device(device)
+    a ``package.module:factory`` spec, or a torch Dataset object. ``samples``: only a seeded random
+    subset of that many samples of the (--data_split part of the) split, drawn by
+    datasets.sample_indices under ``sample_seed``, in the data's order (None: all of them)."""
+    return open_split(dataset, datapath, train, raw_data=raw_data, data_split=data_split, split_idx=split_idx,
+                      download=download, labels_file=labels_file).source(
+        batch_size, device, mode, workers, share=share, samples=samples, sample_seed=sample_seed)
+
+
+def open_split(dataset, datapath, train, *, raw_data=False, data_split=1, split_idx=0, download=False,
+               labels_file=None):
+    """The split of ``dataset`` read once (OpenSplit), whose batch sources of any --samples subset
+    are then made without reading it again (what --target_stderr's search needs)."""
     if isinstance(dataset, str) and dataset in datasets.BUILTIN_DATASETS:
-        data = datasets.load_dataset(dataset, datapath, train, raw_data, data_split, split_idx, download,
-                            labels_file=labels_file)
-        return CachedBatches(data, batch_size, device, stream=mode == 'stream')
+        return OpenSplit(datasets.load_dataset(dataset, datapath, train, raw_data, data_split, split_idx, download,
+                                               labels_file=labels_file), train)
     if isinstance(dataset, str) and not datasets.is_custom(dataset):
         raise UsageError(f'unknown --dataset {dataset!r}: use one of {", ".join(datasets.BUILTIN_DATASETS)} '
                          'or package.module:factory')
@@ -190,6 +199,32 @@ def batch_source(dataset, datapath, train, batch_size, device, mode='auto', work
         made = RelabeledDataset(made, datasets.read_labels(labels_file, len(made)))
     if data_split > 1:
         made = torch.utils.data.Subset(made, datasets.split_indices(len(made), data_split, split_idx).tolist())
+    return OpenSplit(made, train)
+
+
+class OpenSplit:
+    """One split of a data set, read: a CachedDataset (built-in) or a torch Dataset."""
+
+    def __init__(self, data, train):
+        self.data, self.train = data, train
+
+    def __len__(self):
+        return len(self.data)
+
+    def source(self, batch_size, device, mode='auto', workers=None, *, share=1, samples=None, sample_seed=0):
+        """Its batch source (see batch_source)."""
+        device, data = torch.device(device), self.data
+        if samples is not None:
+            indices = datasets.sample_indices(len(data), samples, sample_seed, self.train)
+            data = data.subset(indices) if isinstance(data, datasets.CachedDataset) else \
+                torch.utils.data.Subset(data, indices.tolist())
+        if isinstance(data, datasets.CachedDataset):
+            return CachedBatches(data, batch_size, device, stream=mode == 'stream')
+        return collated_source(data, batch_size, device, mode, workers, share, self.train)
+
+
+def collated_source(made, batch_size, device, mode, workers, share, train):
+    """A torch Dataset's batches, collated: resident or streamed (--data_mode)."""
     try:
         if mode == 'auto':
             mode = choose_mode(made, batch_size, device, share)

@@ -291,6 +291,21 @@ def read_labels(path, expected_count, flag='--train_labels'):
     return labels
 
 
+SAMPLE_STREAMS = {True: 0, False: 1}   # the training and the test split draw from streams of their own
+
+
+def sample_indices(n, samples, sample_seed, train=True):
+    """The sorted indices of the --samples subset of a split of ``n`` samples: the first
+    ``samples`` of a permutation seeded by (``sample_seed``, the split), so a smaller subset of the
+    same seed lies inside a larger one (what --target_stderr's doubling walks through). The
+    training split must hold ``samples``; the test split gives min(``samples``, n)."""
+    if train and samples > n:
+        raise UsageError(f'--samples {samples} is more than the {n} samples of the training data'
+                         ' (after --data_split, when given); pass at most that many')
+    order = np.random.default_rng([sample_seed, SAMPLE_STREAMS[train]]).permutation(n)
+    return np.sort(order[:min(samples, n)])
+
+
 def split_indices(n, data_split, split_idx):
     """The sorted indices of part ``split_idx`` of ``data_split`` fixed, seeded, near-equal parts."""
     if data_split > n:

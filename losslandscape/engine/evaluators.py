@@ -19,21 +19,45 @@ from losslandscape.parallel import scheduler
 
 
 def make_loss_evaluator(run):
-    """The objective's values (train_loss, train_acc, ...) at grid points: moving the model point
-    by point, or with --points_per_call > 1 all of a call's points in one batched pass."""
+    """The objective's values (train_loss, train_acc, ...) at grid points, each with its standard
+    error, and the loss's paired rise above the centre: moving the model point by point, or with
+    --points_per_call > 1 all of a call's points in one batched pass.
+
+    The rise pairs each point's per-sample losses with the centre's (x = y = 0), which each rank
+    evaluates once per data set, when its first point needs them (the grid's centre point itself
+    serves, when it comes first); a resumed run with no point missing evaluates nothing."""
     settings = run.settings
+    centres = {}   # prefix -> standard_errors.Centre
 
     def needed_datasets(names):
         # A data set is evaluated when any of its values is missing (they all come from one pass).
         return [(prefix, data) for prefix, data in run.datasets()
                 if any(name.startswith(prefix + '_') for name in names)]
 
+    def prefixed(prefix, values):
+        return {f'{prefix}_{key}': value for key, value in values.items()}
+
     def evaluate_point(k, names):
-        run.move_to(k)
+        needed = needed_datasets(names)
+        x, y = run.grid.point(k)
         values = {}
-        for prefix, data in needed_datasets(names):
-            for key, value in objective.evaluate(run.eval_net, data, run.objective, settings.amp).items():
-                values[f'{prefix}_{key}'] = value
+        if x == 0 and not y and any(prefix not in centres for prefix, _ in needed):
+            # The centre itself: its own pass is the reference, its rise 0.
+            run.move_to(k)
+            for prefix, data in needed:
+                point, centres[prefix] = objective.evaluate_centre(run.eval_net, data, run.objective, settings.amp)
+                values.update(prefixed(prefix, {**point, objective.LOSS_RISE: 0.0,
+                                                hdf5_layout.stderr_name(objective.LOSS_RISE): 0.0}))
+            return values
+        unpaired = [(prefix, data) for prefix, data in needed if prefix not in centres]
+        if unpaired:
+            run.move_to_centre()
+            for prefix, data in unpaired:
+                centres[prefix] = objective.evaluate_centre(run.eval_net, data, run.objective, settings.amp)[1]
+        run.move_to(k)
+        for prefix, data in needed:
+            values.update(prefixed(prefix, objective.evaluate(run.eval_net, data, run.objective, settings.amp,
+                                                              centres[prefix])))
         return values
 
     if settings.points_per_call == 1:
@@ -46,9 +70,13 @@ def make_loss_evaluator(run):
         tensors = stack.stacked([(x, 0.0 if y is None else y) for x, y in coords])
         values = [{} for _ in points]
         for prefix, data in needed_datasets([n for _, names in points for n in names]):
-            results = point_batching.evaluate_stacked(run.net, tensors, data, run.objective, settings.amp)
+            if prefix not in centres:
+                centres[prefix] = point_batching.evaluate_stacked(run.net, stack.stacked([(0.0, 0.0)]), data,
+                                                                  run.objective, settings.amp, None, True)[0][1]
+            results = point_batching.evaluate_stacked(run.net, tensors, data, run.objective, settings.amp,
+                                                      centres[prefix])
             for point, result in zip(values, results):
-                point.update({f'{prefix}_{key}': value for key, value in result.items()})
+                point.update(prefixed(prefix, result))
         return values
     return evaluate_points
 

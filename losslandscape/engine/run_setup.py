@@ -6,6 +6,7 @@
         build_model         the centre model (and a loader for --model_file2/3)
         load_data           training (and test) batch sources, resident or streamed
         probe_objective     the objective on one batch: bad results are refused here
+        settle_samples      --target_stderr: the training samples every point is evaluated on, chosen at the centre
         check_surface       rank 0 refuses an existing surface file made for another run or configuration
         choose_compute      layout, batch size, BatchNorm folding: given, recorded, or timed (choosing.py)
         prepare_evaluation  the model on its device, BatchNorm folded, compiled, wrapped (and probed again)
@@ -37,6 +38,7 @@ from losslandscape.curvature import hessian
 from losslandscape.curves import bn_statistics, connecting_curves
 from losslandscape.data import batch_sources, user_code
 from losslandscape.directions import direction_files, moving, sources, subsets
+from losslandscape.engine import sample_budget
 from losslandscape.engine.grid import Grid, parse_axis
 from losslandscape.errors import UsageError
 from losslandscape.io import hdf5_layout, surface_store
@@ -106,14 +108,20 @@ class ModelDataSettings:
         model = re.sub(r'[^\w.=-]+', '_', str(user_code.canonical_spec(self.model))).strip('_')
         return f'{model}_init_seed={self.rand_seed}'
 
-    def batch_source(self, train, device, comm, dataset=None):
+    def batch_source(self, train, device, comm, dataset=None, samples=None, sample_seed=0):
         """The training (``train``) or test batch source of these flags; ``dataset``: a data set
-        given from Python instead of --dataset."""
-        return batch_sources.batch_source(
-            dataset if dataset is not None else self.dataset, self.datapath, train,
+        given from Python instead of --dataset; ``samples``: a seeded subset of the split
+        (batch_sources.batch_source)."""
+        return self.open_split(train, dataset).source(
             self.batch_size or configuration.PLAIN.batch_size, device, self.data_mode, self.workers,
-            raw_data=self.raw_data, data_split=self.data_split, split_idx=self.split_idx, download=self.download,
-            labels_file=self.train_labels if train else None, share=comm.local_size)
+            share=comm.local_size, samples=samples, sample_seed=sample_seed)
+
+    def open_split(self, train, dataset=None):
+        """The training or test split of these flags, read (batch_sources.OpenSplit)."""
+        return batch_sources.open_split(
+            dataset if dataset is not None else self.dataset, self.datapath, train, raw_data=self.raw_data,
+            data_split=self.data_split, split_idx=self.split_idx, download=self.download,
+            labels_file=self.train_labels if train else None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +144,9 @@ class RunSettings(ModelDataSettings):
     dir_mode: str         # where the directions live while the run moves the model (directions.sources)
     recompute_bn: bool
     device_map: str       # 'auto': the model spread over the devices by accelerate, moved where it lies
+    samples: int          # every point on this many samples of the split, a seeded subset (None: all)
+    sample_seed: int
+    target_stderr: float  # samples chosen at the centre for this relative standard error of the loss
     recorded_args: dict   # every flag as the surface file's 'args' attribute records it
 
     @classmethod
@@ -190,6 +201,8 @@ def run_identity(settings, dir_file, is_2d, kind=configuration.SURFACE):
         if key in PATH_FIELDS and value:
             value = os.path.realpath(value)
         identity[key] = value
+    if settings.samples is None:   # the seed draws nothing then
+        identity[hdf5_layout.SAMPLE_SEED] = None
     return identity
 
 
@@ -224,10 +237,21 @@ class Run:
     centre_buffers: list = None   # the centre's buffers, when every point recomputes its statistics
     compute: configuration.Choice = None   # the configuration settings holds, its line and its record
     kind: str = configuration.SURFACE      # configuration.HESSIAN: a run of Hessians, not of the objective
+    stderr_methods: dict = None   # {value key: how its standard error is estimated} (standard_errors.METHODS)
 
     def move_to(self, k):
         """Put the model at grid point ``k``; return its (x, y) coordinates."""
         x, y = self.grid.point(k)
+        self.place(x, y)
+        return x, y
+
+    def move_to_centre(self):
+        """Put the model at the centre as a grid point there is placed (x = y = 0: BatchNorm
+        statistics recomputed where every point's are), whether the grid holds it or not."""
+        self.place(0.0, None if not self.grid.is_2d else 0.0)
+
+    def place(self, x, y):
+        """Put the model at (x, y) (y None on a 1D grid)."""
         if self.curve is not None:
             self.curve.place(self.net, x)
         else:
@@ -236,7 +260,6 @@ class Run:
             bn_statistics.recompute(self.net, self.train_data, self.objective)
         if self.folding is not None:
             self.folding.refresh()
-        return x, y
 
     def restore_centre(self):
         """Put the model back at the centre (x = y = 0), as it came (api.py hands it back)."""
@@ -273,12 +296,25 @@ class Run:
         """The surface's value names: train_loss, train_acc, ... (test_... with --eval_test)."""
         return [f'{prefix}_{key}' for prefix, _ in self.datasets() for key in self.value_keys]
 
+    def by_product_names(self):
+        """The standard errors and rises stored beside the values (train_loss_stderr, ...,
+        train_loss_rise, train_loss_rise_stderr): by-products, which never make a point pending."""
+        return [f'{prefix}_{key}' for prefix, _ in self.datasets()
+                for key in self.objective.by_product_keys(self.value_keys)]
+
+    def recorded_stderr_methods(self):
+        """{stderr name: how it is estimated}, as the surface file records it."""
+        return {hdf5_layout.stderr_name(f'{prefix}_{key}'): method for prefix, _ in self.datasets()
+                for key, method in self.stderr_methods.items()}
+
     def open_writer(self, value_names, by_products=()):
         """A factory of the surface file's writer (called on rank 0 by run_grid)."""
         attrs = {hdf5_layout.ARGS_ATTR: self.settings.recorded_args,
                  hdf5_layout.VERSIONS_ATTR: library_versions(self.comm)}
         if self.compute is not None:
             attrs[hdf5_layout.COMPUTE_ATTR] = self.compute.record
+        if self.stderr_methods and self.kind == configuration.SURFACE:
+            attrs[hdf5_layout.STDERR_METHODS_ATTR] = self.recorded_stderr_methods()
         identity = run_identity(self.settings, self.dir_file, self.grid.is_2d, self.kind)
         return lambda: surface_store.SurfaceWriter(self.surf_file, self.grid, self.dir_file, value_names,
                                                    identity, attrs, by_products)
@@ -327,12 +363,14 @@ def build_model(settings, net=None):
 
 def load_data(settings, device, comm, train_dataset=None, test_dataset=None):
     """The training batch source (and the test one with --eval_test), before any file is made:
-    a data error must leave the folder as it was."""
-    train = settings.batch_source(True, device, comm, train_dataset)
+    a data error must leave the folder as it was. With --samples N (or the N --target_stderr
+    chose), a seeded subset of N samples of each split (the test split's min(N, its size))."""
+    sampled = dict(samples=settings.samples, sample_seed=settings.sample_seed)
+    train = settings.batch_source(True, device, comm, train_dataset, **sampled)
     wanted_test = settings.eval_test and (test_dataset is not None or isinstance(settings.dataset, str))
     if settings.eval_test and not wanted_test:
         raise UsageError('eval_test needs a test_dataset')
-    return train, settings.batch_source(False, device, comm, test_dataset) if wanted_test else None
+    return train, settings.batch_source(False, device, comm, test_dataset, **sampled) if wanted_test else None
 
 
 def choose_compute(settings, comm, kind, surf_file, grid, net, the_objective, train_data, test_data, device,
@@ -392,8 +430,9 @@ CHECK_SAMPLES = 2   # the first check of the objective, on a built-in data set (
 
 
 def probe_objective(the_objective, eval_net, data, amp=False, differentiable=False, samples=None):
-    """The objective's value keys, from one batch at the centre: a loss function that returns the
-    wrong thing, or a batch the model cannot take, is refused here, before any file is made.
+    """(The objective's value keys, {value key: how its standard error is estimated}), from one
+    batch at the centre: a loss function that returns the wrong thing (sums that cannot give a
+    standard error too), or a batch the model cannot take, is refused here, before any file is made.
     ``differentiable``: also take the loss sum the Hessian differentiates and one Hessian-vector
     product of it (plot_hessian_eigen, hessian_spectrum, sharpness), so that a model whose
     products are impossible is refused here too.
@@ -410,7 +449,7 @@ def probe_objective(the_objective, eval_net, data, amp=False, differentiable=Fal
     eval_net.eval()
     try:
         with torch.inference_mode():
-            sums = the_objective.sums(eval_net, first, amp)
+            sums = the_objective.sums_and_units(eval_net, first, amp)[0]
         if differentiable:
             with torch.enable_grad():
                 the_objective.loss_sum(eval_net, first)
@@ -424,7 +463,8 @@ def probe_objective(the_objective, eval_net, data, amp=False, differentiable=Fal
         except RuntimeError as err:   # an operation without a second derivative, forward-mode ones included
             raise UsageError(f'--loss_name {the_objective.name}: Hessian-vector products cannot be taken through '
                              f'this model ({type(err).__name__}: {_first_line(err)})') from None
-    return the_objective.value_keys(sums)
+    the_objective.check_sums(sums)
+    return the_objective.value_keys(sums), the_objective.stderr_methods(sums)
 
 
 def _first_line(err):
@@ -483,9 +523,12 @@ def prepare_run(settings, comm, net=None, train_dataset=None, test_dataset=None,
     the_objective = objective.resolve(settings.loss_name)
     train_data, test_data = load_data(settings, device, comm, train_dataset, test_dataset)
     # The objective on the model as it is first: bad results are refused before anything is timed.
-    value_keys = probe_objective(the_objective, net if settings.device_map else net.to(device), train_data,
-                                 settings.amp, differentiable, samples=CHECK_SAMPLES)
+    value_keys, stderr_methods = probe_objective(the_objective, net if settings.device_map else net.to(device),
+                                                 train_data, settings.amp, differentiable, samples=CHECK_SAMPLES)
     kind = configuration.HESSIAN if differentiable else configuration.SURFACE
+    if settings.target_stderr is not None:
+        settings = sample_budget.settle_samples(settings, comm, surf_file, net, the_objective, device, train_dataset)
+        train_data, test_data = load_data(settings, device, comm, train_dataset, test_dataset)
     check_surface(settings, comm, kind, grid, dir_file, surf_file)   # before any timing or line printed
     if comm.is_root:
         runtime.warn_about_amp(settings, device)
@@ -504,8 +547,9 @@ def prepare_run(settings, comm, net=None, train_dataset=None, test_dataset=None,
     centre_buffers = [b.detach().clone() for b in net.buffers()] if settings.recomputes_statistics else None
     return Run(settings=settings, comm=comm, device=device, grid=grid, dir_file=dir_file, surf_file=surf_file,
                net=net, eval_net=eval_net, folding=folding, objective=the_objective, value_keys=value_keys,
-               train_data=train_data, test_data=test_data, base=base, directions=directions, curve=None if curve is None else curve.to(device),
-               centre_buffers=centre_buffers, compute=choice, kind=kind)
+               train_data=train_data, test_data=test_data, base=base, directions=directions,
+               curve=None if curve is None else curve.to(device), centre_buffers=centre_buffers, compute=choice,
+               kind=kind, stderr_methods=stderr_methods)
 
 
 # ----------------------------------------------------------------------------- one point

@@ -109,9 +109,12 @@ def _root_loop(comm, grid, writer, evaluate_points, pending, calls, desc, on_bar
 
 
 def summarize(writer, computed, seconds):
-    """What the run did: points computed now, and how many stored values diverged (inf/NaN)."""
+    """What the run did: points computed now, and how many stored values diverged (inf/NaN). By-products
+    (standard errors, Hessian-vector product counts) say nothing of divergence: a standard error of too
+    few units is NaN at every point."""
     diverged = {}
-    for name, values in writer.values.items():
+    for name in writer.required_names:
+        values = writer.values[name]
         bad = int(np.count_nonzero(writer.done[name] & ~np.isfinite(values)))
         if bad:
             diverged[name] = bad

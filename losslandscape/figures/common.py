@@ -11,6 +11,7 @@ Every check that refuses an argument says so in the caller's words: the scripts'
 """
 import os
 import re
+import sys
 
 import numpy as np
 
@@ -122,6 +123,66 @@ def surface_values(surface, surf_name):
         with np.errstate(divide='ignore', invalid='ignore'):
             return np.abs(surface_values(surface, layout.MIN_EIG) / surface_values(surface, layout.MAX_EIG))
     return np.where(surface.done[surf_name], surface.values[surf_name], np.nan)
+
+
+BAND_STDERRS = 2   # a curve's band: +- this many standard errors
+
+
+def stderr_values(surface, surf_name):
+    """The standard errors of ``surf_name`` (NaN where not computed), or None where the file has
+    none (written before them, or a value without one): train_err's are train_acc's."""
+    source = surf_name.replace('_err', '_acc') if surf_name in (TRAIN_ERR, TEST_ERR) else surf_name
+    name = layout.stderr_name(source)
+    if name not in surface.values:
+        return None
+    return np.where(surface.done[name], surface.values[name], np.nan)
+
+
+def draw_stderr_band(ax, x, values, stderr, color):
+    """The band values +- BAND_STDERRS standard errors around a curve, where both are finite;
+    nothing where ``stderr`` is None."""
+    if stderr is None:
+        return
+    low, high = values - BAND_STDERRS * stderr, values + BAND_STDERRS * stderr
+    shown = np.isfinite(low) & np.isfinite(high)
+    if shown.any():
+        ax.fill_between(x, np.where(shown, low, 0.0), np.where(shown, high, 0.0), where=shown, color=color,
+                        alpha=0.2, linewidth=0)
+
+
+def largest_rise_stderr(surface, surf_name):
+    """The largest finite standard error of the rise of ``surf_name`` above the centre (train_loss:
+    train_loss_rise_stderr), or None where the file has none: how far apart two points' values
+    must be to differ beyond the noise of the samples."""
+    stderr = stderr_values(surface, layout.rise_name(surf_name))
+    if stderr is None or not np.isfinite(stderr).any():
+        return None
+    return float(np.nanmax(np.where(np.isfinite(stderr), stderr, np.nan)))
+
+
+def rise_precision_note(surface, surf_name, vlevel, spell=FLAGS):
+    """(a caption beside the contour spacing ``vlevel`` saying the largest standard error of the
+    rise, or ''; a one-line warning when the spacing is finer than twice it, or '')."""
+    stderr = largest_rise_stderr(surface, surf_name)
+    if stderr is None:
+        return '', ''
+    caption = f'contour spacing {vlevel:g}; largest standard error of the rise above the centre {stderr:.2g}'
+    warning = ''
+    if vlevel < 2 * stderr:
+        warning = (f'warning: {spell("vlevel", f"{vlevel:g}")} is finer than twice the largest standard error of '
+                   f'{surf_name}\'s rise above the centre ({stderr:.3g}): neighbouring contours may differ by '
+                   'sampling noise alone')
+    return caption, warning
+
+
+def say_rise_precision(surface, surf_name, vlevel, spell=FLAGS):
+    """Print rise_precision_note's caption (stdout) and warning (stderr, one line); return the caption."""
+    caption, warning = rise_precision_note(surface, surf_name, vlevel, spell)
+    if caption:
+        print(f'{surf_name}: {caption}')
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    return caption
 
 
 def describe_gaps(name, values):

@@ -8,7 +8,9 @@ eig_ratio_curve, overlaid_loss_curves, path_comparison. The plot_1d_* functions 
 figures for plot_1D.py and the --plot options of plot_surface.py and plot_hessian_eigen.py: they
 write them beside the surface file under the original code's names and return the paths.
 
-Points not computed (NaN) or diverged (inf) are gaps in the curves.
+Points not computed (NaN) or diverged (inf) are gaps in the curves. Every curve whose values have
+standard errors in the file is drawn with its band of +- 2 standard errors (common.BAND_STDERRS);
+files written before them draw as they did.
 """
 import os
 
@@ -24,6 +26,7 @@ from losslandscape.figures.common import (
     as_surface,
     describe_gaps,
     direction_label,
+    draw_stderr_band,
     finish,
     has_values,
     loss_barrier,
@@ -32,6 +35,7 @@ from losslandscape.figures.common import (
     path_name,
     save_figure,
     saved,
+    stderr_values,
     surface_values,
 )
 from losslandscape.io import hdf5_layout as layout
@@ -96,6 +100,7 @@ def _draw_loss_acc(ax_loss, ax_acc, surface, label_curves=True):
         values = _optional(surface, name)
         if values is not None:
             ax.plot(surface.xcoordinates, masked(values), style, linewidth=1, label=label if label_curves else None)
+            draw_stderr_band(ax, surface.xcoordinates, values, stderr_values(surface, name), style[0])
 
 
 def _loss_acc_figure(surfaces, xlim, log, loss_max, show):
@@ -120,11 +125,13 @@ def _loss_acc_figure(surfaces, xlim, log, loss_max, show):
     return fig
 
 
-def _curve_figure(x, values, *, xlim, xlabel, ylabel, ylim, log, show):
-    """One blue curve. ``ylim``: (bottom, top) or None (matplotlib's); a log axis takes only its top."""
+def _curve_figure(x, values, *, xlim, xlabel, ylabel, ylim, log, show, stderr=None):
+    """One blue curve (with its band where ``stderr`` is given). ``ylim``: (bottom, top) or None
+    (matplotlib's); a log axis takes only its top."""
     fig = new_figure(show)
     ax = fig.add_subplot()
     ax.plot(x, masked(values), 'b-', linewidth=1)
+    draw_stderr_band(ax, x, values, stderr, 'b')
     ax.set_xlim(*xlim)
     if log:
         ax.set_yscale('log')
@@ -168,7 +175,7 @@ def _value_curve(surface, surf_name, xmin, xmax, ylim, log, spell, show, ylabel=
     values = surface_values(surface, surf_name)
     return _curve_figure(surface.xcoordinates, values, xlim=x_range(surface.xcoordinates, xmin, xmax, spell),
                          xlabel=direction_label(surface, 'x'), ylabel=ylabel or PRETTY_NAMES.get(surf_name, surf_name),
-                         ylim=ylim, log=log, show=show)
+                         ylim=ylim, log=log, show=show, stderr=stderr_values(surface, surf_name))
 
 
 def eig_ratio_curve(surface, *, signed=False, xmin=-1.0, xmax=1.0, ratio_max=1.0, save=None):
@@ -240,6 +247,7 @@ def _path_comparison(surface, other, labels, xmin, xmax, loss_max, log, spell, s
         x, train_loss = each.xcoordinates, surface_values(each, layout.TRAIN_LOSS)
         ax.plot(x, masked(train_loss), '-', color=colour, linewidth=1.5,
                 label=f'{name}: training loss (barrier {loss_barrier(x, train_loss):.3g})')
+        draw_stderr_band(ax, x, train_loss, stderr_values(each, layout.TRAIN_LOSS), colour)
         if with_test:
             ax.plot(x, masked(surface_values(each, layout.TEST_LOSS)), '--', color=colour, linewidth=1,
                     label=f'{name}: test loss')

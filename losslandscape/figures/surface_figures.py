@@ -12,9 +12,15 @@ the 1D figures and h52vtp.py live in figures/common.py.
 
 NaN (not computed) and inf (diverged) points are left out: holes in contours and the 3D surface,
 grey cells (NaN) or the colour bar's end colour (inf) in the heat map.
+
+Where the file holds the rise above the centre with its standard errors (train_loss_rise_stderr),
+the contour figures and the viewer say the largest of them beside the contour spacing, and a
+spacing finer than twice it gets a one-line warning on stderr: contours closer than the noise
+of the samples are not all real.
 """
 import dataclasses
 import os
+import sys
 
 import numpy as np
 
@@ -35,13 +41,16 @@ from losslandscape.figures.common import (
     has_values,
     heat_values,
     label_axes,
+    largest_rise_stderr,
     load_surface,
     masked,
     new_figure,
     pca_axis_labels,
     require_finite_points,
+    rise_precision_note,
     save_figure,
     saved,
+    say_rise_precision,
     surface_values,
 )
 from losslandscape.io import file_safety
@@ -91,8 +100,11 @@ def contour(surface, surf_name='train_loss', *, vmin=0.1, vmax=10, vlevel=0.5, f
     Figure."""
     levels = contour_levels(vmin, vmax, vlevel, KEYWORDS)
     plane = prepare_plane(surface, surf_name, dir_file, KEYWORDS)
+    caption, warning = rise_precision_note(plane.surface, surf_name, vlevel, KEYWORDS)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     draw = _filled_contour_figure if filled else _contour_lines_figure
-    return saved(draw(plane, levels, show=False), save)
+    return saved(draw(plane, levels, show=False, caption=caption), save)
 
 
 def heatmap(surface, surf_name='train_loss', *, vmin=0.1, vmax=10, dir_file='', save=None):
@@ -111,22 +123,24 @@ def surface_3d(surface, surf_name='train_loss', *, zlim=None, dir_file='', save=
     return saved(_surface_3d_figure(plane, zlim, show=False), save)
 
 
-def _contour_lines_figure(plane, levels, show):
+def _contour_lines_figure(plane, levels, show, caption=''):
     fig = new_figure(show)
     ax = fig.add_subplot()
     lines = ax.contour(plane.X, plane.Y, masked(plane.values), levels=levels, cmap='summer')
     ax.clabel(lines, inline=True, fontsize=8)
     label_axes(ax, plane.titles)
-    ax.set_title(plane.label)
+    ax.set_title(plane.label + (f'\n{caption}' if caption else ''), fontsize='medium' if caption else None)
     return fig
 
 
-def _filled_contour_figure(plane, levels, show):
+def _filled_contour_figure(plane, levels, show, caption=''):
     fig = new_figure(show)
     ax = fig.add_subplot()
     filled = ax.contourf(plane.X, plane.Y, masked(plane.values), levels=levels, cmap='summer', extend='both')
     fig.colorbar(filled, ax=ax, label=plane.label)
     label_axes(ax, plane.titles)
+    if caption:
+        ax.set_title(caption, fontsize='medium')
     return fig
 
 
@@ -173,8 +187,9 @@ def plot_2d_contour(surf_file, *, dir_file='', surf_name='train_loss', vmin=0.1,
     gap_note = describe_gaps(surf_name, plane.values)
     if gap_note:
         print(gap_note)
-    figures = {'_2dcontour': _contour_lines_figure(plane, levels, show),
-               '_2dcontourf': _filled_contour_figure(plane, levels, show),
+    caption = say_rise_precision(plane.surface, surf_name, vlevel)
+    figures = {'_2dcontour': _contour_lines_figure(plane, levels, show, caption),
+               '_2dcontourf': _filled_contour_figure(plane, levels, show, caption),
                '_2dheat': _heatmap_figure(plane.surface, plane.titles, plane.values, surf_name, vmin, vmax, show),
                '_3dsurface': _surface_3d_figure(plane, zlim, show)}
     base = f'{surf_file}_{surf_name}'
@@ -407,7 +422,9 @@ def _html_viewer(surface, surf_name, dir_file, proj_file, spell, name='surface')
     fig.add_annotation(text='<br>'.join(titles), showarrow=False, xref='paper', yref='paper',
                        x=(scene_left + scene_right) / 2, y=-0.06, xanchor='center', yanchor='top',
                        font=dict(size=12))
-    fig.update_layout(title=os.path.basename(surface.path), autosize=True, height=VIEWER_HEIGHT,
+    stderr = largest_rise_stderr(surface, surf_name)
+    caption = '' if stderr is None else f'<br><sup>largest standard error of the rise above the centre: {stderr:.2g}</sup>'
+    fig.update_layout(title=os.path.basename(surface.path) + caption, autosize=True, height=VIEWER_HEIGHT,
                       margin=VIEWER_MARGIN,
                       legend=dict(orientation='h', x=1.0, xanchor='right', y=-0.14, yanchor='top'),
                       scene=dict(xaxis_title=short_titles[0], yaxis_title=short_titles[1], zaxis_title=title,

@@ -32,12 +32,28 @@ Surface file (written by plot_surface / plot_hessian_eigen, read by the plot scr
                    may itself be NaN or inf (a diverged point). eig_solve: how the point's
                    eigenvalues were solved, 0 cold, 1 warm, 2 warm then cold (EIG_SOLVE_PATHS);
                    absent in files written before it, like hvp_count in the original code's.
+    train_loss_stderr, train_acc_stderr, test_loss_stderr, ... (stderr_name(name))
+                   the standard error of each stored mean (loss, accuracy, perplexity, an objective's
+                   own values) as an estimate of the mean over the distribution the evaluated samples
+                   were drawn from (objectives/standard_errors.py says how); attrs[STDERR_METHODS_ATTR]
+                   says how each was estimated: per-sample or per-sequence values, or the spread of the
+                   batch sums (an objective that gives no per-sample values)
+    train_loss_rise, train_loss_rise_stderr, test_loss_rise, test_loss_rise_stderr (rise_name(name))
+                   the mean over the same samples of loss(point) - loss(centre), the centre being
+                   x = y = 0, and its standard error from the paired differences. Standard errors and
+                   rises are by-products: files written before them lack them, and a resumed run never
+                   computes a point again only to add them (absent where a point was computed earlier)
     done/<name>    bool array beside each value array: which points hold a result. This, not the
                    value, decides what a resumed run recomputes, so 0, negative, NaN and inf are all
                    results. Files from the original code have no done/ group: there a value of -1
                    (its fill value) means "not computed".
     attrs          'args' and 'versions' (JSON) and the identity fields of IDENTITY_FIELDS, so a run
                    pointed at a file made for another model, data or grid refuses instead of mixing.
+                   Among them SAMPLES, SAMPLE_SEED and TARGET_STDERR: every point's values are means over
+                   the same SAMPLES training samples (None: all), a seeded random subset (SAMPLE_SEED;
+                   data.datasets.sample_indices), chosen at the centre for TARGET_STDERR when that is
+                   set; the test split's subset has min(SAMPLES, its size) samples. Files written before
+                   these fields are full-data files (IDENTITY_DEFAULTS).
 
 Projection file (plot_trajectory): proj_xcoord, proj_ycoord (one entry per checkpoint), plus the
 checkpoints' own train_loss / train_acc when evaluated.
@@ -94,6 +110,22 @@ MAX_EIG, MIN_EIG, TRACE, HVP_COUNT = 'max_eig', 'min_eig', 'trace', 'hvp_count'
 EIG_SOLVE = 'eig_solve'   # how a point's eigenvalues were solved: the index of its way in EIG_SOLVE_PATHS
 EIG_SOLVE_PATHS = ('cold', 'warm', 'fallback')   # 0, 1, 2 (curvature.hessian.SOLVE_PATHS says what each is)
 SURFACE_NAMES = (TRAIN_LOSS, TRAIN_ACC, TEST_LOSS, TEST_ACC, MAX_EIG, MIN_EIG, TRACE, HVP_COUNT, EIG_SOLVE)
+STDERR_SUFFIX, RISE_SUFFIX = '_stderr', '_rise'
+
+
+def stderr_name(name):
+    """The key of the standard error of the mean stored as ``name`` (train_loss -> train_loss_stderr)."""
+    return name + STDERR_SUFFIX
+
+
+def rise_name(name):
+    """The key of the paired rise of ``name`` above the centre (train_loss -> train_loss_rise)."""
+    return name + RISE_SUFFIX
+
+
+TRAIN_LOSS_STDERR, TEST_LOSS_STDERR = stderr_name(TRAIN_LOSS), stderr_name(TEST_LOSS)
+TRAIN_LOSS_RISE, TEST_LOSS_RISE = rise_name(TRAIN_LOSS), rise_name(TEST_LOSS)
+TRAIN_LOSS_RISE_STDERR, TEST_LOSS_RISE_STDERR = stderr_name(TRAIN_LOSS_RISE), stderr_name(TEST_LOSS_RISE)
 DONE_GROUP = 'done'
 LEGACY_MISSING = -1.0   # the original code's fill value for "not computed yet"
 
@@ -106,8 +138,14 @@ SUITE_VERSION_ATTR = 'losslandscape_version'   # every file this module writes: 
 COMPUTE_ATTR = 'compute'   # JSON {kind: compute configuration} (compute/choosing.py): reused on resume, never checked
 DIRECTION_ID = 'direction_id'
 # The fields that say what a surface was computed for; a resumed run must agree on each one.
+STDERR_METHODS_ATTR = 'stderr_methods'   # JSON {stderr name: how it was estimated} (standard_errors.py)
+SAMPLES, SAMPLE_SEED, TARGET_STDERR = 'samples', 'sample_seed', 'target_stderr'
 IDENTITY_FIELDS = ('model', 'model_file', 'model_file2', 'model_file3', 'dir_type', 'dataset',
-                   'raw_data', 'data_split', 'split_idx', 'loss_name', 'train_labels', DIRECTION_ID)
+                   'raw_data', 'data_split', 'split_idx', 'loss_name', 'train_labels', TARGET_STDERR, SAMPLES,
+                   SAMPLE_SEED, DIRECTION_ID)
+# What a file written before an identity field existed stands for: there, its absence is this value
+# (a full-data file is refused for a run on a sample, however old it is).
+IDENTITY_DEFAULTS = {TARGET_STDERR: None, SAMPLES: None, SAMPLE_SEED: None}
 
 
 # ----------------------------------------------------------------------------- file primitives
@@ -624,8 +662,8 @@ def check_surface_matches(surface, grid, dir_file, identity):
         raise UsageError(f'surface file {path!r} was made along direction file {surface.dir_file!r}, '
                          f'not {dir_file!r}; pass another --surf_file')
     for key, wanted in identity.items():
-        if key in surface.attrs:
-            stored = json.loads(surface.attrs[key])
+        if key in surface.attrs or key in IDENTITY_DEFAULTS:
+            stored = json.loads(surface.attrs[key]) if key in surface.attrs else IDENTITY_DEFAULTS[key]
             if key == DIRECTION_ID:
                 if stored != wanted and stored != read_creation_tag(dir_file):
                     raise UsageError(f'surface file {path!r} was computed along other directions than those now '

@@ -23,7 +23,8 @@ they hold.
   package.module:fn  your own: fn(model, batch) -> dict of per-batch sums (see CustomObjective)
 
 Values are named by key: 'loss' -> train_loss, 'acc' -> train_acc (percent), any other key K ->
-train_K (and test_... with --eval_test).
+train_K (and test_... with --eval_test). Each has its standard error beside it (K_stderr), and the
+loss its paired rise above the centre (loss_rise, loss_rise_stderr): standard_errors.py.
 """
 import inspect
 import math
@@ -33,6 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from losslandscape.errors import UsageError
+from losslandscape.io.hdf5_layout import STDERR_SUFFIX, rise_name, stderr_name
+from losslandscape.objectives import standard_errors
+from losslandscape.objectives.standard_errors import PER_BATCH, PER_SAMPLE, PER_SEQUENCE
 
 CLASSIFICATION_LOSSES = ('crossentropy', 'mse')
 MODEL_LOSSES = ('model', 'causal_lm')
@@ -41,6 +45,8 @@ IGNORE_INDEX = -100                 # the label value PyTorch and Hugging Face l
 LOSS, COUNT, CORRECT, UNDEFINED = 'loss', 'count', 'correct', 'undefined'
 ACC, PERPLEXITY = 'acc', 'perplexity'
 KEY_PATTERN = re.compile(r'[A-Za-z][A-Za-z0-9_]*$')   # a key becomes part of an HDF5 dataset name
+SQUARES_SUFFIX = '_sq'   # a custom objective's K_sq: the sum of squares of K's per-sample values
+LOSS_RISE = rise_name(LOSS)
 
 
 DEFAULT_LOSS = 'crossentropy'
@@ -96,13 +102,21 @@ def describe_callable(fn):
 
 
 class Objective:
-    """The interface. ``sums`` returns scalar tensors on the batch's device (accumulated there, so
-    the host waits only once per data set); ``finalize`` turns the data set's totals (floats) into
-    the stored values; ``loss_sum`` is the differentiable batch loss sum the Hessian is taken of."""
+    """The interface. ``sums_and_units`` returns the batch's sums, scalar tensors on the batch's
+    device (accumulated there, so the host waits only once per data set), and its units for the
+    standard errors: (each sample's or sequence's loss sum, their counts or None when each counts
+    1), float64 1-D tensors, or None where the objective gives none (its errors are then estimated
+    from the batches). ``finalize`` turns the data set's totals (floats) into the stored values,
+    ``finalize_errors`` gives their standard errors; ``loss_sum`` is the differentiable batch loss
+    sum the Hessian is taken of."""
     name = ''
     supports_stacked_points = False   # point_batching's vmap evaluator (built-in losses only)
+    unit_method = None                # PER_SAMPLE or PER_SEQUENCE where sums_and_units gives units
 
     def sums(self, model, batch, amp=False):
+        return self.sums_and_units(model, batch, amp, units=False)[0]
+
+    def sums_and_units(self, model, batch, amp=False, units=True):
         raise NotImplementedError
 
     def finalize(self, totals):
@@ -114,6 +128,49 @@ class Objective:
     def value_keys(self, sums):
         """The keys ``finalize`` returns for batches that gave ``sums`` (from one probe batch)."""
         return list(self.finalize({k: 1.0 for k in sums}))
+
+    def check_sums(self, sums):
+        """Refuse (UsageError) sums of a probe batch that cannot give the standard errors."""
+
+    def loss_stderr(self, totals, result):
+        """The loss's standard error from the totals and the pass (standard_errors.PassResult)."""
+        if self.unit_method is not None and result.units is not None:
+            return standard_errors.units_stderr(result)
+        return standard_errors.batch_stderr(result.batches[LOSS], result.batches[COUNT])
+
+    def value_errors(self, totals, result, loss_stderr):
+        """{value key: its standard error} for the values other than the loss."""
+        return {}
+
+    def stderr_methods(self, sums):
+        """{value key (and the loss's rise): how its standard error is estimated
+        (standard_errors.METHODS)}, for batches that gave ``sums``."""
+        return {key: self.unit_method or PER_BATCH for key in [*self.value_keys(sums), LOSS_RISE]}
+
+    def finalize_errors(self, totals, result, centre=None):
+        """The standard error of every value (key K -> K_stderr) and, given the ``centre``
+        (standard_errors.Centre), the loss's rise above it with its standard error."""
+        loss_stderr = self.loss_stderr(totals, result)
+        errors = {LOSS: loss_stderr, **self.value_errors(totals, result, loss_stderr)}
+        values = {stderr_name(key): value for key, value in errors.items()}
+        if centre is not None:
+            rise, rise_stderr = standard_errors.rise_and_stderr(result, centre, LOSS, COUNT)
+            values[LOSS_RISE], values[stderr_name(LOSS_RISE)] = rise, rise_stderr
+        return values
+
+    def by_product_keys(self, value_keys):
+        """The keys finalize_errors adds to ``value_keys``: every value's standard error, and the
+        loss's rise with its own."""
+        return [stderr_name(key) for key in value_keys] + [LOSS_RISE, stderr_name(LOSS_RISE)]
+
+
+def perplexity(loss):
+    return math.exp(loss) if loss < 709 else math.inf
+
+
+def perplexity_stderr(loss, loss_stderr):
+    """The delta method: d exp(L) = exp(L) dL."""
+    return perplexity(loss) * loss_stderr if math.isfinite(loss) else math.nan
 
 
 def batch_inputs(batch):
@@ -184,6 +241,7 @@ def accuracy_percent(correct, undefined, n):
 class ClassificationObjective(Objective):
     """crossentropy / mse over (inputs, integer targets) batches, with the accuracy."""
     supports_stacked_points = True
+    unit_method = PER_SAMPLE
 
     def __init__(self, loss_name):
         self.name = self.loss_name = loss_name
@@ -195,17 +253,19 @@ class ClassificationObjective(Objective):
         inputs, targets = batch
         return (inputs if inputs.is_floating_point() else inputs.float()), targets
 
-    def sums(self, model, batch, amp=False):
+    def sums_and_units(self, model, batch, amp=False, units=True):
         inputs, targets = self.split(batch)
         with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=amp):
             outputs = model(inputs)
         return self.sums_of_outputs(outputs, targets)
 
     def sums_of_outputs(self, outputs, targets):
-        # The loss in float32 summed per batch, accumulated in float64 (as the suite always did).
+        """(sums, units) of a batch's outputs. The loss in float32 summed per batch, accumulated
+        in float64 (as the suite always did); each sample's loss is a unit."""
         correct, undefined = prediction_counts(outputs, targets)
-        return {LOSS: per_sample_loss(outputs.float(), targets, self.loss_name).sum().double(),
-                CORRECT: correct, UNDEFINED: undefined, COUNT: targets.shape[0]}
+        losses = per_sample_loss(outputs.float(), targets, self.loss_name)
+        return ({LOSS: losses.sum().double(), CORRECT: correct, UNDEFINED: undefined, COUNT: targets.shape[0]},
+                (losses.double(), None))
 
     def loss_sum(self, model, batch):
         inputs, targets = self.split(batch)
@@ -214,6 +274,11 @@ class ClassificationObjective(Objective):
     def finalize(self, totals):
         n = totals[COUNT]
         return {LOSS: totals[LOSS] / n, ACC: accuracy_percent(totals[CORRECT], totals[UNDEFINED], n)}
+
+    def value_errors(self, totals, result, loss_stderr):
+        # A prediction is right or not: the squares of the 0/1 values are the values.
+        n, correct = totals[COUNT], totals[CORRECT]
+        return {ACC: math.nan if totals[UNDEFINED] else 100.0 * standard_errors.unit_stderr(correct, correct, n)}
 
 
 class ModelLossObjective(Objective):
@@ -243,17 +308,55 @@ class ModelLossObjective(Objective):
                              'pass labels in the batch, or use --loss_name package.module:function')
         return loss.reshape(())
 
-    def batch_loss_sum(self, model, batch):
+    def loss_of_result(self, result, batch):
+        """(the batch's loss sum, its weight) from the model's ``result``."""
         weight = self.weight(batch)
-        mean = self.mean_loss(self.call(model, batch)).float()
+        mean = self.mean_loss(result).float()
         # A batch with no counted position has no mean (HF returns NaN there): it adds nothing.
         return torch.where(torch.as_tensor(weight) > 0, mean * weight, torch.zeros_like(mean)), weight
 
-    def sums(self, model, batch, amp=False):
+    def batch_loss_sum(self, model, batch):
+        return self.loss_of_result(self.call(model, batch), batch)
+
+    def sums_and_units(self, model, batch, amp=False, units=True):
         device = first_tensor(batch).device.type if first_tensor(batch) is not None else 'cpu'
         with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
-            loss, weight = self.batch_loss_sum(model, batch)
-        return {LOSS: loss.detach().double(), COUNT: weight}
+            result = self.call(model, batch)
+            loss, weight = self.loss_of_result(result, batch)
+            unit_values = self.units_of(result, batch, loss, weight) if units else None
+        return {LOSS: loss.detach().double(), COUNT: weight}, unit_values
+
+    # Per-sample (or per-sequence) losses are recomputed from the model's logits by the usual
+    # cross-entropy of its kind, which the model's own mean loss is checked against once, on the
+    # first batch: a model whose loss is another (a regression head, label smoothing) gets the
+    # batch-level estimate instead. Undecided until then.
+    unit_method = UNDECIDED = 'undecided'
+    unit_kind = PER_SAMPLE
+    shift = 0   # the labels' offset from the logits (causal language models predict the next token)
+    UNITS_RTOL = 1e-4
+
+    def units_of(self, result, batch, loss, weight):
+        """(per-unit loss sums, their counts) of the batch, or None (see above)."""
+        if self.unit_method is None:
+            return None
+        labels = batch.get('labels') if isinstance(batch, dict) else None
+        if self.shift:
+            labels = self.with_labels(batch)['labels']
+        logits = getattr(result, 'logits', None)
+        units = None
+        if torch.is_tensor(labels) and torch.is_tensor(logits) and not labels.is_floating_point() \
+                and labels.dim() >= 1 and logits.shape[:-1] == labels.shape and labels.shape[-1] > self.shift:
+            if self.shift:
+                logits, labels = logits[..., :-self.shift, :], labels[..., self.shift:]
+            token_losses = F.cross_entropy(logits.detach().float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                           ignore_index=IGNORE_INDEX, reduction='none').view(labels.shape)
+            units = (token_losses.reshape(labels.shape[0], -1).double().sum(dim=1),
+                     (labels != IGNORE_INDEX).reshape(labels.shape[0], -1).sum(dim=1).double())
+        if self.unit_method == self.UNDECIDED:
+            agrees = units is not None and bool(torch.isclose(units[0].sum(), loss.detach().double(),
+                                                              rtol=self.UNITS_RTOL, atol=1e-6))
+            self.unit_method = self.unit_kind if agrees else None
+        return units if self.unit_method is not None else None
 
     def loss_sum(self, model, batch):
         return self.batch_loss_sum(model, batch)[0]
@@ -266,6 +369,8 @@ class CausalLMObjective(ModelLossObjective):
     """A causal language model's mean loss over every predicted token, and its perplexity."""
     name = 'causal_lm'
     source = '--loss_name causal_lm'
+    unit_kind = PER_SEQUENCE
+    shift = 1
 
     def with_labels(self, batch):
         if not isinstance(batch, dict):
@@ -287,7 +392,10 @@ class CausalLMObjective(ModelLossObjective):
 
     def finalize(self, totals):
         loss = super().finalize(totals)[LOSS]
-        return {LOSS: loss, PERPLEXITY: math.exp(loss) if loss < 709 else math.inf}
+        return {LOSS: loss, PERPLEXITY: perplexity(loss)}
+
+    def value_errors(self, totals, result, loss_stderr):
+        return {PERPLEXITY: perplexity_stderr(self.finalize(totals)[LOSS], loss_stderr)}
 
 
 class CustomObjective(Objective):
@@ -295,7 +403,12 @@ class CustomObjective(Objective):
     'count': how many samples or tokens that sum covers, optional 'correct': how many of them are
     right (stored as the accuracy in percent), and any other key K: a sum stored as sum(K) /
     sum(count)}. Values are numbers or one-element tensors; 'loss' must be a tensor for the Hessian
-    (plot_hessian_eigen.py differentiates it)."""
+    (plot_hessian_eigen.py differentiates it).
+
+    Standard errors: 'loss_sq' (and K_sq for a key K), the sum of the squares of the per-sample
+    values that 'loss' (K) sums, gives the per-sample estimate, each of the 'count' units weighing
+    one; without it the estimate is the batch-level one. 'correct' needs none (0/1 values). The
+    rise above the centre is always paired by batch: the function gives no per-sample values."""
 
     def __init__(self, fn, name):
         self.fn, self.name = fn, name
@@ -311,16 +424,63 @@ class CustomObjective(Objective):
             raise UsageError(f'{self.source} returned no {" and no ".join(repr(k) for k in missing)} '
                              f'(it returned {", ".join(map(repr, result)) or "an empty dict"})')
         for key in result:
-            if not isinstance(key, str) or not KEY_PATTERN.match(key) or key in (ACC, UNDEFINED):
+            if not isinstance(key, str) or not KEY_PATTERN.match(key) or key in (ACC, UNDEFINED) \
+                    or key.endswith(STDERR_SUFFIX):
                 raise UsageError(f'{self.source} returned the key {key!r}: keys are names of letters, digits '
-                                 f'and _ ({ACC!r} and {UNDEFINED!r} are reserved: return "correct" for an accuracy)')
+                                 f'and _ ({ACC!r} and {UNDEFINED!r} are reserved: return "correct" for an accuracy; '
+                                 f'names ending in {STDERR_SUFFIX!r} are the standard errors the suite adds)')
+            base = squared_key_base(key)
+            if base is not None and (base not in result or base in (COUNT, CORRECT)):
+                why = (f'{base!r} needs none' if base in (COUNT, CORRECT) else
+                       f'it returned no {base!r} whose per-sample values they would be')
+                raise UsageError(f'{self.source} returned {key!r}, which cannot give a standard error: a key '
+                                 f'K{SQUARES_SUFFIX} is the sum of squares of the per-sample values of K, and {why}')
         return result
 
-    def sums(self, model, batch, amp=False):
+    def sums_and_units(self, model, batch, amp=False, units=True):
         device = first_tensor(batch).device.type if first_tensor(batch) is not None else 'cpu'
         with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
             result = self.call(model, batch)
-        return {key: as_scalar(value, key, self.source) for key, value in result.items()}
+        return {key: as_scalar(value, key, self.source) for key, value in result.items()}, None
+
+    def check_sums(self, sums):
+        """Each K_sq of the probe batch must be a sum of squares of values summing to K over the
+        'count' units: at least K^2 / count (Cauchy-Schwarz), so never negative."""
+        count = float(sums[COUNT])
+        for key, value in sums.items():
+            base = squared_key_base(key)
+            if base is None:
+                continue
+            squares, total = float(value), float(sums[base])
+            if not (squares >= 0 and count > 0 and squares * count >= total * total * (1 - 1e-6) - 1e-12):
+                raise UsageError(f'{self.source} returned {key!r} = {squares:g}, which cannot give a standard error: '
+                                 f'a sum of squares of {count:g} values summing to {base!r} = {total:g} is at least '
+                                 f'{total * total / count if count > 0 else math.inf:g}')
+
+    def stderr_methods(self, sums):
+        methods = {}
+        for key in self.value_keys(sums):
+            source = CORRECT if key == ACC else key
+            methods[key] = PER_SAMPLE if source == CORRECT or source + SQUARES_SUFFIX in sums else PER_BATCH
+        methods[LOSS_RISE] = PER_BATCH
+        return methods
+
+    def key_stderr(self, key, totals, result):
+        """The standard error of value ``key``: per sample from its squares (0/1 values for the
+        accuracy), else from the batches."""
+        source = CORRECT if key == ACC else key
+        squares = totals[CORRECT] if key == ACC else totals.get(key + SQUARES_SUFFIX)
+        if squares is not None:
+            stderr = standard_errors.unit_stderr(totals[source], squares, totals[COUNT])
+        else:
+            stderr = standard_errors.batch_stderr(result.batches[source], result.batches[COUNT])
+        return 100.0 * stderr if key == ACC else stderr
+
+    def loss_stderr(self, totals, result):
+        return self.key_stderr(LOSS, totals, result)
+
+    def value_errors(self, totals, result, loss_stderr):
+        return {key: self.key_stderr(key, totals, result) for key in self.finalize(totals) if key != LOSS}
 
     def loss_sum(self, model, batch):
         loss = self.call(model, batch)[LOSS]
@@ -335,28 +495,65 @@ class CustomObjective(Objective):
         if CORRECT in totals:
             values[ACC] = 100.0 * totals[CORRECT] / count if count else math.nan
         for key, total in totals.items():
-            if key not in (LOSS, COUNT, CORRECT):
+            if key not in (LOSS, COUNT, CORRECT) and squared_key_base(key) is None:
                 values[key] = total / count if count else math.nan
         return values
 
 
+def squared_key_base(key):
+    """K for a custom objective's key K_sq (K's sum of squares), else None."""
+    return key[:-len(SQUARES_SUFFIX)] if key.endswith(SQUARES_SUFFIX) and len(key) > len(SQUARES_SUFFIX) else None
+
+
 # ----------------------------------------------------------------------------- a whole data set
 
-def accumulate(objective, model, source, amp=False):
-    """The objective's totals over every batch of ``source`` (a batch source (data.batch_sources)), as
-    floats: summed on the device, read once at the end."""
-    totals = {}
+class DataSetPass:
+    """One pass of an objective over a data set at one point: the totals (as the objective sums
+    them, batch by batch) and what the standard errors need (standard_errors.Pass). ``centre``: the
+    centre's standard_errors.Centre, to pair the rise with; ``keep_units``: become one."""
+
+    def __init__(self, objective, centre=None, keep_units=False):
+        self.objective, self.centre, self.totals = objective, centre, {}
+        self.errors = standard_errors.Pass(LOSS, centre, keep_units)
+
+    def add(self, sums, units):
+        for key, value in sums.items():
+            self.totals[key] = self.totals[key] + value if key in self.totals else value
+        self.errors.add(sums, units)
+
+    def values(self):
+        """(the values with their standard errors (and rise), the standard_errors.PassResult)."""
+        totals = {key: value.item() if torch.is_tensor(value) else float(value) for key, value in self.totals.items()}
+        result = self.errors.result()
+        values = self.objective.finalize(totals)
+        values.update(self.objective.finalize_errors(totals, result, self.centre))
+        return values, result
+
+
+def accumulate(objective, model, source, amp=False, centre=None, keep_units=False):
+    """A DataSetPass over every batch of ``source`` (a batch source (data.batch_sources)): summed on
+    the device, read at the end."""
+    one_pass = DataSetPass(objective, centre, keep_units)
     for batch in source.batches():
-        for key, value in objective.sums(model, batch, amp).items():
-            totals[key] = totals[key] + value if key in totals else value
-    return {key: value.item() if torch.is_tensor(value) else float(value) for key, value in totals.items()}
+        one_pass.add(*objective.sums_and_units(model, batch, amp))
+    return one_pass
 
 
 @torch.inference_mode()
-def evaluate(model, source, objective, amp=False):
-    """The objective's values (loss, acc, ...) of ``model`` in eval mode over ``source``."""
+def evaluate(model, source, objective, amp=False, centre=None):
+    """The objective's values (loss, acc, ..., each K with K_stderr) of ``model`` in eval mode over
+    ``source``; given the ``centre`` (evaluate_centre), also the loss's rise above it."""
     model.eval()
-    return objective.finalize(accumulate(objective, model, source, amp))
+    return accumulate(objective, model, source, amp, centre).values()[0]
+
+
+@torch.inference_mode()
+def evaluate_centre(model, source, objective, amp=False):
+    """(evaluate's values, the standard_errors.Centre that later points pair their rise with):
+    ``model`` is at the centre."""
+    model.eval()
+    values, result = accumulate(objective, model, source, amp, keep_units=True).values()
+    return values, result.centre
 
 
 def total_count(objective, model, source):
@@ -364,4 +561,7 @@ def total_count(objective, model, source):
     Counts never depend on the weights, so one pass at any point gives it."""
     with torch.inference_mode():
         model.eval()
-        return accumulate(objective, model, source)[COUNT]
+        total = 0
+        for batch in source.batches():
+            total = total + objective.sums(model, batch)[COUNT]
+        return total.item() if torch.is_tensor(total) else float(total)
