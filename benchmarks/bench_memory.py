@@ -228,7 +228,7 @@ def main(argv=None):
             for mode, flags in runs:
                 extra, per_point = run_mode(folder, mode, work, args.source, size, flags)
                 cells.append(f'{(extra - activations) / model_bytes:5.2f}x ({extra / model_bytes:4.2f}x) '
-                             f'{per_point:5.2f} s/pt')
+                             f'{per_point:5.3g} s/pt')
             print(f'{size:>6} {model_bytes / 1e9:6.3f}GB {activations / model_bytes:6.2f}x '
                   + ' '.join(f'{c:>24}' for c in cells), flush=True)
         finally:

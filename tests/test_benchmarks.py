@@ -134,7 +134,7 @@ def test_bench_memory_table_has_a_multiple_per_mode(capsys):
     bench_memory.main(['--sizes', 'tiny', '--modes', 'resident', 'stream', 'seed'])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith('tiny')]
     assert len(rows) == 1
-    cells = re.findall(r'(-?[\d.]+)x \(([\d.]+)x\)\s+([\d.]+) s/pt', rows[0])
+    cells = re.findall(r'(-?[\d.]+)x \(([\d.]+)x\)\s+([\d.e+-]+) s/pt', rows[0])
     assert len(cells) == 3
     for net_of_activations, raw, seconds in cells:
         assert float(raw) >= float(net_of_activations) and float(seconds) > 0
