@@ -199,13 +199,14 @@ def test_batchnorm_is_folded_by_rule_not_by_timing(tmp_path, checkpoints, capsys
 
 @pytest.fixture
 def counted_sums(monkeypatch):
-    """Every ClassificationObjective.sums call's number of samples, in order."""
-    real, samples = objective.ClassificationObjective.sums, []
+    """Every ClassificationObjective pass over a batch (sums_and_units, which sums calls too): its
+    number of samples, in order."""
+    real, samples = objective.ClassificationObjective.sums_and_units, []
 
-    def counting(self, model, batch, amp=False):
+    def counting(self, model, batch, amp=False, units=True):
         samples.append(objective.first_tensor(batch).shape[0])
-        return real(self, model, batch, amp)
-    monkeypatch.setattr(objective.ClassificationObjective, 'sums', counting)
+        return real(self, model, batch, amp, units)
+    monkeypatch.setattr(objective.ClassificationObjective, 'sums_and_units', counting)
     return samples
 
 

@@ -106,7 +106,8 @@ def test_a_factory_that_cannot_be_called_as_given_is_one_line(tmp_path, capsys, 
     assert snapshot(tmp_path) == before
 
 
-def test_a_dataset_factory_without_root_or_train_is_called_without_them(tmp_path, capsys):
+def test_a_dataset_factory_without_root_or_train_is_called_without_them(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)   # no --model_file: the direction file is named in the working folder
     run_ok(capsys, '--dataset', f'{CUSTOM}:data_without_arguments', '--model', f'{CUSTOM}:three_class_model',
            *GRID, '--threads', '1', '--surf_file', tmp_path / 's.h5')
     assert np.isfinite(surface_values(tmp_path / 's.h5')).all()

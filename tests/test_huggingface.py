@@ -84,7 +84,8 @@ def test_safetensors_and_folders_give_the_factory_checkpoints_surface(saved, tmp
         plot_surface.main([*TOKENS, *LINE, *argv, '--surf_file', str(surf_file)])
         values[name] = surface_of(surf_file).values
     for name in runs:
-        assert set(values[name]) == {'train_loss', 'train_perplexity'}, name
+        assert set(values[name]) == {'train_loss', 'train_perplexity', 'train_loss_stderr', 'train_perplexity_stderr',
+                                     'train_loss_rise', 'train_loss_rise_stderr'}, name
         np.testing.assert_array_equal(values[name]['train_loss'], values['t7']['train_loss'], err_msg=name)
     # The folder's run chose its objective; the names were recorded resolved.
     args = recorded_args(tmp_path / 'folder.h5')
@@ -130,7 +131,8 @@ def test_an_explicit_loss_name_overrides_the_architectures(saved, tmp_path):
     plot_surface.main([*TOKENS, '--model_file', saved['gpt'], '--loss_name', 'model', '--x=0:0:1',
                        '--surf_file', str(surf_file)])
     assert recorded_args(surf_file)['loss_name'] == 'model'
-    assert set(surface_of(surf_file).values) == {'train_loss'}    # causal_lm would add the perplexity
+    kept = {n for n in surface_of(surf_file).values if not n.endswith(('_stderr', '_rise'))}
+    assert kept == {'train_loss'}    # causal_lm would add the perplexity
 
 
 def test_runs_without_loss_name_record_crossentropy_as_before(tmp_path, checkpoints):
