@@ -8,7 +8,9 @@
   seed      each tensor regenerated on its device from a seed-form file's recipe at every point
             (directions.seeded): no file to read, nothing held
   auto      resident while both directions fit RESIDENT_BUDGET of the memory free on the
-            evaluation device when the run starts; else stream, or seed for a seed-form file
+            evaluation device when the run starts (the GPU's free memory, the host's available
+            memory: batch_sources.free_memory_bytes, as --data_mode auto); else stream, or seed for
+            a seed-form file
 
 For a model of B bytes (float32) the memory a 2D surface holds beside one batch's activations is
 about B (the model) + B (its centre) + 2B (the directions, resident only); benchmarks/
@@ -26,12 +28,14 @@ import math
 import numpy as np
 import torch
 
+from losslandscape.data import batch_sources
 from losslandscape.directions import normalization, seeded
 from losslandscape.errors import UsageError
 from losslandscape.io import hdf5_layout
 
 DIR_MODES = ('auto', 'resident', 'stream', 'seed')
-RESIDENT_BUDGET = 0.25     # auto: resident while the directions take at most this share of free memory
+# auto: resident while both directions take at most this share of the free memory (as --data_mode auto)
+RESIDENT_BUDGET = batch_sources.RESIDENT_MEMORY_SHARE
 AXIS_KEYS = {'x': hdf5_layout.XDIRECTION, 'y': hdf5_layout.YDIRECTION}
 
 
@@ -145,22 +149,6 @@ class RegeneratedDirections:
         pass
 
 
-def free_memory(device):
-    """Bytes free for new tensors on ``device``: the GPU's free memory, or MemAvailable on Linux
-    (None where neither can be read)."""
-    device = torch.device(device)
-    if device.type == 'cuda':
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open('/proc/meminfo') as f:
-            for line in f:
-                if line.startswith('MemAvailable:'):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def direction_bytes(reader, centre, is_2d):
     """What both directions take when held (float32, the subset's entries only)."""
     total = 0
@@ -183,8 +171,7 @@ def choose_mode(mode, reader, centre, is_2d, device):
                          'with another --dir_mode); use --dir_mode stream or resident, or a new --dir_file')
     if mode != 'auto':
         return mode
-    free = free_memory(device)
-    if free is not None and direction_bytes(reader, centre, is_2d) > RESIDENT_BUDGET * free:
+    if direction_bytes(reader, centre, is_2d) > RESIDENT_BUDGET * batch_sources.free_memory_bytes(device):
         return 'seed' if seed_form else 'stream'
     return 'resident'
 

@@ -18,7 +18,7 @@ Direction file (written by directions.direction_files / plot_trajectory, read by
                                      of new checkpoints, a retrained --model_file3) is never mixed
                                      with old surface values, while an identical one is accepted
     Seed form (--dir_mode seed): attrs direction_form = "seed", recipe (seed, normalisation,
-    ignore rules, subset, the generator's device type and torch version) and content_ids (the
+    ignore rules, subset, block size, the generator's device type and torch version) and content_ids (the
     DIRECTION_ID of the regenerated values, checked at every regeneration); an empty xdirection
     group and no tensors, so the file stays a few kB whatever the model (directions.seeded)
 
