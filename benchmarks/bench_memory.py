@@ -175,8 +175,7 @@ def run_mode(folder, mode, work, source, size, extra=()):
     argv = [*model, '--dataset', dataset_of(size), '--loss_name', 'causal_lm',
             '--x=-1:1:2', '--y=-1:1:2', '--batch_size', str(SEQUENCES), '--compute_config', 'plain',
             '--surf_file', link + '_surface.h5', *extra]
-    if mode != 'today':
-        argv += ['--dir_mode', mode]
+    argv += ['--dir_mode', mode]
     record, stdout = child('surface', argv, environment())
     timing = re.search(r'(\d+) points computed in ([\d.]+) s', stdout)
     return record['peak'] - record['baseline'], float(timing.group(2)) / int(timing.group(1))
@@ -200,8 +199,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--sizes', nargs='+', default=['124M', '355M'], choices=list(SIZES),
                         help='tiny: a 1-block GPT-2 over 100 words, for the tests')
-    parser.add_argument('--modes', nargs='+', default=list(MODES), choices=[*MODES, 'today'],
-                        help="'today': no --dir_mode flag (the suite's default)")
+    parser.add_argument('--modes', nargs='+', default=list(MODES), choices=[*MODES, 'auto'],
+                        help='the --dir_mode of each run (auto: the default, resident or stream as the free memory says)')
     parser.add_argument('--cuda', action='store_true', help='on the GPU: peak allocated GPU memory instead of RSS')
     parser.add_argument('--device_map', action='store_true', help='also a run with --device_map auto (stream)')
     parser.add_argument('--source', default='folder', choices=('folder', 'factory'),
