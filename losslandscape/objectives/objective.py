@@ -347,7 +347,10 @@ class ModelLossObjective(Objective):
         if torch.is_tensor(labels) and torch.is_tensor(logits) and not labels.is_floating_point() \
                 and labels.dim() >= 1 and logits.shape[:-1] == labels.shape and labels.shape[-1] > self.shift:
             if self.shift:
-                logits, labels = logits[..., :-self.shift, :], labels[..., self.shift:]
+                # The labels move, not the logits: slicing the logits would copy them whole (for a
+                # language model's head, the largest tensor of the pass); the last positions, which
+                # predict nothing, get the ignored label and add exactly 0.
+                labels = F.pad(labels[..., self.shift:], (0, self.shift), value=IGNORE_INDEX)
             token_losses = F.cross_entropy(logits.detach().float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                            ignore_index=IGNORE_INDEX, reduction='none').view(labels.shape)
             units = (token_losses.reshape(labels.shape[0], -1).double().sum(dim=1),
