@@ -159,7 +159,7 @@ def write_stored_directions(path, spec, net, base, load_model, attrs):
                                     spec.exclude_params, spec.dir_type)
     groups = subsets.tied_entries(net) if spec.dir_type == 'states' else []
     if groups:
-        subsets.tie_state_directions(net, keep)   # refuses a subset that splits a tied tensor
+        subsets.refuse_split_ties(net, keep)
     opened, released = [], ReleaseCounter()
     try:
         with hdf5_layout.direction_writer(path, attrs=attrs) as writer:

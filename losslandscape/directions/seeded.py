@@ -69,9 +69,8 @@ class SeededDirections:
         self.norms = {}     # (axis, i) -> the whole entry's norms, for 'layer' and 'dlayer'
         self.alias = {}
         if recipe['dir_type'] == 'states':
+            subsets.refuse_split_ties(net, self.keep)
             for group in subsets.tied_entries(net):
-                if len({self.keep[i] for i in group}) > 1:
-                    subsets.tie_state_directions(net, self.keep)   # raises the usual message
                 self.alias.update({i: group[-1] for i in group[:-1]})
 
     def check_device(self, device, what):

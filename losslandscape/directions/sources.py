@@ -100,6 +100,9 @@ class StreamedDirections:
         self.reader, self.centre, self.is_2d = reader, centre, is_2d
         self.stored = {axis: [reader.is_stored(AXIS_KEYS[axis], i) for i in range(len(centre))]
                        for axis in ('x', 'y')[:1 + is_2d]}
+        # Looked up once: a point reads them without walking the file's groups again.
+        self.datasets = {axis: [reader.dataset(AXIS_KEYS[axis], i) if kept else None for i, kept in enumerate(stored)]
+                         for axis, stored in self.stored.items()}
         largest = max((math.prod(block_shape(w.shape, rows)) for w in centre for rows in row_blocks(w.shape)),
                       default=0)
         self.buffers = {axis: np.empty(largest, dtype=np.float32) for axis in self.stored}
@@ -117,7 +120,7 @@ class StreamedDirections:
     def block(self, axis, i, b, rows):
         if axis not in self.stored or not self.stored[axis][i]:
             return None
-        dataset = self.reader.f[AXIS_KEYS[axis]][str(i)]
+        dataset = self.datasets[axis][i]
         shape = block_shape(dataset.shape, rows)
         if dataset.dtype != np.float32:   # a file written by other code, in another dtype
             return self.entry(axis, i)[rows]

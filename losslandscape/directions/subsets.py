@@ -69,28 +69,16 @@ def tied_entries(net):
     return [group for group in positions.values() if len(group) > 1]
 
 
-def tie_state_directions(net, keep, *directions):
+def refuse_split_ties(net, keep):
     """'states' directions of a model with tied weights: set_states writes a shared tensor once per
-    name, so the last name's entry is the one that moves it; the earlier names' entries get a copy
-    of it (in place), so the direction file says how the tensor moves. A parameter subset that keeps
-    some names of a tied tensor but not the others would leave it where the last name says: refused."""
+    name, so the last name's entry is the one that moves it, and the direction files give every
+    name of it that entry's values (direction_files, seeded). A parameter subset that keeps some
+    names of a tied tensor but not the others would leave it where the last name says: refused."""
     names = list(net.state_dict())
     for group in tied_entries(net):
         if len({keep[i] for i in group}) > 1:
             raise UsageError('--include_params/--exclude_params: ' + ', '.join(repr(names[i]) for i in group)
                              + ' are one tensor (tied weights) under --dir_type states: keep all of them or none')
-        for direction in directions:
-            if direction is not None:
-                for i in group[:-1]:
-                    direction[i].copy_(direction[group[-1]])
-
-
-def restrict(direction, keep):
-    """Zero the direction of every entry not kept (in place)."""
-    for d, kept in zip(direction, keep):
-        if not kept:
-            d.zero_()
-    return direction
 
 
 def has_statistics(net):

@@ -340,17 +340,21 @@ class DirectionReader:
     def count(self, axis):
         return len(self._names.get(axis, ()))
 
+    def dataset(self, axis, i):
+        """The h5py dataset of entry ``i`` of ``axis`` (for reading parts of it)."""
+        return self.f[axis][self._names[axis][i]]
+
     def shape(self, axis, i):
-        return tuple(self.f[axis][self._names[axis][i]].shape)
+        return tuple(self.dataset(axis, i).shape)
 
     def is_stored(self, axis, i):
         """False for an ImpliedZeros entry (nothing was written: it reads as zeros)."""
-        return self.f[axis][self._names[axis][i]].id.get_storage_size() > 0
+        return self.dataset(axis, i).id.get_storage_size() > 0
 
     def read(self, axis, i):
         """Entry ``i`` of ``axis`` as a numpy array (UsageError when damaged or not finite)."""
         try:
-            array = np.asarray(self.f[axis][self._names[axis][i]][()])   # a 0-d entry too
+            array = np.asarray(self.dataset(axis, i)[()])   # a 0-d entry too
         except (OSError, ValueError) as err:
             raise UsageError(f'{self.what} {self.path!r} is damaged ({_first_line(err)})') from None
         refuse_non_finite({f'{axis}/{i}': array}, self.what, self.path)
@@ -388,7 +392,7 @@ class DirectionReader:
     def read_blocks(self, axis, i, limit=HASH_BLOCK_ELEMENTS):
         """Entry ``i`` of ``axis`` as float32 blocks of its rows (each checked for inf and NaN), in
         one reused buffer: valid until the next block is read."""
-        dataset = self.f[axis][self._names[axis][i]]
+        dataset = self.dataset(axis, i)
         if dataset.ndim == 0 or dataset.dtype != np.float32:
             yield self.read(axis, i).astype(np.float32, copy=False)
             return
